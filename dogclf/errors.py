@@ -1,0 +1,144 @@
+"""The exceptions dogclf raises.
+
+Every error dogclf raises on purpose derives from :class:`DogclfError`, so one ``except DogclfError`` catches them
+all. Each subclass also derives from the built-in exception a Python user would expect for that kind of problem
+(:class:`ValueError` for bad values, :class:`KeyError` for unknown names, :class:`FileNotFoundError` for missing
+paths, ...), so code written against the built-ins keeps working.
+
+Messages name the offending value and what was expected instead, e.g.::
+
+    >>> from dogclf.labels import get_labels
+    >>> get_labels("dogimages-134")
+    Traceback (most recent call last):
+    ...
+    dogclf.errors.UnknownLabelSetError: unknown label set 'dogimages-134'; registered: 'dogimages-133'
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DogclfError",
+    "ConfigError",
+    "NotFoundError",
+    "UnknownBreedError",
+    "UnknownLabelSetError",
+    "UnknownBackendError",
+    "DuplicateError",
+    "NotFittedError",
+    "BackendError",
+    "BackendLoadError",
+    "JobError",
+    "DataError",
+    "DataNotFoundError",
+    "DatasetLayoutError",
+    "CorruptImageError",
+    "UnsafeArchiveError",
+    "ChecksumMismatchError",
+    "ArtifactError",
+]
+
+
+class DogclfError(Exception):
+    """Root of every exception dogclf raises on purpose."""
+
+
+class ConfigError(DogclfError, ValueError):
+    """A configuration value is invalid: out of range, of the wrong type, or not one of the allowed choices."""
+
+
+class NotFoundError(DogclfError, KeyError):
+    """A name was looked up and is not known.
+
+    :class:`KeyError` renders its argument with ``repr``, which wraps a message in quotes; this class renders
+    the message as written.
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class UnknownBreedError(NotFoundError):
+    """A breed name or index is not part of the label set it was looked up in."""
+
+
+class UnknownLabelSetError(NotFoundError):
+    """No label set is registered under the requested name."""
+
+
+class UnknownBackendError(NotFoundError):
+    """No backend is registered under the requested name in the ``dogclf.backends`` entry-point group."""
+
+
+class DuplicateError(DogclfError, ValueError):
+    """Something that must be unique (a breed in a label set, a registered name) was given twice."""
+
+
+class NotFittedError(DogclfError, ValueError, AttributeError):
+    """A result attribute (one ending in ``_``) was read before ``fit``/``run``/``deploy`` produced it."""
+
+
+class BackendError(DogclfError, RuntimeError):
+    """A backend could not do what was asked of it."""
+
+
+class BackendLoadError(BackendError, ImportError):
+    """A backend is registered but its entry point failed to import or does not implement :class:`Backend`."""
+
+
+class JobError(BackendError):
+    """A training, tuning or deployment job ended badly.
+
+    Args:
+        message: What went wrong, in words.
+        job_id: The job's name or id on its backend.
+        status: The job's final status as the backend reports it (``"Failed"``, ``"Stopped"``, ...).
+        reason: The failure reason the backend gave, if any.
+    """
+
+    def __init__(self, message: str, *, job_id: str | None = None, status: str | None = None,
+                 reason: str | None = None) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+        self.status = status
+        self.reason = reason
+
+    def __str__(self) -> str:
+        parts = [str(self.args[0])]
+        details = [f"{k}={v!r}" for k, v in (("job_id", self.job_id), ("status", self.status)) if v is not None]
+        if details:
+            parts.append(f"({', '.join(details)})")
+        if self.reason:
+            parts.append(f"reason: {self.reason}")
+        return " ".join(parts)
+
+
+class DataError(DogclfError, ValueError):
+    """A dataset is not usable as it is."""
+
+
+class DataNotFoundError(DataError, FileNotFoundError):
+    """A dataset path, URL or S3 prefix does not exist."""
+
+
+class DatasetLayoutError(DataError):
+    """A dataset's folders are not laid out as ``train|valid|test/NNN.Breed/*.jpg`` (or its classes disagree)."""
+
+
+class CorruptImageError(DataError):
+    """One or more image files cannot be decoded. ``paths`` lists them."""
+
+    def __init__(self, message: str, paths: list[str] | tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.paths = tuple(paths)
+
+
+class UnsafeArchiveError(DataError):
+    """An archive holds members that would escape the target folder, links, or more data than allowed."""
+
+
+class ChecksumMismatchError(DataError):
+    """A downloaded or staged file's checksum differs from the expected one."""
+
+
+class ArtifactError(DogclfError, ValueError):
+    """A model artifact (folder, checkpoint or ``model.tar.gz``) is missing parts, corrupt or unsafe."""

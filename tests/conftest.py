@@ -31,3 +31,44 @@ def pet_images(shared_dir: Path) -> Path:
 def seed_photos(shared_dir: Path) -> Path:
     """The seven photos the seed notebook sent to its endpoint."""
     return shared_dir / "seed" / "test-photos-of-dogs"
+
+
+# -- AWS, emulated: moto in server mode on 127.0.0.1 (a real HTTP endpoint, never a mocked client object) --------
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory):
+    """A moto server on 127.0.0.1 for the whole session; yields its endpoint URL (``http://127.0.0.1:PORT``)."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def aws(moto_server, monkeypatch, tmp_path_factory):
+    """Point boto3 and the SageMaker SDK at the moto server with fake credentials; state is reset after the test.
+
+    Yields the endpoint URL. SDK telemetry is switched off through ``SAGEMAKER_USER_CONFIG_OVERRIDE``.
+    """
+    import requests
+
+    config = tmp_path_factory.mktemp("sagemaker-config") / "config.yaml"
+    config.write_text("SchemaVersion: '1.0'\nSageMaker:\n  PythonSDK:\n    Modules:\n      TelemetryOptOut: true\n")
+    for key, value in {
+        "AWS_ENDPOINT_URL": moto_server,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_REGION": "us-east-1",
+        "SAGEMAKER_USER_CONFIG_OVERRIDE": str(config),
+    }.items():
+        monkeypatch.setenv(key, value)
+    for key in ("AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config.parent / "no-such-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(config.parent / "no-such-aws-credentials"))
+    yield moto_server
+    requests.post(f"{moto_server}/moto-api/reset", timeout=10)

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from dogclf.errors import BackendError
-
 __all__ = ["SageMakerBackend"]
 
 
@@ -37,10 +35,21 @@ class SageMakerBackend:
     def __repr__(self) -> str:
         return f"SageMakerBackend(role={self.role!r}, bucket={self.bucket!r}, region={self.region!r})"
 
+    # Each capability lives in its own module of this package and is imported when first used.
     def train(self, spec: Any, **kwargs: Any) -> Any:
-        """Run a training job on SageMaker (implemented with the training entry point)."""
-        raise BackendError("SageMakerBackend.train is not available in this version of dogclf")
+        """Run one training job of the shared entry point; see :mod:`.training`."""
+        from .training import train
+
+        return train(self, spec, **kwargs)
+
+    def tune(self, spec: Any, **kwargs: Any) -> Any:
+        """Run a hyperparameter-tuning experiment; see :mod:`.tuning`."""
+        from .tuning import tune
+
+        return tune(self, spec, **kwargs)
 
     def deploy(self, artifact: Any, **kwargs: Any) -> Any:
-        """Deploy an artifact to a SageMaker endpoint (implemented with the serving package)."""
-        raise BackendError("SageMakerBackend.deploy is not available in this version of dogclf")
+        """Serve a model artifact through the shared inference handler; see :mod:`.serving`."""
+        from .serving import deploy
+
+        return deploy(self, artifact, **kwargs)

@@ -10,8 +10,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from dogclf.errors import BackendError
-
 __all__ = ["LocalBackend"]
 
 
@@ -36,10 +34,21 @@ class LocalBackend:
     def __repr__(self) -> str:
         return f"LocalBackend(root={str(self.root)!r})"
 
+    # Each capability lives in its own module of this package and is imported when first used.
     def train(self, spec: Any, **kwargs: Any) -> Any:
-        """Run a training job locally (implemented with the training entry point)."""
-        raise BackendError("LocalBackend.train is not available in this version of dogclf")
+        """Run one training job of the shared entry point; see :mod:`.training`."""
+        from .training import train
+
+        return train(self, spec, **kwargs)
+
+    def tune(self, spec: Any, **kwargs: Any) -> Any:
+        """Run a hyperparameter-tuning experiment; see :mod:`.tuning`."""
+        from .tuning import tune
+
+        return tune(self, spec, **kwargs)
 
     def deploy(self, artifact: Any, **kwargs: Any) -> Any:
-        """Serve an artifact from a local endpoint (implemented with the serving package)."""
-        raise BackendError("LocalBackend.deploy is not available in this version of dogclf")
+        """Serve a model artifact through the shared inference handler; see :mod:`.serving`."""
+        from .serving import deploy
+
+        return deploy(self, artifact, **kwargs)

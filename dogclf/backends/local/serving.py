@@ -1,0 +1,12 @@
+"""Local backend: serving (filled in by its capability)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dogclf.errors import BackendError
+
+
+def deploy(backend: Any, spec: Any, **kwargs: Any) -> Any:
+    """Not available yet in this version of dogclf."""
+    raise BackendError("LocalBackend.deploy is not available in this version of dogclf")

@@ -1,0 +1,99 @@
+"""Callbacks: how Debugger hooks, rules, profilers and tuners observe a training run without editing the loop.
+
+The training loop calls these methods in this order::
+
+    on_train_begin(ctx)
+    for each epoch:
+        for each train step:  on_step_begin(ctx, "train", step) ... on_step_end(ctx, info)
+        for each eval step:   on_step_begin(ctx, "eval", step)  ... on_step_end(ctx, info)
+        on_epoch_end(ctx, epoch, metrics)      # metrics: {"train_loss": ..., "valid_loss": ..., "valid_acc": ...}
+    test steps run with mode "eval" too, then
+    on_train_end(ctx, metrics)                 # final metrics, "test_loss" and "test_acc" included
+
+A callback asks the loop to stop by setting ``ctx.stop_training = True`` (with a reason in
+``ctx.stop_reason``); the loop finishes the current step, skips the remaining epochs, still evaluates on test
+and saves the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = ["Callback", "StepInfo", "TrainingContext"]
+
+Mode = Literal["train", "eval"]
+
+
+@dataclass
+class TrainingContext:
+    """What a callback can see of the run.
+
+    Attributes:
+        model: The ``torch.nn.Module`` being trained (with a cached-feature fast path, the head that runs).
+        loss_fn: The loss module (``torch.nn.CrossEntropyLoss``).
+        optimizer: The optimizer.
+        hyperparameters: The job's hyperparameters as parsed.
+        output_data_dir: Where the job writes extra outputs (``SM_OUTPUT_DATA_DIR``): tensors, reports, traces.
+        model_dir: Where the model artifact goes (``SM_MODEL_DIR``).
+        epochs: The number of epochs requested.
+        global_step: Train steps done so far across epochs.
+        stop_training: Set to ``True`` to end training early.
+        stop_reason: Why a callback stopped training.
+        state: Free space for callbacks to share values.
+    """
+
+    model: Any
+    loss_fn: Any
+    optimizer: Any
+    hyperparameters: dict[str, Any]
+    output_data_dir: Path
+    model_dir: Path
+    epochs: int = 1
+    global_step: int = 0
+    stop_training: bool = False
+    stop_reason: str | None = None
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """One finished step.
+
+    Attributes:
+        mode: ``"train"`` or ``"eval"``.
+        step: The step number within its mode, counted from 0 over the whole run.
+        epoch: The epoch the step belongs to (test steps carry the last epoch).
+        loss: The batch's mean loss.
+        batch_size: Images in the batch.
+        data_time: Seconds spent waiting for the batch (data loading).
+        compute_time: Seconds spent in forward, backward and the optimizer step.
+    """
+
+    mode: Mode
+    step: int
+    epoch: int
+    loss: float
+    batch_size: int
+    data_time: float
+    compute_time: float
+
+
+class Callback:
+    """Base class with no-op methods; override what you need. See the module docs for the call order."""
+
+    def on_train_begin(self, ctx: TrainingContext) -> None:
+        """Called once before the first step."""
+
+    def on_step_begin(self, ctx: TrainingContext, mode: Mode, step: int) -> None:
+        """Called before each step's forward pass."""
+
+    def on_step_end(self, ctx: TrainingContext, info: StepInfo) -> None:
+        """Called after each step."""
+
+    def on_epoch_end(self, ctx: TrainingContext, epoch: int, metrics: dict[str, float]) -> None:
+        """Called after each epoch's validation."""
+
+    def on_train_end(self, ctx: TrainingContext, metrics: dict[str, float]) -> None:
+        """Called once after the test evaluation, before the model is saved."""

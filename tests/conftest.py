@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
+# Tests share 2 cores (and with CI helpers); training jobs they start inherit this.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

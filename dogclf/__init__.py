@@ -26,6 +26,8 @@ _LAZY = {
     "list_labels": "dogclf.labels",
     "get_backend": "dogclf.backends",
     "list_backends": "dogclf.backends",
+    "DatasetStager": "dogclf.data",
+    "make_synthetic_dataset": "dogclf.data",
 }
 
 __all__ = ["DogclfError", "__version__", *_LAZY]

@@ -35,6 +35,9 @@ __all__ = [
     "UnsafeArchiveError",
     "ChecksumMismatchError",
     "ArtifactError",
+    "UnknownRuleError",
+    "OutputExistsError",
+    "EmptyTrialError",
 ]
 
 
@@ -142,3 +145,15 @@ class ChecksumMismatchError(DataError):
 
 class ArtifactError(DogclfError, ValueError):
     """A model artifact (folder, checkpoint or ``model.tar.gz``) is missing parts, corrupt or unsafe."""
+
+
+class UnknownRuleError(NotFoundError):
+    """No Debugger rule is registered under the requested name (see :func:`dogclf.debug.list_rules`)."""
+
+
+class OutputExistsError(DogclfError, FileExistsError):
+    """An output folder that must be fresh (e.g. a Debugger tensor folder) already holds files."""
+
+
+class EmptyTrialError(DataNotFoundError):
+    """A Debugger trial path holds no saved tensors (wrong path, or the job saved nothing)."""

@@ -38,6 +38,9 @@ __all__ = [
     "UnknownRuleError",
     "OutputExistsError",
     "EmptyTrialError",
+    "InvalidURIError",
+    "DownloadError",
+    "LabelMismatchError",
 ]
 
 
@@ -157,3 +160,15 @@ class OutputExistsError(DogclfError, FileExistsError):
 
 class EmptyTrialError(DataNotFoundError):
     """A Debugger trial path holds no saved tensors (wrong path, or the job saved nothing)."""
+
+
+class InvalidURIError(ConfigError):
+    """A URL or ``s3://`` URI is malformed: an unsupported scheme, or an S3 URI without a bucket."""
+
+
+class DownloadError(DataError, ConnectionError):
+    """A download failed for good (HTTP error status, or the connection kept dropping after all retries)."""
+
+
+class LabelMismatchError(DatasetLayoutError):
+    """A dataset's classes differ from the label set it was expected to have."""

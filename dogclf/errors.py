@@ -17,6 +17,8 @@ Messages name the offending value and what was expected instead, e.g.::
 from __future__ import annotations
 
 __all__ = [
+    "InvalidRequestError",
+    "EndpointError",
     "DogclfError",
     "ConfigError",
     "NotFoundError",
@@ -172,3 +174,35 @@ class DownloadError(DataError, ConnectionError):
 
 class LabelMismatchError(DatasetLayoutError):
     """A dataset's classes differ from the label set it was expected to have."""
+
+
+class InvalidRequestError(DogclfError, ValueError):
+    """An inference request cannot be served as sent: bad body, content type, image, array or ``k``.
+
+    Endpoints answer it with a 4xx status and a JSON body ``{"error": code, "message": message}``.
+
+    Args:
+        message: What is wrong with the request, naming the bad value and what was expected.
+        code: A short machine-readable name of the problem (``"corrupt_image"``, ``"bad_k"``, ...).
+        status_code: The HTTP status an endpoint answers with (400, 406, 413 or 415).
+    """
+
+    def __init__(self, message: str, *, code: str = "bad_request", status_code: int = 400) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status_code = status_code
+
+
+class EndpointError(BackendError):
+    """An endpoint answered a request with an error, or could not be reached or started.
+
+    Args:
+        message: What went wrong.
+        status_code: The HTTP status the endpoint answered with, if it answered.
+        code: The endpoint's machine-readable error name (``"corrupt_image"``, ...), if it gave one.
+    """
+
+    def __init__(self, message: str, *, status_code: int | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.code = code

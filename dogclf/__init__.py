@@ -26,6 +26,7 @@ _LAZY = {
     "list_labels": "dogclf.labels",
     "get_backend": "dogclf.backends",
     "list_backends": "dogclf.backends",
+    "ResNetBreedModel": "dogclf.models",
     "DatasetStager": "dogclf.data",
     "make_synthetic_dataset": "dogclf.data",
 }

@@ -1,0 +1,184 @@
+"""Find, scan and validate a dataset laid out as ``train|valid|test/NNN.Breed/*.jpg``."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from dogclf.errors import ConfigError, DataNotFoundError, DatasetLayoutError, LabelMismatchError
+from dogclf.labels import BreedLabels, normalize_breed
+
+__all__ = ["find_dataset_root", "scan_layout", "check_files", "FileCheck", "IMAGE_EXTENSIONS", "match_labels"]
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+"""File extensions (lower case) treated as images; other files in class folders are ignored with a warning."""
+
+_IGNORED = {"__MACOSX", "Thumbs.db"}
+
+
+def _visible_dirs(path: Path) -> list[Path]:
+    return sorted(e for e in path.iterdir() if e.is_dir() and not e.name.startswith(".") and e.name not in _IGNORED)
+
+
+def find_dataset_root(path: str | os.PathLike[str], splits: Sequence[str]) -> Path:
+    """The folder holding the split folders: ``path`` itself, or its only sub-folder (``dogImages/train/...``).
+
+    Raises:
+        DataNotFoundError: ``path`` is not a directory.
+        DatasetLayoutError: neither ``path`` nor a single sub-folder holds all of ``splits``; the message names
+            the folder and the splits missing.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise DataNotFoundError(f"dataset folder {str(path)!r} does not exist or is not a directory")
+
+    def missing(p: Path) -> list[str]:
+        return [s for s in splits if not (p / s).is_dir()]
+
+    if not missing(path):
+        return path
+    subdirs = _visible_dirs(path)
+    if len(subdirs) == 1 and not missing(subdirs[0]):
+        log.debug("dataset sits one folder deep in %s", subdirs[0])
+        return subdirs[0]
+    where = path if len(subdirs) != 1 else subdirs[0]
+    found = [d.name for d in _visible_dirs(where)]
+    raise DatasetLayoutError(
+        f"dataset folder {str(where)!r} is missing split folder(s) {missing(where)}; expected "
+        f"{list(splits)} each holding NNN.Breed class folders, found {found[:10]}")
+
+
+def scan_layout(root: Path, splits: Sequence[str],
+                extensions: Sequence[str] = IMAGE_EXTENSIONS) -> tuple[BreedLabels, dict[str, dict[str, list[Path]]]]:
+    """List the images of every split and class, and check the class folders.
+
+    Returns:
+        The label set parsed from the class folder names, and ``{split: {class_folder: [image paths]}}``.
+
+    Raises:
+        DatasetLayoutError: a split is missing or has no class folders, folder names do not parse as
+            ``NNN.Breed``, the splits' class sets differ, or a split holds no images. Messages name the folder.
+    """
+    exts = {e.lower() for e in extensions}
+    layout: dict[str, dict[str, list[Path]]] = {}
+    label_sets: dict[str, BreedLabels] = {}
+    for split in splits:
+        split_dir = root / split
+        if not split_dir.is_dir():
+            raise DatasetLayoutError(f"split folder {str(split_dir)!r} is missing")
+        classes = _visible_dirs(split_dir)
+        if not classes:
+            raise DatasetLayoutError(f"split folder {str(split_dir)!r} has no class folders (expected NNN.Breed)")
+        try:
+            label_sets[split] = BreedLabels.from_folder_names([c.name for c in classes], strict=True)
+        except ConfigError as exc:
+            raise DatasetLayoutError(f"class folders in {str(split_dir)!r} do not parse: {exc}") from None
+        per_class: dict[str, list[Path]] = {}
+        ignored = 0
+        for cdir in classes:
+            files = []
+            for entry in os.scandir(cdir):
+                if entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
+                    continue
+                if os.path.splitext(entry.name)[1].lower() in exts:
+                    files.append(Path(entry.path))
+                else:
+                    ignored += 1
+            per_class[cdir.name] = sorted(files)
+        if ignored:
+            log.warning("%s: ignored %d files that are not images (%s)", split_dir, ignored, ", ".join(sorted(exts)))
+        if not any(per_class.values()):
+            raise DatasetLayoutError(f"split folder {str(split_dir)!r} holds no images")
+        empty = [c for c, f in per_class.items() if not f]
+        if empty:
+            log.warning("%s: %d class folders hold no images: %s", split_dir, len(empty), empty[:5])
+        layout[split] = per_class
+    first = splits[0]
+    for split in splits[1:]:
+        a, b = set(layout[first]), set(layout[split])
+        if a != b:
+            raise DatasetLayoutError(
+                f"split {str(root / split)!r} has different classes from {first!r}: "
+                f"missing {sorted(a - b)[:5]}, extra {sorted(b - a)[:5]}")
+    return label_sets[first], layout
+
+
+def match_labels(found: BreedLabels, expected: BreedLabels, where: str) -> None:
+    """Check that a dataset's classes are ``expected``, in the same order.
+
+    Raises:
+        LabelMismatchError: names are missing, extra or in another order; the message says which.
+    """
+    got = [normalize_breed(n) for n in found.names]
+    want = [normalize_breed(n) for n in expected.names]
+    if got == want:
+        return
+    missing = [n for n in expected.names if normalize_breed(n) not in set(got)]
+    extra = [n for n in found.names if normalize_breed(n) not in set(want)]
+    label = f"label set {expected.name!r}" if expected.name else f"the expected {len(expected)} breeds"
+    detail = (f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, extra {extra[:5]}"
+              f"{'...' if len(extra) > 5 else ''}" if missing or extra else "same breeds in a different order")
+    raise LabelMismatchError(f"classes of {where!r} ({len(found)}) do not match {label} ({len(expected)}): {detail}")
+
+
+@dataclass(frozen=True)
+class FileCheck:
+    """The result of reading one file: its size and digests, and why it does not decode (``None`` if it does)."""
+
+    path: Path
+    size: int
+    sha256: str
+    md5: str
+    error: str | None = None
+
+
+def _check_one(path: Path, decode: bool) -> FileCheck:
+    data = path.read_bytes()
+    sha, md5 = hashlib.sha256(data).hexdigest(), hashlib.md5(data, usedforsecurity=False).hexdigest()
+    error = None
+    if decode:
+        from PIL import Image, ImageFile, UnidentifiedImageError
+
+        if ImageFile.LOAD_TRUNCATED_IMAGES:
+            log.debug("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set; truncated images may pass validation")
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                if im.format == "JPEG":
+                    im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))  # decode at 1/8 scale
+                im.load()
+                if im.width < 1 or im.height < 1:
+                    error = "image has no pixels"
+        except UnidentifiedImageError:
+            error = "not an image PIL can identify"
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            error = f"{type(exc).__name__}: {exc}"
+    return FileCheck(path, len(data), sha, md5, error)
+
+
+def check_files(paths: Sequence[Path], *, decode: bool = True, workers: int = 4,
+                progress: Callable[[int, int], None] | None = None) -> list[FileCheck]:
+    """Read every file once: size, sha256, MD5 and (with ``decode``) whether the image decodes fully.
+
+    JPEGs are decoded at 1/8 scale, which still reads every byte of the entropy-coded data, so truncated files
+    are caught at a fraction of the cost of a full decode. Files are processed by ``workers`` threads (hashing
+    and decoding release the GIL).
+
+    Returns:
+        One :class:`FileCheck` per path, in the order given.
+    """
+    results: list[FileCheck] = []
+    total = len(paths)
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for i, res in enumerate(pool.map(lambda p: _check_one(p, decode), paths), 1):
+            results.append(res)
+            if progress is not None and (i % 64 == 0 or i == total):
+                progress(i, total)
+    return results

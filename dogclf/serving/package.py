@@ -1,0 +1,128 @@
+"""Ship the inference handler inside ``model.tar.gz`` so a stock SageMaker PyTorch container serves it.
+
+A stock container (``sagemaker-pytorch-inference``) has torch, torchvision, NumPy and Pillow but not dogclf, and it
+cannot be assumed to reach PyPI. :func:`write_code_dir` therefore writes a self-sufficient ``code/`` folder: the
+pure-Python ``dogclf`` package itself (its sources and data files, a few hundred kB; importing it is cheap and pulls
+no SageMaker SDK) next to an ``inference.py`` that re-exports the four handler functions from
+:mod:`dogclf.serving.handler`. The container puts ``code/`` on ``sys.path``, so ``import dogclf`` finds the vendored
+copy, and the same handler runs there unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from dogclf.errors import ArtifactError
+
+__all__ = ["INFERENCE_PY", "write_code_dir", "pack_artifact", "resolve_model_dir"]
+
+logger = logging.getLogger(__name__)
+
+INFERENCE_PY = '''"""SageMaker entry point written by dogclf: the shared inference handler.
+
+The ``dogclf`` package beside this file is a vendored copy of the library that wrote it (version {version}), so the
+container needs no extra installs. See dogclf.serving.handler for the request and response formats.
+"""
+
+from dogclf.serving.handler import input_fn, model_fn, output_fn, predict_fn
+
+__all__ = ["model_fn", "input_fn", "predict_fn", "output_fn"]
+'''
+
+_VENDOR_SUFFIXES = (".py", ".json", ".txt", ".typed")
+_SKIP_DIRS = ("__pycache__", ".pytest_cache")
+
+
+def write_code_dir(dest: str | os.PathLike[str]) -> Path:
+    """Write a self-sufficient SageMaker ``code/`` folder: ``inference.py`` plus a vendored ``dogclf`` package.
+
+    Args:
+        dest: The folder to fill (created; must not already hold an ``inference.py`` or ``dogclf``).
+
+    Returns:
+        ``dest`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        ArtifactError: ``dest`` already has an ``inference.py`` or ``dogclf`` entry.
+    """
+    import dogclf
+
+    out = Path(dest)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("inference.py", "dogclf"):
+        if (out / name).exists():
+            raise ArtifactError(f"code folder {str(out)!r} already has {name!r}; pass an empty folder")
+    package = Path(dogclf.__file__).resolve().parent
+
+    def ignore(folder: str, names: list[str]) -> list[str]:
+        return [n for n in names if n in _SKIP_DIRS or n.startswith(".")
+                or (not os.path.isdir(os.path.join(folder, n)) and not n.endswith(_VENDOR_SUFFIXES))]
+
+    shutil.copytree(package, out / "dogclf", ignore=ignore)
+    (out / "inference.py").write_text(INFERENCE_PY.format(version=dogclf.__version__), encoding="utf-8")
+    logger.debug("wrote SageMaker code folder with vendored dogclf %s to %s", dogclf.__version__, out)
+    return out
+
+
+def _is_model_object(artifact: Any) -> bool:
+    return hasattr(artifact, "save") and hasattr(artifact, "module_")
+
+
+def resolve_model_dir(artifact: Any, workdir: str | os.PathLike[str]) -> Path:
+    """An unpacked artifact folder for ``artifact``, unpacking or saving into ``workdir`` when needed.
+
+    Args:
+        artifact: An artifact folder, a ``model.tar.gz``, or a built :class:`~dogclf.models.ResNetBreedModel`.
+        workdir: Scratch folder owned by the caller; ``workdir/model`` is written when ``artifact`` is not a folder.
+
+    Raises:
+        ArtifactError: ``artifact`` is none of these, or the folder has no ``config.json``.
+    """
+    from dogclf.models import unpack
+
+    target = Path(workdir) / "model"
+    if _is_model_object(artifact):
+        return Path(artifact.save(target))
+    if not isinstance(artifact, (str, os.PathLike)):
+        raise ArtifactError(f"artifact must be a folder, a model.tar.gz or a ResNetBreedModel, got "
+                            f"{type(artifact).__name__}: {artifact!r:.80}")
+    path = Path(artifact)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ArtifactError(f"{str(path)!r} is not a dogclf model artifact folder (no config.json)")
+        return path
+    if path.is_file():
+        unpack(path, target)
+        if not (target / "config.json").is_file():
+            raise ArtifactError(f"{str(path)!r} holds no dogclf model artifact at its root (no config.json)")
+        return target
+    raise ArtifactError(f"model artifact {str(path)!r} does not exist")
+
+
+def pack_artifact(artifact: Any, tar_path: str | os.PathLike[str]) -> Path:
+    """Write ``model.tar.gz`` for a stock SageMaker PyTorch container: the artifact plus ``code/`` from
+    :func:`write_code_dir`.
+
+    Args:
+        artifact: An artifact folder, a ``model.tar.gz`` (its own ``code/`` is replaced) or a built
+            :class:`~dogclf.models.ResNetBreedModel`.
+        tar_path: Where to write the archive (atomically).
+
+    Returns:
+        ``tar_path`` as a :class:`~pathlib.Path`.
+    """
+    from dogclf.models import pack
+
+    with tempfile.TemporaryDirectory(prefix="dogclf-pack-") as tmp:
+        model_dir = resolve_model_dir(artifact, tmp)
+        clean = Path(tmp) / "clean"
+        clean.mkdir()
+        for name in ("model.pt", "labels.json", "config.json"):
+            shutil.copy2(model_dir / name, clean / name)
+        code = write_code_dir(Path(tmp) / "code")
+        return pack(clean, tar_path, code_dir=code)

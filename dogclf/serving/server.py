@@ -1,0 +1,418 @@
+"""The local endpoint: an HTTP server speaking the SageMaker inference-container contract.
+
+``GET /ping`` answers 200 once the model is loaded; ``POST /invocations`` runs the shared handler
+(:mod:`dogclf.serving.handler`) on the request. It is a Starlette app served by uvicorn, bound to 127.0.0.1 unless
+told otherwise. Decoding and preprocessing run on a pool of worker threads; the network runs on one inference thread
+fed by a :class:`DynamicBatcher`, which merges the images of concurrent requests into one forward pass (up to
+``max_batch_size`` images, waiting at most ``max_delay_ms`` for more after the first arrives). Bodies over
+``max_request_bytes`` get 413, requests running longer than ``request_timeout_s`` get 504, bad requests a 4xx JSON
+error; the server keeps serving either way.
+
+Run it as ``python -m dogclf.serving.server MODEL_DIR [--port 8080] [--max-batch-size 8] ...``;
+:class:`~dogclf.serving.EndpointDeployer` starts it in a separate process for you.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import logging
+import os
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from dogclf.errors import ConfigError, InvalidRequestError
+
+__all__ = ["ServerConfig", "DynamicBatcher", "create_app", "serve", "main"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """How the local endpoint serves, validated on creation.
+
+    Attributes:
+        host: Interface to bind; ``127.0.0.1`` keeps the endpoint private to this machine.
+        port: TCP port; ``0`` picks a free one.
+        max_batch_size: Most images one forward pass takes when merging concurrent requests.
+        max_delay_ms: How long the batcher waits for more requests after the first one arrives.
+        batching: ``False`` runs every request alone (same as ``max_batch_size=1``).
+        max_request_bytes: Larger bodies are refused with 413 (SageMaker real-time endpoints allow 6 MB).
+        request_timeout_s: Requests taking longer get 504.
+        workers: Threads that decode, preprocess and serialise requests.
+        torch_threads: Intra-op threads for the forward pass; ``None`` keeps torch's default.
+        log_level: uvicorn's log level.
+
+    Raises:
+        ConfigError: a value is out of range; the message names it.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    max_batch_size: int = 8
+    max_delay_ms: float = 10.0
+    batching: bool = True
+    max_request_bytes: int = 6 * 1024 * 1024
+    request_timeout_s: float = 60.0
+    workers: int = 2
+    torch_threads: int | None = None
+    log_level: str = "warning"
+
+    def __post_init__(self) -> None:
+        def positive_int(name: str, allow_zero: bool = False) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if allow_zero else 1):
+                raise ConfigError(f"{name} must be an int >= {0 if allow_zero else 1}, got {value!r}")
+
+        if not isinstance(self.host, str) or not self.host:
+            raise ConfigError(f"host must be a non-empty str such as '127.0.0.1', got {self.host!r}")
+        positive_int("port", allow_zero=True)
+        if self.port > 65535:
+            raise ConfigError(f"port must be in 0..65535, got {self.port}")
+        for name in ("max_batch_size", "max_request_bytes", "workers"):
+            positive_int(name)
+        if self.torch_threads is not None:
+            positive_int("torch_threads")
+        for name in ("max_delay_ms", "request_timeout_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or value != value:
+                raise ConfigError(f"{name} must be a number >= 0, got {value!r}")
+        if self.request_timeout_s <= 0:
+            raise ConfigError(f"request_timeout_s must be > 0, got {self.request_timeout_s!r}")
+        if not isinstance(self.batching, bool):
+            raise ConfigError(f"batching must be True or False, got {self.batching!r}")
+        levels = ("critical", "error", "warning", "info", "debug", "trace")
+        if self.log_level not in levels:
+            raise ConfigError(f"unknown log_level {self.log_level!r}; choose one of {', '.join(levels)}")
+
+    @property
+    def effective_batch_size(self) -> int:
+        """``max_batch_size`` with batching on, else 1."""
+        return self.max_batch_size if self.batching else 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (what the server process receives)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ServerConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise :class:`~dogclf.errors.ConfigError`."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown server options {unknown}; expected some of {sorted(known)}")
+        return cls(**data)
+
+
+class _Pending:
+    __slots__ = ("data", "future", "size")
+
+    def __init__(self, data: Any, future: asyncio.Future[Any]) -> None:
+        self.data = data
+        self.future = future
+        self.size = len(data.batch)
+
+
+class DynamicBatcher:
+    """Merge concurrent requests into shared forward passes on one inference thread.
+
+    Requests queue in arrival order. A batch starts with the oldest request and takes the following ones while
+    they fit in ``max_batch_size`` images, waiting up to ``max_delay_s`` after the batch's first request for more
+    to arrive; a request with more images than ``max_batch_size`` runs alone. The forward pass runs on a dedicated
+    thread, so the event loop keeps accepting (and the worker threads keep decoding) meanwhile.
+
+    Args:
+        model: A :class:`~dogclf.serving.handler.ServedModel`.
+        max_batch_size: Most images per forward pass.
+        max_delay_s: How long to wait for more requests after the first one of a batch.
+
+    Attributes:
+        batches: Forward passes run so far.
+        images: Images those passes took.
+
+    :meth:`start` must be called from the event loop that will :meth:`submit`.
+    """
+
+    def __init__(self, model: Any, max_batch_size: int = 8, max_delay_s: float = 0.01) -> None:
+        self.model = model
+        self.max_batch_size = max_batch_size
+        self.max_delay_s = max_delay_s
+        self.batches = 0
+        self.images = 0
+        self._pending: collections.deque[_Pending] = collections.deque()
+        self._arrived: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    def start(self) -> None:
+        """Start the batching task on the running event loop."""
+        self._arrived = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dogclf-infer")
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        """Stop the task and fail what is still queued."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        while self._pending:
+            item = self._pending.popleft()
+            if not item.future.done():
+                item.future.set_exception(RuntimeError("the server is shutting down"))
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def submit(self, data: Any) -> Any:
+        """Queue one :class:`~dogclf.serving.handler.InferenceInput`; returns its
+        :class:`~dogclf.serving.handler.InferenceOutput` once its batch has run.
+
+        Raises:
+            InvalidRequestError: its ``k`` is out of range (checked before queueing, so one bad request cannot
+                fail the batch it would have shared).
+        """
+        from dogclf.serving import handler
+
+        handler.resolve_k(data.k, self.model.num_classes)
+        if self._arrived is None:
+            raise RuntimeError("DynamicBatcher.start() was not called")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Pending(data, future))
+        self._arrived.set()
+        return await future
+
+    async def _wait(self, timeout: float | None) -> None:
+        assert self._arrived is not None
+        self._arrived.clear()
+        if timeout is None:
+            await self._arrived.wait()
+            return
+        try:
+            await asyncio.wait_for(self._arrived.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+
+    async def _next_batch(self) -> list[_Pending]:
+        while not self._pending:
+            await self._wait(None)
+        items = [self._pending.popleft()]
+        size = items[0].size
+        deadline = time.monotonic() + self.max_delay_s
+        while size < self.max_batch_size:
+            if not self._pending:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                await self._wait(remaining)
+                continue
+            if size + self._pending[0].size > self.max_batch_size:
+                break  # it opens the next batch
+            item = self._pending.popleft()
+            items.append(item)
+            size += item.size
+        return [item for item in items if not item.future.done()]  # timed-out requests are dropped
+
+    async def _run(self) -> None:
+        import torch
+
+        from dogclf.serving import handler
+
+        loop = asyncio.get_running_loop()
+        while True:
+            items = await self._next_batch()
+            if not items:
+                continue
+            merged = handler.InferenceInput(batch=torch.cat([item.data.batch for item in items]), k=1)
+            try:
+                output = await loop.run_in_executor(self._executor, handler.predict_fn, merged, self.model)
+            except Exception as exc:  # noqa: BLE001 - handed to each waiting request
+                for item in items:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+                continue
+            self.batches += 1
+            self.images += len(merged.batch)
+            start = 0
+            for item in items:
+                k = handler.resolve_k(item.data.k, self.model.num_classes)
+                result = handler.InferenceOutput(logits=output.logits[start:start + item.size], k=k,
+                                                 labels=output.labels)
+                start += item.size
+                if not item.future.done():
+                    item.future.set_result(result)
+
+
+class _RequestProcessor:
+    """Stand-in for the model server's request processor: ``get_request_properties()`` returns the headers."""
+
+    def __init__(self, headers: dict[str, str]) -> None:
+        self._headers = headers
+
+    def get_request_properties(self) -> dict[str, str]:
+        return self._headers
+
+
+class _Context:
+    """The part of the SageMaker model-server context the handler reads: ``request_processor[0]``."""
+
+    def __init__(self, headers: dict[str, str]) -> None:
+        self.request_processor = [_RequestProcessor(headers)]
+
+
+def _error(status: int, code: str, message: str) -> Any:
+    from starlette.responses import JSONResponse
+
+    return JSONResponse({"error": code, "message": message}, status_code=status)
+
+
+def create_app(model: Any, config: ServerConfig | None = None) -> Any:
+    """Build the Starlette app serving ``model``.
+
+    Args:
+        model: A :class:`~dogclf.serving.handler.ServedModel` (from :func:`~dogclf.serving.handler.model_fn`).
+        config: Serving options; defaults to :class:`ServerConfig`'s.
+
+    Returns:
+        A Starlette application with ``GET /ping`` and ``POST /invocations`` (plus ``GET /stats``: batches run,
+        images seen, requests served and refused).
+    """
+    from contextlib import asynccontextmanager
+
+    from starlette.applications import Starlette
+    from starlette.requests import ClientDisconnect, Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    from dogclf.serving import handler
+
+    config = config or ServerConfig()
+    batcher = DynamicBatcher(model, config.effective_batch_size, config.max_delay_ms / 1000.0)
+    pool = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="dogclf-worker")
+    stats = {"requests": 0, "errors_4xx": 0, "errors_5xx": 0}
+
+    async def ping(request: Request) -> Response:
+        return JSONResponse({"status": "healthy", "breeds": model.num_classes})
+
+    async def read_body(request: Request) -> bytes:
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > config.max_request_bytes:
+            raise handler.request_error(f"the body is {length} bytes, over the limit of {config.max_request_bytes}",
+                                        "payload_too_large", 413)
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > config.max_request_bytes:
+                raise handler.request_error(f"the body is over the limit of {config.max_request_bytes} bytes",
+                                            "payload_too_large", 413)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def handle(request: Request) -> Response:
+        loop = asyncio.get_running_loop()
+        body = await read_body(request)
+        headers = {key.lower(): value for key, value in request.headers.items()}
+        if "k" in request.query_params:
+            headers["x-dogclf-k"] = request.query_params["k"]
+        content_type = headers.get("content-type")
+        data = await loop.run_in_executor(pool, handler.input_fn, body, content_type, _Context(headers))
+        output = await batcher.submit(data)
+        payload, media_type = await loop.run_in_executor(pool, handler.output_fn, output, headers.get("accept"))
+        return Response(payload, media_type=media_type)
+
+    async def invocations(request: Request) -> Response:
+        stats["requests"] += 1
+        try:
+            return await asyncio.wait_for(handle(request), config.request_timeout_s)
+        except InvalidRequestError as exc:
+            stats["errors_4xx"] += 1
+            return _error(exc.status_code, exc.code, str(exc))
+        except asyncio.TimeoutError:
+            stats["errors_5xx"] += 1
+            return _error(504, "timeout", f"the request took longer than {config.request_timeout_s} s")
+        except ClientDisconnect:
+            stats["errors_4xx"] += 1
+            return _error(400, "client_disconnected", "the client went away before the body was read")
+        except Exception as exc:  # noqa: BLE001 - a real server fault: log it, answer 500, keep serving
+            stats["errors_5xx"] += 1
+            logger.exception("internal error serving a request")
+            return _error(500, "internal_error", f"{type(exc).__name__}: {exc}")
+
+    async def get_stats(request: Request) -> Response:
+        return JSONResponse({**stats, "batches": batcher.batches, "images": batcher.images})
+
+    @asynccontextmanager
+    async def lifespan(app: Any) -> Any:
+        batcher.start()
+        try:
+            yield
+        finally:
+            await batcher.stop()
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    return Starlette(routes=[
+        Route("/ping", ping, methods=["GET"]),
+        Route("/invocations", invocations, methods=["POST"]),
+        Route("/stats", get_stats, methods=["GET"]),
+    ], lifespan=lifespan)
+
+
+def serve(model_dir: str | os.PathLike[str], config: ServerConfig | None = None, *,
+          sock: socket.socket | None = None) -> None:
+    """Load the artifact in ``model_dir`` and serve it until interrupted (SIGINT/SIGTERM stop it gracefully).
+
+    Args:
+        model_dir: An unpacked artifact folder.
+        config: Serving options.
+        sock: An already bound and listening socket to serve on (``config.host``/``port`` are then ignored).
+    """
+    import torch
+    import uvicorn
+
+    from dogclf.serving import handler
+
+    config = config or ServerConfig()
+    if config.torch_threads is not None:
+        torch.set_num_threads(config.torch_threads)
+    model = handler.model_fn(model_dir)
+    app = create_app(model, config)
+    uv_config = uvicorn.Config(app, host=config.host, port=config.port, log_level=config.log_level,
+                               access_log=False, timeout_graceful_shutdown=5, lifespan="on")
+    server = uvicorn.Server(uv_config)
+    server.run(sockets=[sock] if sock is not None else None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point: ``python -m dogclf.serving.server MODEL_DIR [options]``."""
+    parser = argparse.ArgumentParser(prog="python -m dogclf.serving.server", description=__doc__.split("\n\n")[0])
+    parser.add_argument("model_dir", help="unpacked model artifact folder")
+    parser.add_argument("--config", default=None, help="ServerConfig as a JSON object")
+    parser.add_argument("--fd", type=int, default=None, help="serve on this inherited listening socket")
+    for f in fields(ServerConfig):
+        if f.name in ("host", "log_level"):
+            parser.add_argument(f"--{f.name.replace('_', '-')}", default=None)
+        elif f.name == "batching":
+            parser.add_argument("--no-batching", dest="batching", action="store_false", default=None)
+        else:
+            parser.add_argument(f"--{f.name.replace('_', '-')}", type=float if "_s" in f.name or "ms" in f.name
+                                else int, default=None)
+    args = parser.parse_args(argv)
+    options = json.loads(args.config) if args.config else {}
+    options.update({f.name: getattr(args, f.name) for f in fields(ServerConfig) if getattr(args, f.name) is not None})
+    config = ServerConfig.from_dict(options)
+    logging.basicConfig(level=config.log_level.upper() if config.log_level != "trace" else "DEBUG",
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sock = socket.socket(fileno=args.fd) if args.fd is not None else None
+    serve(args.model_dir, config, sock=sock)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover - run as a process
+    raise SystemExit(main())

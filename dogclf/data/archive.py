@@ -40,7 +40,7 @@ def _member_path(info: zipfile.ZipInfo, archive: Path) -> PurePosixPath | None:
     mode = info.external_attr >> 16
     if stat.S_ISLNK(mode):
         raise UnsafeArchiveError(f"archive {str(archive)!r}: member {raw!r} is a symbolic link")
-    if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+    if stat.S_IFMT(mode) and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
         raise UnsafeArchiveError(f"archive {str(archive)!r}: member {raw!r} is not a regular file or folder")
     if not parts or parts[0] == "__MACOSX" or parts[-1] == ".DS_Store":
         return None

@@ -164,6 +164,8 @@ class ResNetBreedModel:
         freeze: ``"head"`` trains only the new head (the seed), ``"last-block"`` trains ``layer4`` and the head,
             ``"full"`` trains everything.
         dropout: Dropout probability before the head's linear layer (``0`` for none).
+        preprocess: Input preprocessing (:class:`Preprocess` or its dict form); default resize 256, centre crop
+            224, ImageNet mean/std.
 
     Attributes:
         config: The validated :class:`ModelConfig`.
@@ -181,12 +183,13 @@ class ResNetBreedModel:
 
     def __init__(self, labels: Any = "dogimages-133", backbone: str = "resnet50",
                  weights: str | os.PathLike[str] | None = "IMAGENET1K_V2", freeze: str = "head",
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, preprocess: Preprocess | dict[str, Any] | None = None) -> None:
         if not isinstance(labels, (str, os.PathLike, BreedLabels, list, tuple)):
             raise ConfigError(f"labels must be a label-set name, a BreedLabels, or a list of breed names; "
                               f"got {type(labels).__name__}")
         self.labels = labels
-        self.config = ModelConfig(backbone=backbone, weights=weights, freeze=freeze, dropout=dropout)
+        self.config = ModelConfig(backbone=backbone, weights=weights, freeze=freeze, dropout=dropout,
+                                  preprocess=preprocess if preprocess is not None else Preprocess())
 
     # -- convenient views of the config ------------------------------------------------------------------------
     @property

@@ -26,6 +26,8 @@ _LAZY = {
     "list_labels": "dogclf.labels",
     "get_backend": "dogclf.backends",
     "list_backends": "dogclf.backends",
+    "EndpointDeployer": "dogclf.serving",
+    "BreedPredictor": "dogclf.serving",
     "ResNetBreedModel": "dogclf.models",
     "DatasetStager": "dogclf.data",
     "make_synthetic_dataset": "dogclf.data",

@@ -11,10 +11,14 @@ from __future__ import annotations
 
 from dogclf.serving.deployer import DeployConfig, EndpointDeployer
 from dogclf.serving.endpoint import CostWarning, Endpoint, InProcessEndpoint, LocalEndpoint
+from dogclf.serving.predictor import BreedPredictor, BreedScore, Prediction
 from dogclf.serving.package import pack_artifact, write_code_dir
 from dogclf.serving.server import ServerConfig
 
 __all__ = [
+    "BreedPredictor",
+    "BreedScore",
+    "Prediction",
     "CostWarning",
     "DeployConfig",
     "Endpoint",

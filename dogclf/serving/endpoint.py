@@ -203,6 +203,7 @@ class LocalEndpoint(Endpoint):
 
     Attributes:
         url: ``http://host:port`` once started.
+        labels: The served model's :class:`~dogclf.labels.BreedLabels` once started.
         log_path: The server's log file.
     """
 
@@ -216,6 +217,7 @@ class LocalEndpoint(Endpoint):
         self.workdir = Path(workdir) if workdir is not None else None
         self.startup_timeout_s = startup_timeout_s
         self.url: str | None = None
+        self.labels: Any = None
         self.log_path: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._finalizer: weakref.finalize | None = None
@@ -239,6 +241,7 @@ class LocalEndpoint(Endpoint):
                 of its log).
             ArtifactError: the artifact is not usable.
         """
+        from dogclf.labels import BreedLabels
         from dogclf.serving.package import resolve_model_dir
         from dogclf.serving.server import ServerConfig
 
@@ -252,6 +255,7 @@ class LocalEndpoint(Endpoint):
         workdir.mkdir(parents=True, exist_ok=True)
         try:
             model_dir = resolve_model_dir(self.artifact, workdir)
+            self.labels = BreedLabels.load(model_dir / "labels.json")
             family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
             sock = socket.socket(family, socket.SOCK_STREAM)
             try:

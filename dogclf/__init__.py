@@ -31,6 +31,7 @@ _LAZY = {
     "ResNetBreedModel": "dogclf.models",
     "DatasetStager": "dogclf.data",
     "make_synthetic_dataset": "dogclf.data",
+    "HPOExperiment": "dogclf.hpo",
 }
 
 __all__ = ["DogclfError", "__version__", *_LAZY]

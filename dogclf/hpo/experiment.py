@@ -1,0 +1,410 @@
+""":class:`HPOExperiment`: tune the training entry point's hyperparameters on any backend."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import logging
+import math
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from dogclf.errors import ConfigError, NotFittedError, NotFoundError
+from dogclf.hpo.objective import Objective
+from dogclf.hpo.pruning import MedianStopping, get_early_stopping
+from dogclf.hpo.space import SearchSpace
+from dogclf.hpo.state import ExperimentState, experiments_root, validate_name
+from dogclf.hpo.strategies import Strategy, get_strategy
+from dogclf.hpo.trial import Trial
+
+__all__ = ["HPOExperiment"]
+
+logger = logging.getLogger(__name__)
+
+_SCORED = ("Completed", "Pruned", "Stopped")
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be an int >= 1, got {value!r}")
+    return value
+
+
+def _is_spec(obj: Any) -> bool:
+    return (dataclasses.is_dataclass(obj) and not isinstance(obj, type)
+            and {"hyperparameters", "job_name"} <= {f.name for f in dataclasses.fields(obj)})
+
+
+def _spec_to_dict(spec: Any) -> dict[str, Any]:
+    cls = type(spec)
+    return {"class": f"{cls.__module__}:{cls.__qualname__}",
+            "fields": {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec) if f.init}}
+
+
+def _spec_from_dict(data: Mapping[str, Any]) -> Any:
+    module, _, qualname = str(data.get("class", "")).partition(":")
+    try:
+        cls: Any = importlib.import_module(module)
+        for part in qualname.split("."):
+            cls = getattr(cls, part)
+        return cls(**dict(data.get("fields") or {}))
+    except Exception as exc:
+        raise ConfigError(f"cannot rebuild the experiment's training spec ({data.get('class')}): "
+                          f"{type(exc).__name__}: {exc}") from exc
+
+
+class HPOExperiment:
+    """Tune the training entry point's hyperparameters: the seed's SageMaker tuning job as a few lines of code,
+    on the local backend or on SageMaker.
+
+    Each trial is one training job of the shared entry point with the trial's hyperparameters merged over the
+    spec's static ones. On the local backend trials run as separate processes, up to ``max_parallel`` at once,
+    each in its own job directory; on SageMaker the experiment is a hyperparameter-tuning job. The experiment's
+    state is kept on disk (``<root>/experiments/<name>/experiment.json``): running :meth:`run` again after an
+    interruption continues where it stopped and never repeats a finished trial, and :meth:`attach` reconnects to
+    an earlier or still-running experiment by name.
+
+    Args:
+        model_or_entry_point: The training job every trial starts from: a ``dogclf.training.TrainingJobSpec``
+            (its hyperparameters are the static ones, its channels the data), or an object with a
+            ``training_spec()`` method returning one (e.g. a model that knows its data).
+        space: ``{name: Continuous | Integer | Categorical}`` or a :class:`~dogclf.hpo.SearchSpace`.
+        objective: An :class:`~dogclf.hpo.Objective`, or a metric name (``"test_loss"``; names ending in
+            ``acc``/``accuracy`` are maximised, others minimised).
+        max_trials: Trials to run in all (a grid stops earlier when it has fewer combinations).
+        max_parallel: Trials running at the same time.
+        strategy: ``"bayesian"`` (Optuna TPE), ``"random"``, ``"grid"`` (categorical-only spaces) or a
+            :class:`~dogclf.hpo.Strategy`.
+        early_stopping: ``"off"``, ``"auto"`` (the median rule, like SageMaker's ``early_stopping_type="Auto"``)
+            or a :class:`~dogclf.hpo.MedianStopping`.
+        backend: ``None`` (the default backend), a registered backend name or a backend object.
+        name: The experiment's name (1-32 letters, digits, hyphens); default ``hpo-<UTC timestamp>``.
+        seed: Seed of the strategy's draws; the same seed reproduces the same trials (run sequentially).
+            ``None`` picks one and records it in the state.
+
+    Raises:
+        ConfigError: an invalid space, objective, strategy (e.g. grid over a numeric range), early-stopping
+            value, name, ``max_trials < 1`` or ``max_parallel < 1``, or a ``model_or_entry_point`` that is no
+            training spec.
+
+    Example:
+        >>> from dogclf.hpo import HPOExperiment, Continuous, Categorical
+        >>> exp = HPOExperiment(spec, {"lr": Continuous(1e-3, 0.1, scale="log"),
+        ...                            "batch-size": Categorical([32, 64, 128]), "epochs": Categorical([1, 2])},
+        ...                     "test_loss", max_trials=3, max_parallel=2, backend="local")  # doctest: +SKIP
+        >>> exp.run().best_params_  # doctest: +SKIP
+        {'lr': 0.0011, 'batch-size': 64, 'epochs': 2}
+    """
+
+    def __init__(self, model_or_entry_point: Any, space: Mapping[str, Any] | SearchSpace,
+                 objective: Objective | str = "test_loss", *, max_trials: int = 10, max_parallel: int = 1,
+                 strategy: str | Strategy = "bayesian", early_stopping: str | MedianStopping | None = "off",
+                 backend: Any = None, name: str | None = None, seed: int | None = None) -> None:
+        if not (_is_spec(model_or_entry_point) or callable(getattr(model_or_entry_point, "training_spec", None))):
+            raise ConfigError(
+                f"model_or_entry_point must be a dogclf.training.TrainingJobSpec or have a training_spec() method, "
+                f"got {type(model_or_entry_point).__name__}: {model_or_entry_point!r:.80}")
+        self.model_or_entry_point = model_or_entry_point
+        self.space = SearchSpace(space)
+        if isinstance(objective, str):
+            maximize = objective.endswith(("acc", "accuracy"))
+            objective = Objective(objective, direction="maximize" if maximize else "minimize")
+        if not isinstance(objective, Objective):
+            raise ConfigError(f"objective must be an Objective or a metric name, got {objective!r:.80}")
+        self.objective = objective
+        self.max_trials = _positive_int("max_trials", max_trials)
+        self.max_parallel = _positive_int("max_parallel", max_parallel)
+        self.strategy = get_strategy(strategy)
+        self.strategy.validate(self.space)
+        self.early_stopping = get_early_stopping(early_stopping)
+        self.backend = backend
+        self.name = validate_name(name) if name is not None else f"hpo-{time.strftime('%y%m%d-%H%M%S', time.gmtime())}"
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ConfigError(f"seed must be an int or None, got {seed!r}")
+        self.seed = seed
+        self._backend_obj: Any = None
+        self._spec: Any = None
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def __repr__(self) -> str:
+        return (f"HPOExperiment(name={self.name!r}, space={dict(self.space)!r}, objective={self.objective!r}, "
+                f"max_trials={self.max_trials}, max_parallel={self.max_parallel}, strategy={self.strategy!r})")
+
+    # -- running ---------------------------------------------------------------------------------------------------
+    def _resolve_backend(self) -> Any:
+        if self._backend_obj is None:
+            from dogclf.backends import get_backend
+
+            self._backend_obj = get_backend(self.backend)
+        return self._backend_obj
+
+    def _base_spec(self) -> Any:
+        if self._spec is None:
+            src = self.model_or_entry_point
+            spec = src if _is_spec(src) else src.training_spec()
+            if not _is_spec(spec):
+                raise ConfigError(f"{type(src).__name__}.training_spec() returned {type(spec).__name__}, "
+                                  f"not a TrainingJobSpec")
+            self._spec = spec
+        return self._spec
+
+    @property
+    def state_path(self) -> Path:
+        """Where this experiment's state file is (``<root>/experiments/<name>/experiment.json``)."""
+        return experiments_root(self._resolve_backend()) / self.name / "experiment.json"
+
+    def _new_state(self, backend: Any, spec: Any) -> ExperimentState:
+        seed = self.seed if self.seed is not None else int(time.time_ns() % (2**31 - 1))
+        return ExperimentState(
+            name=self.name, backend=str(getattr(backend, "name", type(backend).__name__)), space=self.space,
+            objective=self.objective, strategy=self.strategy, max_trials=self.max_trials,
+            max_parallel=self.max_parallel, early_stopping=self.early_stopping, seed=seed,
+            base_spec=_spec_to_dict(spec))
+
+    def _load_or_create(self) -> ExperimentState:
+        backend, spec = self._resolve_backend(), self._base_spec()
+        path = self.state_path
+        try:
+            state = ExperimentState.load(path)
+        except NotFoundError:
+            state = self._new_state(backend, spec)
+            state.save(path)
+            return state
+        diffs = [what for what, a, b in (("space", state.space, self.space), ("objective", state.objective,
+                                                                                self.objective))
+                 if a != b]
+        if state.strategy.name != self.strategy.name:
+            diffs.append("strategy")
+        if self.seed is not None and state.seed != self.seed:
+            diffs.append("seed")
+        if diffs:
+            raise ConfigError(f"experiment {self.name!r} already exists at {str(path)!r} with a different "
+                              f"{', '.join(diffs)}; pick another name, or use HPOExperiment.attach({self.name!r})")
+        # A re-run may raise the budget or the parallelism; finished trials stay as they are.
+        state.max_trials, state.max_parallel, state.early_stopping = (self.max_trials, self.max_parallel,
+                                                                      self.early_stopping)
+        done = sum(t.finished for t in state.trials)
+        logger.info("resuming experiment %r: %d of %d trials finished", self.name, done, state.max_trials)
+        return state
+
+    def _tune(self, state: ExperimentState, *, launch: bool, wait: bool) -> None:
+        backend, spec = self._resolve_backend(), self._base_spec()
+        tune = getattr(backend, "tune", None)
+        if callable(tune):
+            tune(spec, state=state, launch=launch, wait=wait)
+        elif launch:
+            from dogclf.hpo.runner import run_trials
+
+            run_trials(backend, spec, state)
+
+    def run(self, wait: bool = True) -> HPOExperiment:
+        """Run the experiment (or the trials an earlier, interrupted run left) and return ``self``.
+
+        Args:
+            wait: Block until every trial has ended. With ``wait=False`` the trials run in the background
+                (a thread for the local backend, the tuning job on SageMaker); call :meth:`wait` or
+                :meth:`refresh` later.
+
+        Returns:
+            ``self``, with :attr:`trials_`, :attr:`best_params_` and :attr:`best_trial_` filled in.
+
+        Raises:
+            ConfigError: an experiment of the same name exists with a different space, objective, strategy or
+                seed.
+        """
+        state = self._load_or_create()
+        self.state_ = state
+        if wait:
+            self._tune(state, launch=True, wait=True)
+        else:
+            def target() -> None:
+                try:
+                    self._tune(state, launch=True, wait=True)
+                except BaseException as exc:  # surfaced by wait()
+                    self._error = exc
+                    logger.exception("experiment %r failed", self.name)
+
+            self._thread = threading.Thread(target=target, name=f"dogclf-hpo-{self.name}", daemon=True)
+            self._thread.start()
+        return self
+
+    def wait(self, timeout: float | None = None) -> HPOExperiment:
+        """Block until a ``run(wait=False)`` has finished (or ``timeout`` seconds have passed); re-raise its error.
+        """
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if not self._thread.is_alive():
+                self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        return self
+
+    def refresh(self) -> HPOExperiment:
+        """Re-read the experiment's state (another process, or SageMaker, may have moved it on)."""
+        self._require_state()
+        if self._thread is None:
+            state = ExperimentState.load(self.state_path)
+            self._tune(state, launch=False, wait=False)
+            self.state_ = state
+        return self
+
+    @classmethod
+    def attach(cls, name: str, backend: Any = None) -> HPOExperiment:
+        """Reconnect to an earlier or running experiment by name.
+
+        Args:
+            name: The experiment's name.
+            backend: The backend it ran on (name or object), as for the constructor.
+
+        Returns:
+            An experiment with the stored configuration and the current :attr:`trials_`; :meth:`run` continues
+            it, :meth:`train_best` trains the final model.
+
+        Raises:
+            NotFoundError: no experiment of that name is stored for this backend.
+        """
+        from dogclf.backends import get_backend
+
+        backend_obj = get_backend(backend)
+        path = experiments_root(backend_obj) / validate_name(name) / "experiment.json"
+        state = ExperimentState.load(path)
+        spec = _spec_from_dict(state.base_spec)
+        exp = cls(spec, state.space, state.objective, max_trials=state.max_trials, max_parallel=state.max_parallel,
+                  strategy=state.strategy, early_stopping=state.early_stopping, backend=backend_obj, name=name,
+                  seed=state.seed)
+        exp._backend_obj = backend_obj
+        exp.state_ = state
+        exp._tune(state, launch=False, wait=False)
+        return exp
+
+    # -- results ---------------------------------------------------------------------------------------------------
+    def _require_state(self) -> ExperimentState:
+        state = getattr(self, "state_", None)
+        if state is None:
+            raise NotFittedError(f"experiment {self.name!r} has no results yet: call run() or attach() first")
+        return state
+
+    @property
+    def trials_(self) -> Any:
+        """The trials as a :class:`pandas.DataFrame`, one row per trial (index: trial number).
+
+        Columns: one per tuned hyperparameter, then ``job_name``, ``status``, ``objective``, ``duration_s``,
+        ``failure_reason``, ``created`` and ``ended`` (UTC timestamps).
+        """
+        import pandas as pd
+
+        state = self._require_state()
+        rows = []
+        for t in state.trials:
+            row = {name: t.params.get(name) for name in state.space}
+            row.update(trial=t.number, job_name=t.job_name, status=t.status,
+                       objective=t.objective if t.objective is not None else math.nan,
+                       duration_s=t.duration_s if t.duration_s is not None else math.nan,
+                       failure_reason=t.failure_reason,
+                       created=pd.to_datetime(t.created, unit="s", utc=True) if t.created else pd.NaT,
+                       ended=pd.to_datetime(t.ended, unit="s", utc=True) if t.ended else pd.NaT)
+            rows.append(row)
+        columns = ["trial", *state.space, "job_name", "status", "objective", "duration_s", "failure_reason",
+                   "created", "ended"]
+        return pd.DataFrame(rows, columns=columns).set_index("trial")
+
+    @property
+    def best_trial_(self) -> Trial:
+        """The trial with the best objective among those that logged one.
+
+        Raises:
+            NotFittedError: before :meth:`run`, or when no trial has an objective value yet.
+        """
+        state = self._require_state()
+        best: Trial | None = None
+        for t in state.trials:
+            if t.status in _SCORED and t.objective is not None and (
+                    best is None or self.objective.better(t.objective, best.objective)):
+                best = t
+        if best is None:
+            reasons = "; ".join(f"trial {t.number} {t.status}: {t.failure_reason}" for t in state.trials
+                                if t.failure_reason) or "no trial has finished"
+            raise NotFittedError(f"experiment {self.name!r} has no trial with an objective value ({reasons})")
+        return best
+
+    @property
+    def best_params_(self) -> dict[str, Any]:
+        """The best trial's tuned hyperparameters."""
+        return dict(self.best_trial_.params)
+
+    @property
+    def best_hyperparameters_(self) -> dict[str, Any]:
+        """Every hyperparameter of the best trial's job: the spec's static ones with the tuned ones over them."""
+        return {**dict(self._base_spec().hyperparameters), **self.best_params_}
+
+    def train_best(self, job_name: str | None = None, wait: bool = True, **train_kwargs: Any) -> Any:
+        """Train the final model from the best hyperparameters: one training job on the same backend.
+
+        Args:
+            job_name: The job's name; default ``<experiment>-best``.
+            wait: Passed to the backend's ``train``.
+            **train_kwargs: More keyword arguments for the backend's ``train``.
+
+        Returns:
+            What the backend's ``train`` returns (a ``TrainingJobResult``, or a job handle with ``wait=False``).
+
+        Raises:
+            NotFittedError: no trial has an objective value yet.
+        """
+        from dogclf.hpo.runner import trial_spec
+
+        params = self.best_params_
+        spec = trial_spec(self._base_spec(), params, job_name or f"{self.name}-best")
+        logger.info("training the final model of %r with %s", self.name, params)
+        return self._resolve_backend().train(spec, wait=wait, **train_kwargs)
+
+    # -- reporting -------------------------------------------------------------------------------------------------
+    def jobs_table(self) -> Any:
+        """The "Training jobs" table of the SageMaker console's tuning-job page, as a :class:`pandas.DataFrame`.
+
+        Columns: ``Name``, ``Status``, ``Final objective metric value``, ``Creation time``,
+        ``Training Duration``; newest first, like the console.
+        """
+        import pandas as pd
+
+        state = self._require_state()
+        rows = [{
+            "Name": t.job_name,
+            "Status": t.status,
+            "Final objective metric value": t.objective if t.objective is not None else math.nan,
+            "Creation time": pd.to_datetime(t.created, unit="s", utc=True) if t.created else pd.NaT,
+            "Training Duration": _duration(t.duration_s),
+        } for t in sorted(state.trials, key=lambda t: (t.created or 0, t.number), reverse=True)]
+        return pd.DataFrame(rows, columns=["Name", "Status", "Final objective metric value", "Creation time",
+                                           "Training Duration"])
+
+    def format_jobs_table(self) -> str:
+        """:meth:`jobs_table` as fixed-width text (for logs and terminals)."""
+        return self.jobs_table().to_string(index=False)
+
+    def plot(self, path: str | Path | None = None) -> Any:
+        """Plot the objective per trial and against each tuned hyperparameter.
+
+        Args:
+            path: Where to save the figure as PNG (written atomically); ``None`` only returns it.
+
+        Returns:
+            The :class:`matplotlib.figure.Figure`.
+        """
+        from dogclf.hpo.report import plot_experiment
+
+        return plot_experiment(self._require_state(), path)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f} second(s)"
+    return f"{round(seconds / 60)} minute(s)"
+

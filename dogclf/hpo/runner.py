@@ -1,0 +1,256 @@
+"""The trial runner: runs an experiment's trials as separate training jobs on any backend that can start one.
+
+This is how the local backend tunes (:func:`dogclf.backends.local.tuning.tune` calls :func:`run_trials`), and how
+an experiment runs on a third-party backend that has ``train`` but no ``tune`` of its own. It needs only this of
+the backend::
+
+    handle = backend.train(spec, wait=False, on_log_line=callback)
+    handle.status        # "InProgress" until it ends, then "Completed" / "Failed" / "Stopped"
+    handle.stop()        # ask the job to stop
+    result = handle.wait()   # a TrainingJobResult-like object: status, metrics, metric_history,
+                             # model_artifact, output_dir, failure_reason, duration_s, log_path
+
+It keeps up to ``max_parallel`` jobs running, asks the strategy for each new trial's hyperparameters, watches each
+job's log lines for per-epoch metrics and stops those the pruner calls clearly worse, records every ending (a
+failed job is recorded with its reason and does not stop the others) and saves the experiment's state after every
+event. Trials a previous, interrupted run left "InProgress" are started again with the same hyperparameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from dogclf.errors import DogclfError
+from dogclf.hpo.objective import metric_definitions, parse_metrics
+from dogclf.hpo.state import ExperimentState
+from dogclf.hpo.trial import Trial
+
+__all__ = ["run_trials", "trial_job_name", "trial_spec"]
+
+logger = logging.getLogger(__name__)
+
+_DONE = ("Completed", "Failed", "Stopped")
+
+
+def trial_job_name(experiment: str, number: int, attempt: int = 1) -> str:
+    """The training-job name of a trial: ``<experiment>-<NNN>`` (1-based, like SageMaker's tuning jobs), with
+    ``-r<attempt>`` when a trial is run again after an interruption."""
+    name = f"{experiment}-{number + 1:03d}"
+    return name if attempt <= 1 else f"{name}-r{attempt}"
+
+
+def trial_spec(base: Any, params: dict[str, Any], job_name: str) -> Any:
+    """``base`` (a frozen ``TrainingJobSpec``) with the trial's hyperparameters merged over the static ones."""
+    return dataclasses.replace(base, hyperparameters={**dict(base.hyperparameters), **params}, job_name=job_name)
+
+
+class _Monitor:
+    """Collects one job's metrics from its log lines (called from the backend's log thread)."""
+
+    def __init__(self, objective: Any) -> None:
+        self._objective = objective
+        self._definitions = metric_definitions()
+        self._lock = threading.Lock()
+        self.history: list[dict[str, float]] = []
+        self.final: dict[str, float] = {}
+        self.objective_value: float | None = None
+
+    def __call__(self, line: str) -> None:
+        found = parse_metrics(line, self._definitions)
+        value = self._objective.extract(line)
+        with self._lock:
+            if value is not None:
+                self.objective_value = value
+            if "epoch" in found:
+                self.history.append(found)
+            elif found:
+                self.final.update(found)
+
+    def snapshot(self) -> list[dict[str, float]]:
+        with self._lock:
+            return [dict(r) for r in self.history]
+
+
+class _Running:
+    def __init__(self, trial: Trial, handle: Any, monitor: _Monitor) -> None:
+        self.trial = trial
+        self.handle = handle
+        self.monitor = monitor
+        self.prune_reason: str | None = None
+        self.started = time.time()
+
+
+def _status(handle: Any) -> str:
+    try:
+        return str(handle.status)
+    except Exception as exc:  # a backend whose status lookup fails: treat the job as ended and let wait() tell
+        logger.warning("could not read status of %s: %s", getattr(handle, "job_name", handle), exc)
+        return "Failed"
+
+
+def _finish(run: _Running, objective: Any) -> None:
+    """Wait for an ended job and copy its outcome into the trial record."""
+    trial, monitor = run.trial, run.monitor
+    result, error = None, None
+    try:
+        result = run.handle.wait()
+    except DogclfError as exc:
+        error = exc
+    except Exception as exc:  # the backend broke, not only the job: still record it and carry on
+        error = exc
+        logger.exception("trial %s: waiting for job %s failed", trial.number, trial.job_name)
+    trial.ended = time.time()
+    if result is not None:
+        status = str(getattr(result, "status", "Failed"))
+        trial.metrics = {k: float(v) for k, v in (getattr(result, "metrics", None) or {}).items()
+                         if isinstance(v, (int, float))}
+        history = getattr(result, "metric_history", None)
+        trial.history = [dict(r) for r in history] if history else monitor.snapshot()
+        trial.duration_s = getattr(result, "duration_s", None)
+        out = getattr(result, "output_dir", None)
+        trial.output_dir = str(out) if out is not None else None
+        art = getattr(result, "model_artifact", None)
+        trial.model_artifact = str(art) if art is not None else None
+        trial.failure_reason = getattr(result, "failure_reason", None)
+        value = monitor.objective_value
+        if value is None:
+            value = trial.metrics.get(objective.metric)
+        if value is None and getattr(result, "log_path", None):
+            try:
+                value = objective.extract(Path(result.log_path).read_text(errors="replace"))
+            except OSError:
+                value = None
+    else:
+        status = str(getattr(error, "status", None) or "Failed")
+        trial.history = monitor.snapshot()
+        trial.failure_reason = str(getattr(error, "reason", None) or error)
+        value = monitor.objective_value
+        trial.duration_s = trial.ended - run.started
+    if trial.duration_s is None:
+        trial.duration_s = trial.ended - run.started
+    if status not in _DONE:
+        status = "Failed"
+    if run.prune_reason is not None and status != "Failed":
+        status, trial.failure_reason = "Pruned", run.prune_reason
+    elif status == "Completed" and (value is None or not math.isfinite(value)):
+        status = "Failed"
+        trial.failure_reason = (f"the job completed but never logged the objective metric "
+                                f"{objective.metric!r} (regex {objective.regex!r})" if value is None
+                                else f"the objective {objective.metric!r} is {value}")
+    trial.objective = value if value is not None and math.isfinite(value) else None
+    trial.status = status
+    logger.info("trial %d (%s) %s: %s=%s%s", trial.number, trial.job_name, status, objective.metric,
+                trial.objective, f" ({trial.failure_reason})" if trial.failure_reason else "")
+
+
+def run_trials(backend: Any, spec: Any, state: ExperimentState, *, poll_interval: float = 0.2,
+               warm_up_first: bool = False) -> ExperimentState:
+    """Run ``state``'s remaining trials as training jobs on ``backend``; return ``state`` when all have ended.
+
+    Args:
+        backend: An object whose ``train(spec, wait=False, on_log_line=...)`` starts a job and returns a handle
+            (see the module docs).
+        spec: The base training-job spec; each trial replaces its hyperparameters and job name.
+        state: The experiment's state; updated and saved after every trial start and end.
+        poll_interval: Seconds between looks at the running jobs.
+        warm_up_first: Run the first trial alone until it logs its first epoch (or ends) before starting the
+            others, so that a shared backbone feature cache is filled once rather than by every parallel job.
+
+    Returns:
+        ``state``.
+
+    If the caller is interrupted (``KeyboardInterrupt``), the running jobs are stopped and stay "InProgress" in
+    the state file; the next run starts them again.
+    """
+    objective, strategy, pruner = state.objective, state.strategy, state.early_stopping
+    limit = state.max_trials
+    cap = strategy.max_trials(state.space)
+    if cap is not None and cap < limit:
+        logger.info("strategy %s has only %d combinations; running %d trials, not %d", strategy.name, cap, cap,
+                    limit)
+        limit = cap
+    relaunch = [t for t in state.trials if t.status == "InProgress"]
+    running: dict[int, _Running] = {}
+    exhausted = False
+
+    def launch(trial: Trial) -> None:
+        monitor = _Monitor(objective)
+        try:
+            handle = backend.train(trial_spec(spec, trial.params, trial.job_name), wait=False, on_log_line=monitor)
+        except DogclfError as exc:
+            trial.status, trial.failure_reason = "Failed", f"the job could not start: {exc}"
+            trial.ended, trial.duration_s = time.time(), 0.0
+            logger.warning("trial %d (%s) could not start: %s", trial.number, trial.job_name, exc)
+            return
+        running[trial.number] = _Running(trial, handle, monitor)
+        logger.info("trial %d (%s) started: %s", trial.number, trial.job_name, trial.params)
+
+    def may_launch() -> bool:
+        if len(running) >= state.max_parallel:
+            return False
+        if warm_up_first and running and not any(t.status == "Completed" for t in state.trials):
+            # the cache is warm once some running job has logged an epoch
+            return any(r.monitor.snapshot() for r in running.values())
+        return True
+
+    try:
+        while True:
+            while may_launch():
+                if relaunch:
+                    trial = relaunch.pop(0)
+                    trial.attempts += 1
+                    trial.job_name = trial_job_name(state.name, trial.number, trial.attempts)
+                    trial.created, trial.ended, trial.failure_reason = time.time(), None, None
+                elif not exhausted and len(state.trials) < limit:
+                    number = len(state.trials)
+                    params = strategy.suggest(state.space, state.trials, number, seed=state.seed,
+                                              objective=objective)
+                    if params is None:
+                        exhausted = True
+                        break
+                    trial = Trial(number=number, params=dict(params), job_name=trial_job_name(state.name, number),
+                                  created=time.time())
+                    state.trials.append(trial)
+                else:
+                    break
+                launch(trial)
+                state.save()
+            if not running:
+                break
+            changed = False
+            for number, run in list(running.items()):
+                if pruner is not None and run.prune_reason is None:
+                    history = {int(r.get("epoch", i)): r[pruner.metric_for(objective)]
+                               for i, r in enumerate(run.monitor.snapshot(), start=1)
+                               if pruner.metric_for(objective) in r}
+                    reason = pruner.should_stop(history, state.trials, objective)
+                    if reason is not None:
+                        run.prune_reason = reason
+                        logger.info("trial %d (%s) %s", number, run.trial.job_name, reason)
+                        try:
+                            run.handle.stop()
+                        except DogclfError as exc:
+                            logger.warning("could not stop %s: %s", run.trial.job_name, exc)
+                if _status(run.handle) in _DONE:
+                    _finish(run, objective)
+                    del running[number]
+                    changed = True
+            if changed:
+                state.save()
+            else:
+                time.sleep(poll_interval)
+    except BaseException:
+        for run in running.values():
+            try:
+                run.handle.stop()
+            except Exception as exc:  # best effort while unwinding
+                logger.warning("could not stop %s: %s", run.trial.job_name, exc)
+        state.save()
+        raise
+    return state

@@ -192,10 +192,10 @@ def upload_files(client: Any, loc: S3Location, files: Sequence[tuple[Path, str, 
         return stats
     config = TransferConfig(multipart_threshold=multipart_threshold, multipart_chunksize=multipart_chunksize,
                             max_concurrency=workers, use_threads=True)
-    manager = create_transfer_manager(client, config)
-    futures = []
-    ok = False
-    try:
+    # The manager as a context manager cancels in-flight transfers on error (its shutdown(cancel=True) is broken
+    # in s3transfer 0.19: it passes the message as the exception type).
+    with create_transfer_manager(client, config) as manager:
+        futures = []
         for path, key, size, sha in todo:
             extra = {"Metadata": {"sha256": sha}, "ContentType": _content_type(path)}
             futures.append((manager.upload(str(path), loc.bucket, key, extra_args=extra), size))
@@ -206,9 +206,6 @@ def upload_files(client: Any, loc: S3Location, files: Sequence[tuple[Path, str, 
             done += 1
             if progress is not None:
                 progress(done, total)
-        ok = True
-    finally:
-        manager.shutdown(cancel=not ok)
     return stats
 
 
@@ -236,10 +233,8 @@ def download_prefix(client: Any, loc: S3Location, dest: Path, *, workers: int = 
     strip = len(loc.prefix) + 1 if loc.prefix else 0
     dest.mkdir(parents=True, exist_ok=True)
     root = dest.resolve()
-    manager = create_transfer_manager(client, TransferConfig(max_concurrency=workers, use_threads=True))
-    futures = []
-    ok = False
-    try:
+    with create_transfer_manager(client, TransferConfig(max_concurrency=workers, use_threads=True)) as manager:
+        futures = []
         for key in sorted(objects):
             rel = key[strip:]
             if not rel or rel.endswith("/"):
@@ -253,9 +248,6 @@ def download_prefix(client: Any, loc: S3Location, dest: Path, *, workers: int = 
             future.result()
             if progress is not None:
                 progress(i, len(futures))
-        ok = True
-    finally:
-        manager.shutdown(cancel=not ok)
     return len(futures)
 
 

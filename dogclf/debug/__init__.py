@@ -1,15 +1,83 @@
-"""Debugger tensors, rules and profiling for training runs (filled in by its capability)."""
+"""Debugger tensors, rules and profiling for training runs, on PyTorch 2.x, locally and on SageMaker.
+
+* :class:`DebugTrainer` runs a training job with the configured collections, rules and profiling and builds the
+  report (:class:`DebugReport`); :func:`build_report` builds one from any finished job's output folder.
+* :class:`DebuggerConfig`, :class:`CollectionConfig`, :class:`ProfilerConfig`, :class:`RuleConfig` configure it;
+  :func:`seed_collections` are the seed notebook's collections.
+* Rules are plug-ins: :func:`register_rule`, :func:`get_rule`, :func:`list_rules` (entry-point group
+  ``dogclf.rules``); :func:`evaluate_trial` runs tensor rules on any smdebug trial.
+* :func:`make_callbacks` is what the training entry point calls to attach the hook, rules and profilers.
+
+Heavy imports (torch, smdebug, matplotlib) happen on first use.
+"""
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any
+
+from .config import CollectionConfig, DebuggerConfig, ProfilerConfig, RuleConfig, seed_collections
+
+__all__ = [
+    "CollectionConfig",
+    "DebugReport",
+    "DebugTrainer",
+    "DebuggerConfig",
+    "ProfileData",
+    "ProfilerConfig",
+    "ProfilerRule",
+    "RuleConfig",
+    "RuleFinding",
+    "TensorRule",
+    "build_report",
+    "evaluate_profile",
+    "evaluate_trial",
+    "get_rule",
+    "list_rules",
+    "make_callbacks",
+    "open_trial",
+    "register_rule",
+    "sagemaker_debugger_kwargs",
+    "seed_collections",
+]
+
+_LAZY = {
+    "DebugTrainer": "dogclf.debug.trainer",
+    "DebugReport": "dogclf.debug.report",
+    "build_report": "dogclf.debug.report",
+    "ProfileData": "dogclf.debug.rules",
+    "ProfilerRule": "dogclf.debug.rules",
+    "RuleFinding": "dogclf.debug.rules",
+    "TensorRule": "dogclf.debug.rules",
+    "evaluate_profile": "dogclf.debug.rules",
+    "evaluate_trial": "dogclf.debug.rules",
+    "get_rule": "dogclf.debug.rules",
+    "list_rules": "dogclf.debug.rules",
+    "register_rule": "dogclf.debug.rules",
+    "open_trial": "dogclf.debug.trial",
+    "sagemaker_debugger_kwargs": "dogclf.debug.sagemaker",
+}
 
 
 def make_callbacks(hyperparameters: dict[str, Any], output_data_dir: Path) -> list[Any]:
     """The callbacks the training entry point attaches for Debugger tensors, rules and profiling.
 
-    Reads the hook configuration from ``SMDEBUG_CONFIG_FILE_PATH`` and the profiler configuration from the job's
-    environment; returns an empty list when nothing is configured.
+    See :func:`dogclf.debug.callbacks.make_callbacks` (this wrapper keeps ``import dogclf.debug`` light).
     """
-    return []
+    from .callbacks import make_callbacks as _make
+
+    return _make(hyperparameters, output_data_dir)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dogclf.debug' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -1,0 +1,525 @@
+"""The training-side pieces: smdebug hook, in-process rules, system monitor, step timer, ``torch.profiler``.
+
+The training entry point (both backends) calls :func:`make_callbacks`, which reads the job's configuration the
+way SageMaker hands it over (``SMDEBUG_CONFIG_FILE_PATH``, ``SMPROFILER_CONFIG_PATH``) plus dogclf's rule list
+(``DOGCLF_DEBUG``), and returns callbacks that write everything under the job's output data folder::
+
+    <output_data_dir>/tensors/                  smdebug trial (unless the hook config names another LocalPath)
+    <output_data_dir>/debug/debughookconfig.json  the hook configuration in effect
+    <output_data_dir>/debug/steps.json          per-step timings (data loading vs compute)
+    <output_data_dir>/debug/system.json         system-monitor samples
+    <output_data_dir>/debug/meta.json           run facts (start times, cores, workers, GPU)
+    <output_data_dir>/debug/trace.json          torch.profiler Chrome trace of the profiled steps
+    <output_data_dir>/debug/top_operators.json  the profiled steps' most expensive operators
+    <output_data_dir>/debug/rules.json          findings of the rules evaluated during training
+
+so a report can be built afterwards from the job folder alone (:func:`dogclf.debug.build_report`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from dogclf.errors import ConfigError, OutputExistsError
+from dogclf.training.callbacks import Callback, StepInfo, TrainingContext
+
+from ._io import write_json
+from .config import DebuggerConfig, ProfilerConfig, RuleConfig
+
+__all__ = [
+    "DEBUG_ENV",
+    "HookCallback",
+    "RuleCallback",
+    "StepTimer",
+    "SystemMonitor",
+    "TorchProfilerCallback",
+    "make_callbacks",
+]
+
+logger = logging.getLogger(__name__)
+
+DEBUG_ENV = "DOGCLF_DEBUG"
+"""Environment variable carrying the rules to evaluate in-process (JSON from :meth:`DebuggerConfig.rules_json`)."""
+
+DEFAULT_HOOK_CONFIG = "/opt/ml/input/config/debughookconfig.json"
+
+
+def _check_fresh(out_dir: Path) -> None:
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise OutputExistsError(
+            f"Debugger output folder {str(out_dir)!r} already exists and is not empty; smdebug never writes "
+            "into an existing trial. Use a fresh job (or output folder), or delete it first."
+        )
+
+
+class HookCallback(Callback):
+    """Saves the configured tensor collections with smdebug's PyTorch ``Hook``.
+
+    Args:
+        hook_config: smdebug's JSON hook configuration (``debughookconfig.json`` content).
+        out_dir: Where the trial is written (``LocalPath``).
+        config_path: Where to write the effective configuration smdebug reads.
+
+    Raises:
+        OutputExistsError: ``out_dir`` already holds files (smdebug would fail with a misleading
+            ``prepared_collections`` error).
+    """
+
+    def __init__(self, hook_config: dict[str, Any], out_dir: Path, config_path: Path) -> None:
+        self.hook_config = dict(hook_config)
+        self.out_dir = Path(out_dir)
+        self.config_path = Path(config_path)
+        self.hook: Any = None
+        self._mode: str | None = None
+
+    def on_train_begin(self, ctx: TrainingContext) -> None:
+        """Create the hook and register the model and the loss module."""
+        _check_fresh(self.out_dir)
+        self.hook_config["LocalPath"] = str(self.out_dir)
+        write_json(self.config_path, self.hook_config)
+        from smdebug.pytorch import Hook
+
+        try:
+            self.hook = Hook.create_from_json_file(str(self.config_path))
+        except AttributeError as exc:  # smdebug's symptom of an existing out_dir, should a race create one
+            if "prepared_collections" in str(exc):
+                raise OutputExistsError(f"Debugger output folder {str(self.out_dir)!r} already exists") from exc
+            raise
+        self.hook.register_module(ctx.model)
+        if ctx.loss_fn is not None:
+            self.hook.register_loss(ctx.loss_fn)
+        ctx.state["smdebug_hook"] = self.hook
+        ctx.state["tensor_dir"] = str(self.out_dir)
+
+    def on_step_begin(self, ctx: TrainingContext, mode: str, step: int) -> None:
+        """Switch the hook's mode (TRAIN/EVAL) when the loop switches."""
+        if self.hook is not None and mode != self._mode:
+            from smdebug import modes
+
+            self.hook.set_mode(modes.TRAIN if mode == "train" else modes.EVAL)
+            self._mode = mode
+
+    def on_train_end(self, ctx: TrainingContext, metrics: dict[str, float]) -> None:
+        """Flush and close the trial (marks the training as ended for readers)."""
+        if self.hook is not None:
+            self.hook.close()
+            _mark_training_end(self.out_dir)
+
+
+def _mark_training_end(out_dir: Path) -> None:
+    marker = out_dir / "training_job_end.ts"
+    if not marker.exists():
+        marker.write_text(str(time.time()))
+
+
+class StepTimer(Callback):
+    """Records each step's timing (data loading vs compute), loss and batch size to ``steps.json``.
+
+    Also fills ``meta.json`` with run facts the profiler rules use.
+
+    Args:
+        debug_dir: The ``debug/`` folder of the job's output.
+        flush_every: Rewrite ``steps.json`` every this many steps (and at each epoch and the end).
+    """
+
+    def __init__(self, debug_dir: Path, flush_every: int = 200) -> None:
+        self.debug_dir = Path(debug_dir)
+        self.flush_every = flush_every
+        self.steps: list[dict[str, Any]] = []
+        self.meta: dict[str, Any] = {}
+        self._begin: float | None = None
+
+    def on_train_begin(self, ctx: TrainingContext) -> None:
+        """Note the start times, cores, data-loader workers and GPU."""
+        import psutil
+
+        try:
+            process_start = psutil.Process().create_time()
+        except Exception:  # noqa: BLE001
+            process_start = None
+        hp = ctx.hyperparameters or {}
+        workers = ctx.state.get("num_workers", hp.get("num_workers", hp.get("num-workers")))
+        try:
+            workers = int(workers) if workers is not None else None
+        except (TypeError, ValueError):  # "auto": the entry point decides; it may put the number in ctx.state
+            workers = None
+        self.meta = {"process_start": process_start, "train_begin": time.time(), "first_step": None,
+                     "cpu_count": os.cpu_count(), "num_workers": workers,
+                     "gpu_count": 0, "batch_size": hp.get("batch_size")}
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                self.meta["gpu_count"] = torch.cuda.device_count()
+                self.meta["gpu_memory_total"] = torch.cuda.get_device_properties(0).total_memory
+        except Exception:  # noqa: BLE001
+            pass
+        write_json(self.debug_dir / "meta.json", self.meta)
+
+    def on_step_begin(self, ctx: TrainingContext, mode: str, step: int) -> None:
+        """Remember when the step's compute started (after the batch arrived)."""
+        self._begin = time.time()
+        if mode == "train" and self.meta.get("first_step") is None:
+            self.meta["first_step"] = self._begin
+            write_json(self.debug_dir / "meta.json", self.meta)
+
+    def on_step_end(self, ctx: TrainingContext, info: StepInfo) -> None:
+        """Record the finished step."""
+        self.steps.append({"mode": info.mode, "step": info.step, "epoch": info.epoch, "loss": info.loss,
+                           "batch_size": info.batch_size, "data_time": info.data_time,
+                           "compute_time": info.compute_time, "start": self._begin, "end": time.time()})
+        if len(self.steps) % self.flush_every == 0:
+            self._flush()
+
+    def on_epoch_end(self, ctx: TrainingContext, epoch: int, metrics: dict[str, float]) -> None:
+        """Write what has been recorded so far."""
+        self._flush()
+
+    def on_train_end(self, ctx: TrainingContext, metrics: dict[str, float]) -> None:
+        """Write the step timings and run facts."""
+        self.meta["train_end"] = time.time()
+        self.meta["stop_reason"] = ctx.stop_reason
+        write_json(self.debug_dir / "meta.json", self.meta)
+        self._flush()
+
+    def _flush(self) -> None:
+        write_json(self.debug_dir / "steps.json", self.steps)
+
+
+class SystemMonitor(Callback):
+    """Samples CPU (total and per core), memory, disk and network I/O, and GPU use on a background thread.
+
+    Args:
+        debug_dir: The ``debug/`` folder of the job's output (``system.json`` goes there).
+        interval_millis: Sampling interval (SageMaker's ``system_monitor_interval_millis``).
+    """
+
+    def __init__(self, debug_dir: Path, interval_millis: int = 500) -> None:
+        self.debug_dir = Path(debug_dir)
+        self.interval = interval_millis / 1000.0
+        self.samples: list[dict[str, Any]] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def on_train_begin(self, ctx: TrainingContext) -> None:
+        """Start sampling."""
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="dogclf-system-monitor", daemon=True)
+        self._thread.start()
+
+    def on_train_end(self, ctx: TrainingContext, metrics: dict[str, float]) -> None:
+        """Stop sampling and write ``system.json``."""
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop the thread (idempotent) and write the samples."""
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join(timeout=10)
+            self._thread = None
+            write_json(self.debug_dir / "system.json",
+                       {"interval_millis": int(self.interval * 1000), "samples": self.samples})
+
+    def _gpu(self) -> dict[str, Any]:
+        try:
+            import torch
+
+            if not torch.cuda.is_available():
+                return {}
+            out: dict[str, Any] = {}
+            free, total = torch.cuda.mem_get_info()
+            out["gpu_memory"] = 100.0 * (total - free) / total
+            try:
+                out["gpu"] = float(torch.cuda.utilization())
+            except Exception:  # noqa: BLE001 - needs pynvml; memory alone still helps
+                out["gpu"] = None
+            return out
+        except Exception:  # noqa: BLE001
+            return {}
+
+    def _run(self) -> None:
+        import psutil
+
+        psutil.cpu_percent(percpu=True)
+        last_disk = psutil.disk_io_counters()
+        last_net = psutil.net_io_counters()
+        last_t = time.time()
+        while not self._stop.wait(self.interval):
+            now = time.time()
+            dt = max(now - last_t, 1e-6)
+            per_core = psutil.cpu_percent(percpu=True)
+            times = psutil.cpu_times_percent()
+            disk = psutil.disk_io_counters()
+            net = psutil.net_io_counters()
+            sample: dict[str, Any] = {
+                "t": now, "cpu": sum(per_core) / max(len(per_core), 1), "cpu_per_core": per_core,
+                "memory": psutil.virtual_memory().percent, "iowait": getattr(times, "iowait", 0.0),
+            }
+            if disk is not None and last_disk is not None:
+                sample["disk_read"] = (disk.read_bytes - last_disk.read_bytes) / dt
+                sample["disk_write"] = (disk.write_bytes - last_disk.write_bytes) / dt
+            if net is not None and last_net is not None:
+                sample["net_recv"] = (net.bytes_recv - last_net.bytes_recv) / dt
+                sample["net_sent"] = (net.bytes_sent - last_net.bytes_sent) / dt
+            sample.update(self._gpu())
+            self.samples.append(sample)
+            last_disk, last_net, last_t = disk, net, now
+
+
+class TorchProfilerCallback(Callback):
+    """Profiles a window of train steps with ``torch.profiler``: a Chrome trace and the top operators.
+
+    Args:
+        debug_dir: The ``debug/`` folder of the job's output.
+        start_step: First train step recorded.
+        num_steps: Number of train steps recorded.
+        top: How many operators ``top_operators.json`` keeps.
+    """
+
+    def __init__(self, debug_dir: Path, start_step: int = 5, num_steps: int = 3, top: int = 25) -> None:
+        self.debug_dir = Path(debug_dir)
+        self.start_step = start_step
+        self.num_steps = num_steps
+        self.top = top
+        self._prof: Any = None
+        self._done = False
+        self._recorded = 0
+
+    def on_step_begin(self, ctx: TrainingContext, mode: str, step: int) -> None:
+        """Start recording at ``start_step``."""
+        if self._done or self._prof is not None or mode != "train" or step < self.start_step or self.num_steps < 1:
+            return
+        import torch
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU]
+        if torch.cuda.is_available():
+            activities.append(ProfilerActivity.CUDA)
+        self._prof = profile(activities=activities, record_shapes=True)
+        self._prof.__enter__()
+
+    def on_step_end(self, ctx: TrainingContext, info: StepInfo) -> None:
+        """Stop after ``num_steps`` train steps and write the results."""
+        if self._prof is None or info.mode != "train":
+            return
+        self._recorded += 1
+        if self._recorded >= self.num_steps:
+            self._finish()
+
+    def on_train_end(self, ctx: TrainingContext, metrics: dict[str, float]) -> None:
+        """Write what was recorded if training ended inside the window."""
+        if self._prof is not None:
+            self._finish()
+
+    def _finish(self) -> None:
+        prof, self._prof, self._done = self._prof, None, True
+        prof.__exit__(None, None, None)
+        self.debug_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.debug_dir / ".trace.json.tmp"
+        prof.export_chrome_trace(str(tmp))
+        os.replace(tmp, self.debug_dir / "trace.json")
+        rows = []
+        for evt in prof.key_averages():
+            rows.append({
+                "name": evt.key, "count": int(evt.count),
+                "self_cpu_time_us": float(evt.self_cpu_time_total), "cpu_time_us": float(evt.cpu_time_total),
+                "self_device_time_us": float(getattr(evt, "self_device_time_total", 0.0) or 0.0),
+            })
+        rows.sort(key=lambda r: r["self_cpu_time_us"], reverse=True)
+        write_json(self.debug_dir / "top_operators.json",
+                   {"steps": self._recorded, "start_step": self.start_step, "operators": rows[: self.top]})
+
+
+class RuleCallback(Callback):
+    """Evaluates tensor rules on the trial being written, every ``interval`` train steps.
+
+    Rules see only finished steps; a rule configured with ``stop_training=True`` that fires sets
+    ``ctx.stop_training``. At the end the remaining steps are evaluated, the profiler rules run on the recorded
+    timings, and all findings go to ``rules.json``.
+
+    Args:
+        rules: Tensor rules to evaluate.
+        profiler_rules: Profiler rules to evaluate at the end.
+        interval: Train steps between evaluations.
+        tensor_dir: The trial folder the hook writes.
+        debug_dir: The ``debug/`` folder of the job's output.
+    """
+
+    def __init__(self, rules: tuple[RuleConfig, ...], profiler_rules: tuple[RuleConfig, ...], interval: int,
+                 tensor_dir: Path | None, debug_dir: Path) -> None:
+        self.rules = rules
+        self.profiler_rules = profiler_rules
+        self.interval = interval
+        self.tensor_dir = Path(tensor_dir) if tensor_dir else None
+        self.debug_dir = Path(debug_dir)
+        self._trial: Any = None
+        self._built: list[tuple[RuleConfig, Any]] = []
+        self._next_step = 0
+        self._train_steps = 0
+        self.stopped_by: str | None = None
+
+    def on_step_end(self, ctx: TrainingContext, info: StepInfo) -> None:
+        """Every ``interval`` train steps, evaluate the steps finished since the last time."""
+        if info.mode != "train" or not self.rules or self.tensor_dir is None:
+            return
+        self._train_steps += 1
+        if self._train_steps % self.interval:
+            return
+        hook = ctx.state.get("smdebug_hook")
+        limit = getattr(hook, "step", None)
+        self._evaluate(ctx, limit)
+
+    def _evaluate(self, ctx: TrainingContext | None, limit: int | None) -> None:
+        from .rules import build_rule
+        from .trial import has_tensors
+
+        if self._trial is None:
+            if not has_tensors(self.tensor_dir):
+                return
+            from smdebug.trials import create_trial
+
+            self._trial = create_trial(str(self.tensor_dir))
+            self._built = [(c, build_rule(c, self._trial)) for c in self.rules]
+        from smdebug.exceptions import (RuleEvaluationConditionMet, StepUnavailable, TensorUnavailable,
+                                        TensorUnavailableForStep)
+
+        self._trial.maybe_refresh()
+        steps = [s for s in self._trial.steps(show_incomplete_steps=limit is None)
+                 if s >= self._next_step and (limit is None or s < limit)]
+        for step in steps:
+            for config, rule in self._built:
+                try:
+                    rule.invoke(step)
+                except RuleEvaluationConditionMet:
+                    if config.stop_training and ctx is not None and not ctx.stop_training:
+                        ctx.stop_training = True
+                        ctx.stop_reason = f"rule {config.name} triggered at step {step}"
+                        self.stopped_by = ctx.stop_reason
+                        logger.warning("stopping training: %s (%s)", ctx.stop_reason, rule.evidence)
+                except (StepUnavailable, TensorUnavailable, TensorUnavailableForStep) as exc:
+                    logger.debug("rule %s skipped step %s: %s", config.name, step, exc)
+            self._next_step = step + 1
+
+    def on_train_end(self, ctx: TrainingContext, metrics: dict[str, float]) -> None:
+        """Evaluate the rest of the run and write ``rules.json``."""
+        from .report import load_profile
+        from .rules import evaluate_profile
+
+        findings: list[dict[str, Any]] = []
+        if self.rules and self.tensor_dir is not None:
+            try:
+                self._evaluate(None, None)
+            except Exception as exc:  # noqa: BLE001 - a rule bug must not fail the training job
+                logger.warning("evaluating tensor rules failed: %s: %s", type(exc).__name__, exc)
+            findings += [rule.finding().to_dict() for _, rule in self._built]
+        if self.profiler_rules:
+            try:
+                findings += [f.to_dict() for f in evaluate_profile(load_profile(self.debug_dir), self.profiler_rules)]
+            except Exception as exc:  # noqa: BLE001
+                logger.warning("evaluating profiler rules failed: %s: %s", type(exc).__name__, exc)
+        write_json(self.debug_dir / "rules.json", {"stopped_by": self.stopped_by, "findings": findings})
+
+
+def _read_json_file(path: str | os.PathLike[str], what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the {what} at {os.fspath(path)!r}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"the {what} at {os.fspath(path)!r} must hold a JSON object")
+    return data
+
+
+def _sanitize_profiler_env(profiler_path: Path, debug_dir: Path, data: dict[str, Any]) -> None:
+    """Keep smdebug's own profiler (broken on torch 2.x) off: point it at a copy that disables it."""
+    if data.get("DisableProfiler") is True:
+        return
+    safe = dict(data, DisableProfiler=True)
+    target = write_json(debug_dir / "smdebug-profilerconfig.json", safe)
+    os.environ["SMPROFILER_CONFIG_PATH"] = str(target)
+
+
+def make_callbacks(hyperparameters: dict[str, Any], output_data_dir: Path) -> list[Callback]:
+    """The callbacks the training entry point attaches for Debugger tensors, rules and profiling.
+
+    Reads the hook configuration from ``SMDEBUG_CONFIG_FILE_PATH`` (SageMaker's ``debughookconfig.json``), the
+    profiler configuration from ``SMPROFILER_CONFIG_PATH`` and the in-process rules from ``DOGCLF_DEBUG``;
+    returns an empty list when none is set.
+
+    Args:
+        hyperparameters: The job's hyperparameters (``num_workers`` and ``batch_size`` feed the profiler rules).
+        output_data_dir: The job's output data folder; tensors and profiling data are written below it.
+
+    Returns:
+        Callbacks in the order they must run: hook, step timer, system monitor, ``torch.profiler``, rules.
+
+    Raises:
+        ConfigError: a configuration file is unreadable, or a rule in ``DOGCLF_DEBUG`` is unknown or has bad
+            parameters.
+        OutputExistsError: the tensor folder already holds files.
+    """
+    from .rules import validate_rules
+
+    output_data_dir = Path(output_data_dir)
+    debug_dir = output_data_dir / "debug"
+    callbacks: list[Callback] = []
+
+    hook_path = os.environ.get("SMDEBUG_CONFIG_FILE_PATH") or (
+        DEFAULT_HOOK_CONFIG if Path(DEFAULT_HOOK_CONFIG).is_file() else None)
+    profiler_path = os.environ.get("SMPROFILER_CONFIG_PATH")
+    debug_env = os.environ.get(DEBUG_ENV)
+
+    profiler: ProfilerConfig | None = None
+    if profiler_path and Path(profiler_path).is_file():
+        data = _read_json_file(profiler_path, "profiler configuration")
+        try:
+            profiler = ProfilerConfig.from_json(data)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"invalid profiler configuration at {profiler_path!r}: {exc}") from exc
+        _sanitize_profiler_env(Path(profiler_path), debug_dir, data)
+
+    tensor_dir: Path | None = None
+    if hook_path and Path(hook_path).is_file():
+        hook_config = _read_json_file(hook_path, "Debugger hook configuration")
+        local = hook_config.get("LocalPath")
+        tensor_dir = Path(local) if local else output_data_dir / "tensors"
+        _check_fresh(tensor_dir)
+        callbacks.append(HookCallback(hook_config, tensor_dir, debug_dir / "debughookconfig.json"))
+
+    if debug_env:
+        try:
+            settings = json.loads(debug_env)
+        except ValueError as exc:
+            raise ConfigError(f"{DEBUG_ENV} is not valid JSON: {exc}") from exc
+        defaults = DebuggerConfig()
+        rules = validate_rules(settings.get("rules", defaults.rules), "tensor")
+        profiler_rules = validate_rules(settings.get("profiler_rules", defaults.profiler_rules), "profiler")
+        interval = int(settings.get("rule_interval", defaults.rule_interval))
+        if interval < 1:
+            raise ConfigError(f"rule_interval must be >= 1; got {interval}")
+    elif tensor_dir is not None or profiler is not None:
+        defaults = DebuggerConfig()
+        rules, profiler_rules, interval = defaults.rules, defaults.profiler_rules, defaults.rule_interval
+    else:
+        return []
+
+    if profiler is None or profiler.enabled:
+        callbacks.append(StepTimer(debug_dir))
+    if profiler is not None and profiler.enabled:
+        callbacks.append(SystemMonitor(debug_dir, profiler.system_monitor_interval_millis))
+        if profiler.profile_num_steps > 0:
+            callbacks.append(TorchProfilerCallback(debug_dir, profiler.profile_start_step, profiler.profile_num_steps))
+    if tensor_dir is None:
+        rules = ()
+    if profiler is None:
+        profiler_rules = ()
+    callbacks.append(RuleCallback(tuple(rules), tuple(profiler_rules), interval, tensor_dir, debug_dir))
+    logger.info("debugger callbacks: %s", ", ".join(type(c).__name__ for c in callbacks))
+    return callbacks
+

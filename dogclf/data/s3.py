@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -64,16 +65,29 @@ def parse_s3_uri(uri: str) -> S3Location:
     return S3Location(bucket, prefix)
 
 
+_clients: dict[tuple, Any] = {}
+_clients_lock = threading.Lock()
+
+
 def make_client(workers: int = 16, region: str | None = None) -> Any:
     """A boto3 S3 client whose connection pool fits ``workers`` concurrent transfers.
 
     The endpoint, credentials and region come from the usual places (``AWS_ENDPOINT_URL``, ``AWS_PROFILE``, ...).
+    Clients are thread-safe and slow to create (~0.1 s), so one is kept per pool size, region and environment.
     """
     import boto3
     from botocore.config import Config
 
-    config = Config(max_pool_connections=max(10, workers + 4), retries={"max_attempts": 8, "mode": "adaptive"})
-    return boto3.session.Session(region_name=region).client("s3", config=config)
+    env = tuple(os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE",
+                                            "AWS_ACCESS_KEY_ID", "AWS_DEFAULT_REGION", "AWS_REGION"))
+    key = (workers, region, env, os.getpid())
+    with _clients_lock:
+        client = _clients.get(key)
+        if client is None:
+            config = Config(max_pool_connections=max(10, workers + 4),
+                            retries={"max_attempts": 8, "mode": "adaptive"})
+            client = _clients[key] = boto3.session.Session(region_name=region).client("s3", config=config)
+        return client
 
 
 def _client_error_code(exc: Exception) -> str:
@@ -264,7 +278,10 @@ def get_bytes(client: Any, loc: S3Location, relpath: str) -> bytes | None:
     try:
         return client.get_object(Bucket=loc.bucket, Key=loc.key(relpath))["Body"].read()
     except ClientError as exc:
-        if _client_error_code(exc) in ("NoSuchKey", "404", "NotFound"):
+        code = _client_error_code(exc)
+        if code == "NoSuchBucket":
+            raise DataNotFoundError(f"S3 bucket {loc.bucket!r} of {loc.uri!r} does not exist") from None
+        if code in ("NoSuchKey", "404", "NotFound"):
             return None
         raise
 

@@ -393,10 +393,6 @@ class DatasetStager:
         client = None
         if kind == "s3" or target_loc is not None:
             client = self._client()
-        if target_loc is not None:
-            from dogclf.data.s3 import check_bucket
-
-            check_bucket(client, target_loc)
 
         # 1. A cheap look at the source, and at what the target already holds.
         source_path = None
@@ -415,6 +411,11 @@ class DatasetStager:
                 return self._finish(manifest, target, noop=True, started=started,
                                     stats={"files": len(manifest.files), "bytes": manifest.total_bytes,
                                            "uploaded": 0, "skipped_existing": existing, "bytes_uploaded": 0})
+
+        if target_loc is not None:
+            from dogclf.data.s3 import check_bucket
+
+            check_bucket(client, target_loc)
 
         # 2. Get the data onto local disk, in a work folder next to a local target (so files move by rename).
         work_parent = Path(target).parent if target_loc is None else Path(cfg.download_dir or self._downloads())
@@ -492,6 +493,8 @@ class DatasetStager:
                 if raw is None:
                     return None
                 manifest = Manifest.from_json(raw)
+        except DataNotFoundError:
+            raise
         except (ConfigError, KeyError, TypeError, OSError) as exc:
             log.warning("ignoring unreadable manifest at %s: %s", target, exc)
             return None

@@ -27,6 +27,7 @@ class DeployConfig:
         server: How the local endpoint serves (:class:`~dogclf.serving.server.ServerConfig`: host, port, dynamic
             batching, request size limit, timeout, worker threads).
         startup_timeout_s: How long the local backend waits for ``/ping``.
+        wait_poll_s: Seconds between status checks while a SageMaker endpoint is being created.
 
     Raises:
         ConfigError: a value is invalid.
@@ -39,6 +40,7 @@ class DeployConfig:
     py_version: str = "py312"
     server: ServerConfig = ServerConfig()
     startup_timeout_s: float = 120.0
+    wait_poll_s: float = 15.0
 
     def __post_init__(self) -> None:
         if self.endpoint_name is not None:
@@ -60,6 +62,9 @@ class DeployConfig:
         if isinstance(self.startup_timeout_s, bool) or not isinstance(self.startup_timeout_s, (int, float)) \
                 or self.startup_timeout_s <= 0:
             raise ConfigError(f"startup_timeout_s must be a number > 0, got {self.startup_timeout_s!r}")
+        if isinstance(self.wait_poll_s, bool) or not isinstance(self.wait_poll_s, (int, float)) \
+                or self.wait_poll_s <= 0:
+            raise ConfigError(f"wait_poll_s must be a number > 0, got {self.wait_poll_s!r}")
 
 
 _SERVER_KEYS = {f.name for f in fields(ServerConfig)}

@@ -1,12 +1,245 @@
-"""SageMaker backend: serving (filled in by its capability)."""
+"""SageMaker backend: serving on a real-time endpoint of the stock SageMaker PyTorch inference container.
+
+:func:`deploy` uploads the artifact (unless it is already an ``s3://`` ``model.tar.gz``, such as a training job's
+output), builds a ``sagemaker.pytorch.PyTorchModel`` whose ``code/`` is the self-sufficient folder of
+:func:`dogclf.serving.package.write_code_dir` (the shared handler plus a vendored dogclf), and deploys it with
+``deploy(instance_type="ml.m5.large", initial_instance_count=1)``. The returned :class:`SageMakerEndpoint` sends
+requests through the ``sagemaker-runtime`` ``InvokeEndpoint`` API, passing ``k`` as the ``k=<n>`` custom attribute,
+and its :meth:`~SageMakerEndpoint.delete` removes the endpoint, its endpoint config and its model.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
 from typing import Any
 
-from dogclf.errors import BackendError
+from dogclf.errors import ConfigError, EndpointError
+from dogclf.serving.endpoint import CostWarning, Endpoint, new_endpoint_name, raise_for_error
+
+__all__ = ["SageMakerEndpoint", "deploy", "make_session"]
+
+logger = logging.getLogger(__name__)
 
 
-def deploy(backend: Any, spec: Any, **kwargs: Any) -> Any:
-    """Not available yet in this version of dogclf."""
-    raise BackendError("SageMakerBackend.deploy is not available in this version of dogclf")
+def make_session(backend: Any) -> Any:
+    """The ``sagemaker.Session`` for ``backend``: its ``session`` if given, else one for its region and bucket.
+
+    ``AWS_ENDPOINT_URL`` (e.g. a moto server in tests) is honoured by the boto3 clients underneath.
+    """
+    if getattr(backend, "session", None) is not None:
+        return backend.session
+    import boto3
+    import sagemaker
+
+    region = backend.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    boto_session = boto3.Session(region_name=region)
+    return sagemaker.Session(boto_session=boto_session, default_bucket=backend.bucket)
+
+
+class SageMakerEndpoint(Endpoint):
+    """A SageMaker real-time endpoint serving the dogclf handler.
+
+    Args:
+        name: The endpoint's name.
+        session: The ``sagemaker.Session`` it lives in.
+        owned: Whether this handle created the endpoint; an owned endpoint that is still running when the handle
+            is garbage-collected triggers a :class:`~dogclf.serving.CostWarning`.
+        labels: The model's labels, when known (used by :class:`~dogclf.serving.BreedPredictor`).
+        runtime_client: The ``sagemaker-runtime`` client to send requests with (defaults to the session's).
+        model: The ``sagemaker.pytorch.PyTorchModel`` that was deployed, when this handle deployed it.
+
+    Use :meth:`attach` for an endpoint that already exists.
+    """
+
+    backend = "sagemaker"
+
+    def __init__(self, name: str, session: Any, *, owned: bool = True, labels: Any = None,
+                 runtime_client: Any = None, model: Any = None) -> None:
+        self.name = name
+        self.session = session
+        self.owned = owned
+        self.labels = labels
+        self.runtime_client = runtime_client
+        self.model = model
+
+    @classmethod
+    def attach(cls, endpoint_name: str, session: Any = None, *, labels: Any = None) -> SageMakerEndpoint:
+        """A handle for an existing endpoint (not owned: no :class:`~dogclf.serving.CostWarning`, but
+        :meth:`delete` still deletes it).
+
+        Raises:
+            EndpointError: the endpoint does not exist.
+        """
+        if session is None:
+            import sagemaker
+
+            session = sagemaker.Session()
+        try:
+            session.sagemaker_client.describe_endpoint(EndpointName=endpoint_name)
+        except Exception as exc:  # botocore ClientError
+            raise EndpointError(f"SageMaker endpoint {endpoint_name!r} cannot be described: {exc}") from exc
+        return cls(endpoint_name, session, owned=False, labels=labels)
+
+    def build_request(self, body: bytes, content_type: str, *, accept: str = "application/json",
+                      k: int | None = None) -> dict[str, Any]:
+        """The ``InvokeEndpoint`` parameters for one request (``k`` travels as the ``k=<n>`` custom attribute)."""
+        request: dict[str, Any] = {"EndpointName": self.name, "Body": body, "ContentType": content_type,
+                                   "Accept": accept}
+        if k is not None:
+            request["CustomAttributes"] = f"k={int(k)}"
+        return request
+
+    def invoke(self, body: bytes, content_type: str, *, accept: str = "application/json",
+               k: int | None = None) -> tuple[bytes, str]:
+        """``InvokeEndpoint``; see :meth:`Endpoint.invoke <dogclf.serving.Endpoint.invoke>`.
+
+        A model error (the container's 4xx/5xx) becomes :class:`~dogclf.errors.InvalidRequestError` or
+        :class:`~dogclf.errors.EndpointError` with the container's status.
+        """
+        self._check_live()
+        client = self.runtime_client or self.session.sagemaker_runtime_client
+        request = self.build_request(body, content_type, accept=accept, k=k)
+        try:
+            response = client.invoke_endpoint(**request)
+        except Exception as exc:  # botocore ClientError: ModelError carries the container's answer
+            info = getattr(exc, "response", {}) or {}
+            status = info.get("OriginalStatusCode")
+            message = info.get("OriginalMessage") or info.get("Error", {}).get("Message") or str(exc)
+            if status:
+                raise_for_error(int(status), str(message).encode(), f"SageMaker endpoint {self.name!r}")
+            raise EndpointError(f"SageMaker endpoint {self.name!r} could not be invoked: {exc}") from exc
+        payload = response["Body"]
+        data = payload.read() if hasattr(payload, "read") else bytes(payload)
+        return data, response.get("ContentType", accept)
+
+    def delete(self) -> None:
+        """Delete the endpoint, its endpoint config and its model(s); idempotent, and tolerant of parts already
+        gone."""
+        if self.deleted:
+            return
+        client = self.session.sagemaker_client
+        config_name, model_names = None, []
+        try:
+            config_name = client.describe_endpoint(EndpointName=self.name)["EndpointConfigName"]
+            variants = client.describe_endpoint_config(EndpointConfigName=config_name)["ProductionVariants"]
+            model_names = [v["ModelName"] for v in variants if v.get("ModelName")]
+        except Exception as exc:  # noqa: BLE001 - already gone
+            logger.info("endpoint %s not fully described (%s); deleting what remains", self.name, exc)
+        if self.model is not None and getattr(self.model, "name", None) and self.model.name not in model_names:
+            model_names.append(self.model.name)
+        for what, call, kwargs in [("endpoint", client.delete_endpoint, {"EndpointName": self.name}),
+                                   *([("endpoint config", client.delete_endpoint_config,
+                                       {"EndpointConfigName": config_name})] if config_name else []),
+                                   *[("model", client.delete_model, {"ModelName": m}) for m in model_names]]:
+            try:
+                call(**kwargs)
+            except Exception as exc:  # noqa: BLE001 - an already deleted part is fine
+                logger.info("deleting %s %s: %s", what, kwargs, exc)
+        self._deleted = True
+        logger.info("deleted SageMaker endpoint %s (config %s, models %s)", self.name, config_name, model_names)
+
+    def keep(self) -> SageMakerEndpoint:
+        """Keep the endpoint running on purpose after this handle goes away (no :class:`CostWarning`)."""
+        self.owned = False
+        return self
+
+    def __del__(self) -> None:
+        if getattr(self, "owned", False) and not self.deleted:
+            warnings.warn(f"SageMaker endpoint {self.name!r} is still running (and billed) but its handle was "
+                          "garbage-collected; call delete() or use the handle as a context manager, or keep() it "
+                          "on purpose", CostWarning, stacklevel=2)
+
+
+def _upload_artifact(artifact: Any, session: Any, key_prefix: str) -> str:
+    from dogclf.models import pack
+    from dogclf.serving.package import resolve_model_dir
+
+    with tempfile.TemporaryDirectory(prefix="dogclf-sm-") as tmp:
+        model_dir = resolve_model_dir(artifact, tmp)
+        clean = Path(tmp) / "clean"
+        clean.mkdir()
+        for name in ("model.pt", "labels.json", "config.json"):
+            (clean / name).write_bytes((model_dir / name).read_bytes())
+        tar = pack(clean, Path(tmp) / "model.tar.gz")
+        return session.upload_data(str(tar), key_prefix=key_prefix)
+
+
+def _labels_of(artifact: Any) -> Any:
+    from dogclf.labels import BreedLabels
+
+    if hasattr(artifact, "labels_"):
+        return artifact.labels_
+    if isinstance(artifact, (str, os.PathLike)) and Path(artifact).is_dir():
+        try:
+            return BreedLabels.load(Path(artifact) / "labels.json")
+        except Exception:  # noqa: BLE001 - labels are optional here
+            return None
+    return None
+
+
+def deploy(backend: Any, artifact: Any, config: Any = None, **kwargs: Any) -> SageMakerEndpoint:
+    """Deploy ``artifact`` on a SageMaker real-time endpoint of the stock PyTorch inference container.
+
+    Args:
+        backend: The :class:`~dogclf.backends.sagemaker.SageMakerBackend` (``role`` is required).
+        artifact: An ``s3://`` ``model.tar.gz`` (e.g. a training job's output), or a local artifact folder,
+            ``model.tar.gz`` or built :class:`~dogclf.models.ResNetBreedModel` (uploaded to the backend's bucket).
+        config: A :class:`~dogclf.serving.DeployConfig` (endpoint name, instance type and count, framework and
+            Python versions).
+        **kwargs: :class:`~dogclf.serving.DeployConfig` field overrides.
+
+    Returns:
+        A :class:`SageMakerEndpoint` in service.
+
+    Raises:
+        ConfigError: no IAM role.
+        JobError: the endpoint failed to come into service.
+    """
+    from sagemaker.deserializers import JSONDeserializer
+    from sagemaker.pytorch import PyTorchModel
+    from sagemaker.serializers import IdentitySerializer
+
+    from dogclf.errors import JobError
+    from dogclf.serving import EndpointDeployer
+    from dogclf.serving.package import write_code_dir
+
+    config = EndpointDeployer(config, **kwargs).resolved_config()
+    if not backend.role:
+        raise ConfigError("SageMakerBackend(role=...) is required to deploy: the IAM role the endpoint's model "
+                          "assumes, e.g. 'arn:aws:iam::123456789012:role/SageMakerRole'")
+    session = make_session(backend)
+    name = config.endpoint_name or new_endpoint_name()
+    if isinstance(artifact, str) and artifact.startswith("s3://"):
+        model_data = artifact
+    else:
+        model_data = _upload_artifact(artifact, session, key_prefix=f"dogclf/endpoints/{name}")
+    with tempfile.TemporaryDirectory(prefix="dogclf-code-") as tmp:
+        code_dir = write_code_dir(Path(tmp) / "code")
+        model = PyTorchModel(
+            model_data=model_data,
+            role=backend.role,
+            entry_point="inference.py",
+            source_dir=str(code_dir),
+            framework_version=config.framework_version,
+            py_version=config.py_version,
+            sagemaker_session=session,
+            name=name,
+            env={"SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT": "application/json"},
+        )
+        try:
+            model.deploy(initial_instance_count=config.initial_instance_count, instance_type=config.instance_type,
+                         endpoint_name=name, serializer=IdentitySerializer("application/x-image"),
+                         deserializer=JSONDeserializer(), wait=False)
+            session.wait_for_endpoint(name, poll=config.wait_poll_s)
+        except Exception as exc:  # the SDK raises UnexpectedStatusException / ClientError
+            endpoint = SageMakerEndpoint(name, session, owned=False, model=model)
+            endpoint.delete()
+            raise JobError(f"SageMaker endpoint {name!r} did not come into service: {exc}", job_id=name,
+                           status="Failed") from exc
+    logger.info("SageMaker endpoint %s in service (%s x %d) serving %s", name, config.instance_type,
+                config.initial_instance_count, model_data)
+    return SageMakerEndpoint(name, session, owned=True, labels=_labels_of(artifact), model=model)

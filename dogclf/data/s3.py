@@ -6,6 +6,7 @@ import hashlib
 import logging
 import os
 import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -208,18 +209,29 @@ def upload_files(client: Any, loc: S3Location, files: Sequence[tuple[Path, str, 
                             max_concurrency=workers, use_threads=True)
     # The manager as a context manager cancels in-flight transfers on error (its shutdown(cancel=True) is broken
     # in s3transfer 0.19: it passes the message as the exception type).
+    # At most a few transfers per worker are queued at a time, so memory stays flat for any number of files and an
+    # interruption (an exception, Ctrl-C) stops within a few files; what finished is skipped by the next run.
+    window = max(4, 4 * workers)
     with create_transfer_manager(client, config) as manager:
-        futures = []
-        for path, key, size, sha in todo:
-            extra = {"Metadata": {"sha256": sha}, "ContentType": _content_type(path)}
-            futures.append((manager.upload(str(path), loc.bucket, key, extra_args=extra), size))
-        for future, size in futures:
+        pending: deque = deque()
+
+        def finish_one() -> None:
+            nonlocal done
+            future, size = pending.popleft()
             future.result()
             stats.uploaded += 1
             stats.bytes_uploaded += size
             done += 1
             if progress is not None:
                 progress(done, total)
+
+        for path, key, size, sha in todo:
+            if len(pending) >= window:
+                finish_one()
+            extra = {"Metadata": {"sha256": sha}, "ContentType": _content_type(path)}
+            pending.append((manager.upload(str(path), loc.bucket, key, extra_args=extra), size))
+        while pending:
+            finish_one()
     return stats
 
 

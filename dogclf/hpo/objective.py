@@ -8,26 +8,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from dogclf.errors import ConfigError
+from dogclf.training.metrics import METRIC_DEFINITIONS, parse_metric_line
 
 __all__ = ["Objective", "DIRECTIONS", "metric_definitions", "parse_metrics"]
 
 DIRECTIONS = ("minimize", "maximize")
 """The directions an objective can be optimised in."""
 
-_NUMBER = r"([-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|nan|inf))"
-
 
 def metric_definitions() -> list[dict[str, str]]:
-    """The training entry point's metric definitions (SageMaker's ``[{"Name": ..., "Regex": ...}]`` shape).
-
-    They come from :data:`dogclf.training.METRIC_DEFINITIONS`, the lines the entry point logs
-    (``epoch=1; train_loss=...; valid_loss=...; valid_acc=...;`` and ``test_loss=...; test_acc=...;``).
-    """
-    try:
-        from dogclf.training import METRIC_DEFINITIONS
-    except ImportError:  # the training entry point predates METRIC_DEFINITIONS: same `name=value;` log format
-        return [{"Name": name, "Regex": rf"{name}={_NUMBER};"}
-                for name in ("epoch", "train_loss", "valid_loss", "valid_acc", "test_loss", "test_acc")]
+    """The training entry point's metric definitions (SageMaker's ``[{"Name": ..., "Regex": ...}]`` shape): a copy
+    of :data:`dogclf.training.METRIC_DEFINITIONS`, the regexes for the lines the entry point logs
+    (``epoch=1; train_loss=...; valid_loss=...; valid_acc=...;`` and ``test_loss=...;`` ``test_acc=...;``)."""
     return [dict(d) for d in METRIC_DEFINITIONS]
 
 
@@ -54,25 +46,13 @@ def _to_float(text: str) -> float | None:
 
 def parse_metrics(line: str, definitions: list[dict[str, str]] | None = None) -> dict[str, float]:
     """Every metric of ``definitions`` (default :func:`metric_definitions`) found in one log line, with
-    ``epoch`` when the line is a per-epoch line.
+    ``epoch`` when the line is a per-epoch line (:func:`dogclf.training.parse_metric_line`, never ``None``).
 
     Example:
         >>> parse_metrics("epoch=2; train_loss=0.9; valid_loss=1.25; valid_acc=0.5;")["valid_loss"]
         1.25
     """
-    try:
-        from dogclf.training import parse_metric_line
-    except ImportError:  # an entry point without parse_metric_line: same `name=value;` format
-        out: dict[str, float] = {}
-        for d in definitions if definitions is not None else metric_definitions():
-            m = re.search(d["Regex"], line)
-            if m and _to_float(m.group(1)) is not None:
-                out[d["Name"]] = _to_float(m.group(1))  # type: ignore[assignment]
-        epoch = re.search(r"(?<![a-z_])epoch=([0-9]+);", line)
-        if out and epoch:
-            out["epoch"] = int(epoch.group(1))
-        return out
-    return parse_metric_line(line, definitions if definitions is not None else metric_definitions()) or {}
+    return parse_metric_line(line, definitions if definitions is not None else METRIC_DEFINITIONS) or {}
 
 
 @dataclass(frozen=True)

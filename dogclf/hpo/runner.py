@@ -7,7 +7,7 @@ the backend::
     handle = backend.train(spec, wait=False, on_log_line=callback)
     handle.status        # "InProgress" until it ends, then "Completed" / "Failed" / "Stopped"
     handle.stop()        # ask the job to stop
-    result = handle.wait()   # a TrainingJobResult-like object: status, metrics, metric_history,
+    result = handle.wait(raise_on_failure=False)   # (or wait()) a TrainingJobResult-like object: status, metrics, metric_history,
                              # model_artifact, output_dir, failure_reason, duration_s, log_path
 
 It keeps up to ``max_parallel`` jobs running, asks the strategy for each new trial's hyperparameters, watches each
@@ -94,12 +94,22 @@ def _status(handle: Any) -> str:
         return "Failed"
 
 
+def _stop(run: _Running) -> None:
+    try:
+        run.handle.stop()
+    except Exception as exc:  # the job may have ended meanwhile; its status tells
+        logger.warning("could not stop %s: %s", run.trial.job_name, exc)
+
+
 def _finish(run: _Running, objective: Any) -> None:
     """Wait for an ended job and copy its outcome into the trial record."""
     trial, monitor = run.trial, run.monitor
     result, error = None, None
     try:
-        result = run.handle.wait()
+        try:
+            result = run.handle.wait(raise_on_failure=False)
+        except TypeError:  # a handle whose wait() always returns the result
+            result = run.handle.wait()
     except DogclfError as exc:
         error = exc
     except Exception as exc:  # the backend broke, not only the job: still record it and carry on
@@ -111,7 +121,7 @@ def _finish(run: _Running, objective: Any) -> None:
         trial.metrics = {k: float(v) for k, v in (getattr(result, "metrics", None) or {}).items()
                          if isinstance(v, (int, float))}
         history = getattr(result, "metric_history", None)
-        trial.history = [dict(r) for r in history] if history else monitor.snapshot()
+        trial.history = [dict(r) for r in history if "epoch" in r] if history else monitor.snapshot()
         trial.duration_s = getattr(result, "duration_s", None)
         out = getattr(result, "output_dir", None)
         trial.output_dir = str(out) if out is not None else None
@@ -159,8 +169,8 @@ def run_trials(backend: Any, spec: Any, state: ExperimentState, *, poll_interval
         spec: The base training-job spec; each trial replaces its hyperparameters and job name.
         state: The experiment's state; updated and saved after every trial start and end.
         poll_interval: Seconds between looks at the running jobs.
-        warm_up_first: Run the first trial alone until it logs its first epoch (or ends) before starting the
-            others, so that a shared backbone feature cache is filled once rather than by every parallel job.
+        warm_up_first: Run the first trial alone until it ends before starting the others, so that a shared
+            backbone feature cache is filled once rather than by every parallel job.
 
     Returns:
         ``state``.
@@ -194,10 +204,8 @@ def run_trials(backend: Any, spec: Any, state: ExperimentState, *, poll_interval
     def may_launch() -> bool:
         if len(running) >= state.max_parallel:
             return False
-        if warm_up_first and running and not any(t.status == "Completed" for t in state.trials):
-            # the cache is warm once some running job has logged an epoch
-            return any(r.monitor.snapshot() for r in running.values())
-        return True
+        # Until one trial has ended, a cold feature cache would be filled by every job started meanwhile.
+        return not (warm_up_first and running and not any(t.finished for t in state.trials))
 
     try:
         while True:
@@ -233,10 +241,9 @@ def run_trials(backend: Any, spec: Any, state: ExperimentState, *, poll_interval
                     if reason is not None:
                         run.prune_reason = reason
                         logger.info("trial %d (%s) %s", number, run.trial.job_name, reason)
-                        try:
-                            run.handle.stop()
-                        except DogclfError as exc:
-                            logger.warning("could not stop %s: %s", run.trial.job_name, exc)
+                        # stop() may wait for the process to exit: keep watching the other jobs meanwhile
+                        threading.Thread(target=_stop, args=(run,), name=f"dogclf-prune-{run.trial.job_name}",
+                                         daemon=True).start()
                 if _status(run.handle) in _DONE:
                     _finish(run, objective)
                     del running[number]

@@ -17,13 +17,19 @@ __all__ = ["tune", "uses_feature_cache"]
 
 logger = logging.getLogger(__name__)
 
-_TRUE = {"1", "true", "yes", "on"}
+def uses_feature_cache(spec: Any, space: Any = ()) -> bool:
+    """Whether the spec's jobs fit only the head on the shared backbone feature cache.
 
-
-def uses_feature_cache(spec: Any) -> bool:
-    """Whether the spec's jobs fit only the head on cached backbone features (``feature-cache`` hyperparameter)."""
-    value = dict(getattr(spec, "hyperparameters", {}) or {}).get("feature-cache")
-    return value is True or str(value).strip().lower() in _TRUE
+    The entry point uses the cache with ``--feature-cache on``, or ``auto`` (its default) when ``freeze`` is
+    ``head`` and ``augment`` is ``none`` (their defaults). When the space tunes one of these, not every trial
+    does, and the answer is ``False``.
+    """
+    hp = dict(getattr(spec, "hyperparameters", {}) or {})
+    if any(name in space for name in ("feature-cache", "freeze", "augment")):
+        return False
+    mode = str(hp.get("feature-cache", "auto")).strip().lower()
+    return mode == "on" or (mode == "auto" and str(hp.get("freeze", "head")) == "head"
+                            and str(hp.get("augment", "none")) == "none")
 
 
 def tune(backend: Any, spec: Any, *, state: Any = None, launch: bool = True, wait: bool = True,
@@ -55,5 +61,5 @@ def tune(backend: Any, spec: Any, *, state: Any = None, launch: bool = True, wai
     from dogclf.hpo.runner import run_trials
 
     # With a shared feature cache, let the first job fill it before the others start reading it.
-    warm = uses_feature_cache(spec) and state.max_parallel > 1
+    warm = uses_feature_cache(spec, state.space) and state.max_parallel > 1
     return run_trials(backend, spec, state, poll_interval=poll_interval, warm_up_first=warm)

@@ -1,12 +1,259 @@
-"""SageMaker backend: tuning (filled in by its capability)."""
+"""SageMaker backend: hyperparameter tuning as a SageMaker hyperparameter-tuning job.
+
+:class:`~dogclf.hpo.HPOExperiment` calls :meth:`SageMakerBackend.tune <dogclf.backends.sagemaker.SageMakerBackend.tune>`
+with the experiment's state; this module turns it into a ``sagemaker.tuner.HyperparameterTuner`` over the PyTorch
+estimator the training capability builds for the same spec (:func:`build_tuner`): the search space as
+``ContinuousParameter`` / ``IntegerParameter`` / ``CategoricalParameter`` ranges with their scaling types, the
+objective metric and its regex among the metric definitions, the strategy, ``max_jobs``, ``max_parallel_jobs`` and
+``early_stopping_type``. The tuning job is named after the experiment, so running the experiment again attaches
+to it instead of starting another; its training jobs become the experiment's trials through
+``ListTrainingJobsForHyperParameterTuningJob`` (:func:`list_trials`).
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+import math
+import re
 from typing import Any
 
-from dogclf.errors import BackendError
+from dogclf.errors import BackendError, ConfigError
+
+__all__ = ["tune", "build_tuner", "parameter_ranges", "list_trials", "trial_from_summary", "STATUS_MAP"]
+
+logger = logging.getLogger(__name__)
+
+STATUS_MAP = {"InProgress": "InProgress", "Stopping": "InProgress", "Completed": "Completed", "Failed": "Failed",
+              "Stopped": "Stopped"}
+"""SageMaker training-job status -> trial status."""
+
+_SCALING = {"linear": "Linear", "log": "Logarithmic"}
 
 
-def tune(backend: Any, spec: Any, **kwargs: Any) -> Any:
-    """Not available yet in this version of dogclf."""
-    raise BackendError("SageMakerBackend.tune is not available in this version of dogclf")
+def parameter_ranges(space: Any) -> dict[str, Any]:
+    """The search space as the SageMaker SDK's parameter ranges (``{name: ContinuousParameter(...), ...}``).
+
+    ``scale="log"`` maps to ``scaling_type="Logarithmic"``, ``"linear"`` to ``"Linear"``; categorical values are
+    sent as strings, as SageMaker passes every hyperparameter.
+    """
+    from sagemaker.parameter import CategoricalParameter, ContinuousParameter, IntegerParameter
+
+    from dogclf.hpo.space import Categorical, Continuous, Integer
+
+    out: dict[str, Any] = {}
+    for name, r in space.items():
+        if isinstance(r, Continuous):
+            out[name] = ContinuousParameter(r.low, r.high, scaling_type=_SCALING[r.scale])
+        elif isinstance(r, Integer):
+            out[name] = IntegerParameter(r.low, r.high, scaling_type=_SCALING[r.scale])
+        elif isinstance(r, Categorical):
+            out[name] = CategoricalParameter([_hp_string(v) for v in r.values])
+        else:  # pragma: no cover - SearchSpace admits only the three
+            raise ConfigError(f"range {name!r} of type {type(r).__name__} has no SageMaker equivalent")
+    return out
+
+
+def _hp_string(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _session(backend: Any) -> Any:
+    if backend.session is not None:
+        return backend.session
+    import boto3
+    import sagemaker
+
+    return sagemaker.Session(boto_session=boto3.Session(region_name=backend.region))
+
+
+def _estimator(backend: Any, spec: Any) -> Any:
+    from dogclf.backends.sagemaker import training
+
+    build = getattr(training, "build_estimator", None)
+    if build is None:
+        raise BackendError("this version of dogclf cannot build a SageMaker estimator "
+                           "(dogclf.backends.sagemaker.training.build_estimator is missing)")
+    return build(backend, spec)
+
+
+def build_tuner(backend: Any, spec: Any, state: Any) -> Any:
+    """The ``HyperparameterTuner`` for an experiment, without starting it.
+
+    Args:
+        backend: The :class:`~dogclf.backends.sagemaker.SageMakerBackend`.
+        spec: The base ``TrainingJobSpec``; its hyperparameters (minus the tuned ones) become the static ones.
+        state: The experiment's :class:`~dogclf.hpo.ExperimentState`.
+
+    Raises:
+        ConfigError: a strategy SageMaker does not run, or a pruning rule other than the default median rule.
+    """
+    from sagemaker.tuner import HyperparameterTuner
+
+    strategy = state.strategy
+    if not strategy.sagemaker_name:
+        raise ConfigError(f"strategy {strategy!r} has no SageMaker equivalent; use 'bayesian', 'random' or 'grid'")
+    objective = state.objective
+    estimator = _estimator(backend, spec)
+    # The tuned names are set per training job; the estimator keeps only the static ones.
+    static = {k: v for k, v in (estimator.hyperparameters() or {}).items() if k not in state.space}
+    estimator._hyperparameters = static  # noqa: SLF001 - the SDK has no setter that removes keys
+    definitions = [dict(d) for d in (getattr(spec, "metric_definitions", None) or [])]
+    if objective.metric not in {d["Name"] for d in definitions}:
+        definitions.append(objective.metric_definition())
+    else:
+        definitions = [objective.metric_definition() if d["Name"] == objective.metric else d for d in definitions]
+    grid = strategy.sagemaker_name == "Grid"
+    return HyperparameterTuner(
+        estimator=estimator,
+        objective_metric_name=objective.metric,
+        hyperparameter_ranges=parameter_ranges(state.space),
+        metric_definitions=definitions,
+        strategy=strategy.sagemaker_name,
+        objective_type="Minimize" if objective.direction == "minimize" else "Maximize",
+        max_jobs=None if grid else state.max_trials,
+        max_parallel_jobs=state.max_parallel,
+        early_stopping_type="Off" if grid or state.early_stopping is None else "Auto",
+        random_seed=state.seed,
+    )
+
+
+def _value(text: Any, rng: Any) -> Any:
+    from dogclf.hpo.space import Categorical, Integer
+
+    text = str(text)
+    try:
+        text = json.loads(text) if text.startswith('"') else text  # framework estimators JSON-encode values
+    except ValueError:
+        pass
+    if isinstance(rng, Categorical):
+        for v in rng.values:
+            if _hp_string(v) == str(text):
+                return v
+        return text
+    try:
+        return int(float(text)) if isinstance(rng, Integer) else float(text)
+    except ValueError:
+        return text
+
+
+def _timestamp(value: Any) -> float | None:
+    if value is None:
+        return None
+    if hasattr(value, "timestamp"):
+        return float(value.timestamp())
+    return float(value)
+
+
+def trial_from_summary(summary: dict[str, Any], number: int, space: Any) -> Any:
+    """One ``TrainingJobSummaries`` entry of ``ListTrainingJobsForHyperParameterTuningJob`` as a trial record.
+
+    Args:
+        summary: The entry (``TrainingJobName``, ``TrainingJobStatus``, ``TunedHyperParameters``,
+            ``FinalHyperParameterTuningJobObjectiveMetric``, ``CreationTime``, ``TrainingStartTime``,
+            ``TrainingEndTime``, ``FailureReason``).
+        number: The trial's number.
+        space: The experiment's search space (turns the string hyperparameters back into typed values).
+    """
+    from dogclf.hpo.trial import Trial
+
+    tuned = summary.get("TunedHyperParameters") or {}
+    params = {name: _value(tuned[name], rng) for name, rng in space.items() if name in tuned}
+    final = summary.get("FinalHyperParameterTuningJobObjectiveMetric") or {}
+    value = final.get("Value")
+    objective = float(value) if value is not None and math.isfinite(float(value)) else None
+    started, ended = _timestamp(summary.get("TrainingStartTime")), _timestamp(summary.get("TrainingEndTime"))
+    status = STATUS_MAP.get(summary.get("TrainingJobStatus", ""), "Failed")
+    return Trial(
+        number=number, params=params, job_name=summary["TrainingJobName"], status=status, objective=objective,
+        metrics={final["MetricName"]: objective} if objective is not None and final.get("MetricName") else {},
+        failure_reason=summary.get("FailureReason"), created=_timestamp(summary.get("CreationTime")), ended=ended,
+        duration_s=(ended - started) if started is not None and ended is not None else None,
+    )
+
+
+def _job_number(name: str) -> int | None:
+    m = re.search(r"-(\d{3})-[0-9a-f]{8}$", name)
+    return int(m.group(1)) - 1 if m else None
+
+
+def list_trials(client: Any, tuning_job_name: str, space: Any) -> list[Any]:
+    """Every training job of a tuning job as trial records, in creation order (all pages).
+
+    Args:
+        client: A boto3 ``sagemaker`` client.
+        tuning_job_name: The tuning job.
+        space: The experiment's search space.
+    """
+    summaries: list[dict[str, Any]] = []
+    kwargs: dict[str, Any] = {"HyperParameterTuningJobName": tuning_job_name, "MaxResults": 100}
+    while True:
+        page = client.list_training_jobs_for_hyper_parameter_tuning_job(**kwargs)
+        summaries.extend(page.get("TrainingJobSummaries", []))
+        token = page.get("NextToken")
+        if not token:
+            break
+        kwargs["NextToken"] = token
+    summaries.sort(key=lambda s: (_timestamp(s.get("CreationTime")) or 0.0, s["TrainingJobName"]))
+    trials = []
+    for i, s in enumerate(summaries):
+        number = _job_number(s["TrainingJobName"])
+        trials.append(trial_from_summary(s, number if number is not None else i, space))
+    trials.sort(key=lambda t: t.number)
+    return trials
+
+
+def tune(backend: Any, spec: Any, *, state: Any = None, launch: bool = True, wait: bool = True,
+         **kwargs: Any) -> Any:
+    """Start (or attach to) the experiment's SageMaker tuning job and copy its training jobs into the state.
+
+    Args:
+        backend: The :class:`~dogclf.backends.sagemaker.SageMakerBackend`.
+        spec: The base ``TrainingJobSpec``; its channels must be ``s3://`` URIs.
+        state: The experiment's :class:`~dogclf.hpo.ExperimentState`.
+        launch: Create the tuning job when the state has none yet; ``False`` only refreshes the trials.
+        wait: Block until the tuning job has ended.
+
+    Returns:
+        ``state``, its ``trials`` replaced by the tuning job's training jobs and
+        ``backend_state["tuning_job_name"]`` set.
+
+    Raises:
+        ConfigError: no state, unknown arguments, a channel that is not on S3, or a strategy SageMaker lacks.
+    """
+    if state is None:
+        raise ConfigError("SageMakerBackend.tune needs state= (an ExperimentState); use dogclf.hpo.HPOExperiment")
+    if kwargs:
+        raise ConfigError(f"SageMakerBackend.tune got unknown arguments {sorted(kwargs)}")
+    session = _session(backend)
+    name = state.backend_state.get("tuning_job_name")
+    if name is None and launch:
+        local = {k: v for k, v in spec.channels.items() if not str(v).startswith("s3://")}
+        if local:
+            raise ConfigError(f"SageMaker tuning needs s3:// channels; {sorted(local)} are local paths "
+                              f"(stage them with dogclf.data.DatasetStager first)")
+        tuner = build_tuner(backend, spec, state)
+        tuner.fit(inputs=dict(spec.channels), job_name=state.name, wait=False)
+        name = tuner.latest_tuning_job.name
+        state.backend_state["tuning_job_name"] = name
+        state.save()
+        logger.info("started SageMaker tuning job %s (%d jobs, %d in parallel)", name, state.max_trials,
+                    state.max_parallel)
+    if name is None:
+        return state
+    if wait:
+        session.wait_for_tuning_job(name)
+    client = session.sagemaker_client
+    description = client.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=name)
+    state.backend_state["status"] = description.get("HyperParameterTuningJobStatus")
+    best = description.get("BestTrainingJob") or {}
+    if best.get("TrainingJobName"):
+        state.backend_state["best_training_job"] = best["TrainingJobName"]
+    try:
+        state.trials = list_trials(client, name, state.space)
+    except Exception as exc:  # botocore errors, or an emulator without the call: keep what we had
+        logger.warning("could not list the training jobs of tuning job %s: %s", name, exc)
+    state.save()
+    return state

@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from dogclf.data.download import download
+from dogclf.data.fetch import download
 from dogclf.errors import ChecksumMismatchError, ConfigError, DataNotFoundError, DownloadError, InvalidURIError
 
 

@@ -21,7 +21,7 @@ _LAZY = {
     "Manifest": "dogclf.data.manifest",
     "ManifestEntry": "dogclf.data.manifest",
     "safe_extract": "dogclf.data.archive",
-    "download": "dogclf.data.download",
+    "download": "dogclf.data.fetch",
 }
 
 __all__ = ["SPLITS", "SyntheticDataset", "make_synthetic_dataset", "synthetic_image", *_LAZY]

@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from dogclf.data.archive import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, safe_extract, zip_fingerprint
-from dogclf.data.download import ProgressCallback, download, sha256_file
+from dogclf.data.fetch import ProgressCallback, download, sha256_file
 from dogclf.data.manifest import MANIFEST_NAME, Manifest, ManifestEntry, write_atomic
 from dogclf.data.s3 import MIB, S3Location, parse_s3_uri
 from dogclf.data.synthetic import SPLITS

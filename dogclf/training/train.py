@@ -360,6 +360,7 @@ def decode_batches(split: Split, size: int, crop: int, batch_size: int, workers:
 
     loader = torch.utils.data.DataLoader(DecodedImages(split, size, crop), batch_size=batch_size, shuffle=False,
                                          num_workers=workers, persistent_workers=False,
+                                         generator=torch.Generator().manual_seed(0),  # leave the global RNG alone
                                          prefetch_factor=4 if workers else None)
     yield from loader
 
@@ -645,8 +646,16 @@ def run(args: argparse.Namespace, extra_hyperparameters: dict[str, Any] | None =
                           output_data_dir=output_dir, model_dir=model_dir, epochs=args.epochs)
     ctx.state.update({"feature_cache": use_cache, "device": str(device), "labels": labels,
                       "breed_model": model, "num_train_images": n_train})
+    for var in ("SMDEBUG_CONFIG_FILE_PATH", "SMPROFILER_CONFIG_PATH"):
+        if os.environ.get(var):
+            logger.info("%s=%s", var, os.environ[var])
     callbacks = list(make_callbacks(hyperparameters, output_dir))
+    if callbacks:
+        logger.info("callbacks: %s", ", ".join(type(cb).__name__ for cb in callbacks))
 
+    # Dropout draws from the global RNG: seed it here so the data path taken above (cache hit or miss) cannot
+    # change what training does.
+    torch.manual_seed(args.seed + 1)
     start_epoch, history, steps = 0, [], {"train": 0, "eval": 0}
     if checkpoint is not None:
         module.load_state_dict(checkpoint["trainable"], strict=False)
@@ -689,9 +698,7 @@ def run(args: argparse.Namespace, extra_hyperparameters: dict[str, Any] | None =
     call("on_train_begin")
     epoch = start_epoch
     train_started = time.perf_counter()
-    for epoch in range(start_epoch + 1, args.epochs + 1):
-        if ctx.stop_training:
-            break
+    for epoch in range(start_epoch + 1, args.epochs + 1 if not ctx.stop_training else start_epoch + 1):
         if use_cache:
             train_module.train()
         else:
@@ -733,6 +740,8 @@ def run(args: argparse.Namespace, extra_hyperparameters: dict[str, Any] | None =
             "history": history, "steps": dict(steps), "stopped": ctx.stop_training, "stop_reason": ctx.stop_reason,
         })
         logger.info("checkpoint saved: epoch %d -> %s", epoch, ckpt_path)
+        if ctx.stop_training:
+            break
     if ctx.stop_training:
         logger.info("training stopped early after epoch %d: %s", epoch, ctx.stop_reason or "a callback asked")
     train_time = time.perf_counter() - train_started

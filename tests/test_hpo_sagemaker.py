@@ -1,0 +1,144 @@
+"""HPOExperiment on SageMaker: the CreateHyperParameterTuningJob request (against moto in server mode) and the mapping of
+ListTrainingJobsForHyperParameterTuningJob responses to trials_ (botocore's Stubber, which validates the recorded
+responses against the real service model; moto lacks that call)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dogclf.backends.sagemaker import SageMakerBackend
+from dogclf.backends.sagemaker.tuning import build_tuner, list_trials, parameter_ranges
+from dogclf.errors import ConfigError
+from dogclf.hpo import Categorical, Continuous, HPOExperiment, Integer, SearchSpace
+from dogclf.hpo.state import ExperimentState
+from dogclf.training import TrainingJobSpec
+
+SEED_SPACE = {"lr": Continuous(0.001, 0.1), "batch-size": Categorical([32, 64, 128]), "epochs": Categorical([1, 2])}
+UTC = dt.timezone.utc
+T0 = dt.datetime(2023, 9, 17, 2, 40, 43, tzinfo=UTC)
+
+
+def summary(n: int, suffix: str, lr: str, bs: str, epochs: str, status: str, value: float | None,
+            minutes: int | None, created_s: int, reason: str | None = None) -> dict[str, Any]:
+    """One TrainingJobSummaries entry, shaped as SageMaker returns it (the seed's tuning job)."""
+    item: dict[str, Any] = {
+        "TrainingJobName": f"pytorch-training-230917-0040-{n:03d}-{suffix}",
+        "TrainingJobArn": f"arn:aws:sagemaker:us-east-1:123456789012:training-job/pytorch-training-230917-0040-"
+                          f"{n:03d}-{suffix}",
+        "TuningJobName": "pytorch-training-230917-0040",
+        "CreationTime": T0 + dt.timedelta(seconds=created_s),
+        "TrainingJobStatus": status,
+        "TunedHyperParameters": {"lr": lr, "batch-size": f'"{bs}"', "epochs": f'"{epochs}"'},
+    }
+    if minutes is not None:
+        item["TrainingStartTime"] = T0 + dt.timedelta(seconds=created_s + 60)
+        item["TrainingEndTime"] = item["TrainingStartTime"] + dt.timedelta(minutes=minutes)
+    if value is not None:
+        item["FinalHyperParameterTuningJobObjectiveMetric"] = {"Type": "Minimize", "MetricName": "test_loss",
+                                                               "Value": value}
+        item["ObjectiveStatus"] = "Succeeded"
+    if reason:
+        item["FailureReason"] = reason
+        item["ObjectiveStatus"] = "Failed"
+    return item
+
+
+PAGE_1 = [summary(3, "f603a2f7", "0.0501", "128", "2", "Completed", 1.2590999603271484, 20, 3),
+          summary(2, "3ee3433d", "0.0010152583471663874", "64", "2", "Completed", 0.6565999984741211, 20, 1)]
+PAGE_2 = [summary(1, "4120a907", "0.0947", "32", "1", "Completed", 3.228800058364868, 18, 0),
+          summary(4, "0badf00d", "0.02", "64", "1", "Failed", None, 2, 5,
+                  reason="AlgorithmError: ExecuteUserScriptError: CUDA out of memory"),
+          summary(5, "5151beef", "0.003", "32", "2", "InProgress", None, None, 6)]
+
+
+def stubbed_client(tuning_job: str = "pytorch-training-230917-0040", describe: bool = False) -> tuple[Any, Any]:
+    """A sagemaker client answering from recorded responses (any other call fails: nothing reaches a network)."""
+    import boto3
+    from botocore.stub import Stubber
+
+    client = boto3.client("sagemaker", region_name="us-east-1", aws_access_key_id="testing",
+                          aws_secret_access_key="testing", endpoint_url="http://127.0.0.1:9")
+    stub = Stubber(client)
+    if describe:
+        stub.add_response("describe_hyper_parameter_tuning_job", describe_response(tuning_job),
+                          {"HyperParameterTuningJobName": tuning_job})
+    stub.add_response("list_training_jobs_for_hyper_parameter_tuning_job",
+                      {"TrainingJobSummaries": PAGE_1, "NextToken": "page-2"},
+                      {"HyperParameterTuningJobName": tuning_job, "MaxResults": 100})
+    stub.add_response("list_training_jobs_for_hyper_parameter_tuning_job", {"TrainingJobSummaries": PAGE_2},
+                      {"HyperParameterTuningJobName": tuning_job, "MaxResults": 100, "NextToken": "page-2"})
+    return client, stub
+
+
+def test_list_trials_maps_recorded_responses() -> None:
+    client, stub = stubbed_client()
+    with stub:
+        trials = list_trials(client, "pytorch-training-230917-0040", SearchSpace(SEED_SPACE))
+    stub.assert_no_pending_responses()
+    assert [t.number for t in trials] == [0, 1, 2, 3, 4]
+    assert [t.status for t in trials] == ["Completed", "Completed", "Completed", "Failed", "InProgress"]
+    assert [t.objective for t in trials[:3]] == pytest.approx([3.2288, 0.6566, 1.2591], abs=1e-4)
+    assert trials[1].params == {"lr": pytest.approx(0.0010152583471663874), "batch-size": 64, "epochs": 2}
+    assert isinstance(trials[1].params["batch-size"], int)  # typed back from SageMaker's JSON strings
+    assert [t.duration_s for t in trials[:3]] == [18 * 60, 20 * 60, 20 * 60]
+    assert trials[3].failure_reason.endswith("CUDA out of memory") and trials[3].objective is None
+    assert trials[4].duration_s is None and trials[4].ended is None
+    assert trials[0].job_name == "pytorch-training-230917-0040-001-4120a907"
+
+
+def test_trials_and_best_from_a_sagemaker_tuning_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An experiment attached to a SageMaker tuning job reads its trials through the backend."""
+    import boto3
+    import sagemaker
+
+    monkeypatch.setenv("DOGCLF_HOME", str(tmp_path))
+    client, stub = stubbed_client("seed-hpo", describe=True)
+    stub.activate()
+    session = sagemaker.Session(boto_session=boto3.Session(region_name="us-east-1", aws_access_key_id="testing",
+                                                           aws_secret_access_key="testing"),
+                                sagemaker_client=client)
+    backend = SageMakerBackend(role="arn:aws:iam::123456789012:role/SageMakerRole", bucket="b", session=session)
+    spec = TrainingJobSpec(hyperparameters={"backbone": "resnet50"}, channels={"training": "s3://b/dogImages"})
+    exp = HPOExperiment(spec, SEED_SPACE, max_trials=3, backend=backend, name="seed-hpo", seed=0)
+    state = exp._new_state(backend, spec)  # as if run() had started the tuning job
+    state.backend_state["tuning_job_name"] = "seed-hpo"
+    state.save(exp.state_path)
+    again = HPOExperiment.attach("seed-hpo", backend=backend)
+    stub.assert_no_pending_responses()
+    df = again.trials_
+    assert df["status"].tolist() == ["Completed", "Completed", "Completed", "Failed", "InProgress"]
+    assert again.best_params_ == {"lr": pytest.approx(0.0010152583471663874), "batch-size": 64, "epochs": 2}
+    assert again.best_trial_.job_name.endswith("002-3ee3433d")
+    assert again.state_.backend_state["status"] == "InProgress"
+    table = again.jobs_table()
+    assert table["Training Duration"].tolist()[-3:] == ["20 minute(s)", "20 minute(s)", "18 minute(s)"]
+
+
+def describe_response(name: str) -> dict[str, Any]:
+    return {
+        "HyperParameterTuningJobName": name,
+        "HyperParameterTuningJobArn": f"arn:aws:sagemaker:us-east-1:123456789012:hyper-parameter-tuning-job/{name}",
+        "HyperParameterTuningJobConfig": {
+            "Strategy": "Bayesian",
+            "HyperParameterTuningJobObjective": {"Type": "Minimize", "MetricName": "test_loss"},
+            "ResourceLimits": {"MaxNumberOfTrainingJobs": 3, "MaxParallelTrainingJobs": 1},
+        },
+        "HyperParameterTuningJobStatus": "InProgress",
+        "CreationTime": T0,
+        "TrainingJobStatusCounters": {"Completed": 3, "InProgress": 1, "RetryableError": 0,
+                                      "NonRetryableError": 1, "Stopped": 0},
+        "ObjectiveStatusCounters": {"Succeeded": 3, "Pending": 1, "Failed": 1},
+    }
+
+
+def test_parameter_ranges_keep_scaling_types() -> None:
+    ranges = parameter_ranges(SearchSpace({"lr": Continuous(0.001, 0.1, scale="log"), "layers": Integer(1, 4),
+                                           "batch-size": Categorical([32, 64]), "amp": Categorical([True, False])}))
+    assert ranges["lr"].as_tuning_range("lr") == {"Name": "lr", "MinValue": "0.001", "MaxValue": "0.1",
+                                                  "ScalingType": "Logarithmic"}
+    assert ranges["layers"].as_tuning_range("layers")["ScalingType"] == "Linear"
+    assert ranges["batch-size"].values == ["32", "64"] and ranges["amp"].values == ["true", "false"]

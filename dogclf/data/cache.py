@@ -16,8 +16,8 @@ log = logging.getLogger(__name__)
 def resize_short_side(src: Path, dest: Path, short_side: int, quality: int = 90) -> int:
     """Write ``src`` to ``dest`` as an RGB JPEG whose shorter side is at most ``short_side``; return its size.
 
-    Larger images are downscaled (JPEG draft mode first, then a Lanczos-free ``reduce``+bilinear resize, which is
-    what training would do anyway); images already small enough are copied byte for byte.
+    Larger images are downscaled (JPEG draft mode first, then a bilinear resize with ``reducing_gap``);
+    RGB JPEGs already small enough are copied byte for byte, anything else is re-encoded as RGB JPEG.
     """
     from PIL import Image
 

@@ -302,12 +302,9 @@ class DatasetStager:
         s3_client: A boto3 S3 client to use (default: one made from the environment, sized for ``workers``).
         **options: Any other :class:`StagerConfig` field (``labels``, ``sha256``, ``on_corrupt``, ...).
 
-    Attributes:
-        result_: The :class:`StagedDataset` (after :meth:`run`).
-        manifest_: The :class:`~dogclf.data.manifest.Manifest`.
-        labels_: The dataset's :class:`~dogclf.labels.BreedLabels`.
-        counts_: Images per split and class.
-        skipped_: Images left out as corrupt (policy ``"skip"``).
+    After :meth:`run`, the results are in :attr:`result_` (the :class:`StagedDataset`), :attr:`manifest_`,
+    :attr:`labels_`, :attr:`counts_` and :attr:`skipped_`; reading them earlier raises
+    :class:`~dogclf.errors.NotFittedError`.
 
     Example:
         >>> import tempfile, os

@@ -76,6 +76,19 @@ def test_headers_that_understate_sizes_still_cannot_inflate_past_the_limit(tmp_p
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("members", [[("a", b"1"), ("a/b", b"2")], [("a/b", b"2"), ("a", b"1")],
+                                     [("x.jpg", b"1"), ("x.jpg", b"2")]])
+def test_conflicting_members_are_refused_cleanly(tmp_path, members):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns about the duplicate name
+        archive = _zip(tmp_path / "c.zip", members)
+    with pytest.raises(UnsafeArchiveError, match="c.zip"):
+        safe_extract(archive, tmp_path / "out")
+    assert sorted(os.listdir(tmp_path)) == ["c.zip"]
+
+
 def test_not_a_zip_missing_archive_and_existing_target(tmp_path):
     (tmp_path / "x.zip").write_bytes(b"definitely not a zip")
     with pytest.raises(DataError, match="not a readable zip"):

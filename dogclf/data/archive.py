@@ -163,6 +163,10 @@ def safe_extract(archive: str | os.PathLike[str], dest: str | os.PathLike[str], 
         except FileExistsError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             raise UnsafeArchiveError(f"archive {str(path)!r} holds a member twice: {exc.filename!r}") from None
+        except (NotADirectoryError, IsADirectoryError) as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise UnsafeArchiveError(
+                f"archive {str(path)!r} uses {exc.filename!r} both as a file and as a folder") from None
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -1,0 +1,160 @@
+"""LocalBackend.train: real job processes through the sagemaker-training toolkit under an /opt/ml-style folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+
+from dogclf.backends import get_backend
+from dogclf.backends.local.training import attach
+from dogclf.data import make_synthetic_dataset
+from dogclf.errors import ConfigError, DataError, DataNotFoundError, DuplicateError, JobError, NotFoundError
+from dogclf.models import ResNetBreedModel
+from dogclf.models.testing import place_fake_weights
+from dogclf.training import TrainingJobSpec, parse_metric_line
+
+HP = {"backbone": "resnet18", "weights": "IMAGENET1K_V1", "epochs": 2, "batch-size": 8, "resize": 40, "crop": 32,
+      "lr": 0.01, "num-workers": 0}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data") / "dogImages"
+    make_synthetic_dataset(root, n_classes=3, per_class={"train": 6, "valid": 2, "test": 2}, image_size=40, seed=2)
+    return root
+
+
+@pytest.fixture(scope="module")
+def backend(tmp_path_factory):
+    return get_backend("local", root=tmp_path_factory.mktemp("dogclf-home"))
+
+
+@pytest.fixture(autouse=True)
+def torch_home(tmp_path_factory, monkeypatch):
+    home = tmp_path_factory.getbasetemp() / "torch-home"
+    if not (home / "hub").exists():
+        place_fake_weights("resnet18", "IMAGENET1K_V1", home)
+    monkeypatch.setenv("TORCH_HOME", str(home))
+
+
+@pytest.mark.slow
+def test_job_runs_under_the_container_contract(backend, dataset):
+    lines = []
+    hook_config = {"LocalPath": "/opt/ml/output/tensors", "HookParameters": {"save_interval": "5"}}
+    spec = TrainingJobSpec(HP, {"training": str(dataset)}, job_name="contract-1",
+                           debugger_hook_config=hook_config, profiler_config={"ProfilingIntervalInMilliseconds": 500},
+                           environment={"DOGCLF_TEST_MARKER": "yes"})
+    result = backend.train(spec, on_log_line=lines.append)
+    job = backend.root / "jobs" / "contract-1"
+
+    assert result.status == "Completed" and result.failure_reason is None
+    # The folder is laid out like /opt/ml, with what SageMaker writes there.
+    config = job / "input" / "config"
+    hp = json.loads((config / "hyperparameters.json").read_text())
+    assert hp["lr"] == "0.01" and hp["batch-size"] == "8" and json.loads(hp["sagemaker_program"]) == \
+        "dogclf/training/train.py"
+    assert json.loads((config / "resourceconfig.json").read_text())["hosts"] == ["localhost"]
+    assert set(json.loads((config / "inputdataconfig.json").read_text())) == {"training"}
+    assert (job / "input" / "data" / "training").resolve() == dataset.resolve()
+    assert json.loads((config / "debughookconfig.json").read_text())["LocalPath"] == str(job / "output" / "tensors")
+    assert json.loads((config / "profilerconfig.json").read_text()) == {"ProfilingIntervalInMilliseconds": 500}
+    assert (job / "code" / "dogclf" / "training" / "train.py").is_file()
+    log = (job / "logs" / "train.log").read_text()
+    assert f"SMDEBUG_CONFIG_FILE_PATH={config / 'debughookconfig.json'}" in log
+    assert f"SMPROFILER_CONFIG_PATH={config / 'profilerconfig.json'}" in log
+    # Logs streamed to the caller; metrics parsed with the SageMaker regexes.
+    assert lines and "\n".join(lines) + "\n" == log
+    parsed = [m for m in map(parse_metric_line, lines) if m]
+    assert result.metric_history == parsed
+    assert [m.get("epoch") for m in parsed] == [1, 2, None, None]
+    assert result.metrics["test_loss"] == parsed[2]["test_loss"]
+    assert result.metrics["valid_acc"] == parsed[1]["valid_acc"]
+    assert result.log_path == str(job / "logs" / "train.log") and result.duration_s > 0
+    model = ResNetBreedModel.load(result.model_artifact)
+    assert len(model.labels_) == 3 and model.config.weights == "IMAGENET1K_V1"
+    assert json.loads((job / "output" / "data" / "metrics.json").read_text())["metrics"]["test_loss"] == \
+        pytest.approx(result.metrics["test_loss"], abs=1e-6)
+    # Features landed in the backend's shared cache.
+    assert list((backend.root / "cache" / "features").glob("resnet18-*-train.pt"))
+    # attach rereads the same result; a completed name cannot run again.
+    assert attach(backend, "contract-1") == result
+    with pytest.raises(DuplicateError, match="attach"):
+        backend.train(spec)
+
+    # A second job on the same data reuses the cached backbone features (wait=False handle API).
+    handle = backend.train(TrainingJobSpec({**HP, "lr": 0.02}, {"training": str(dataset)}, job_name="contract-2"),
+                           wait=False)
+    assert handle.job_name == "contract-2" and handle.status in ("InProgress", "Completed")
+    second = handle.wait(timeout=300)
+    assert handle.status == "Completed" and handle.metrics == second.metrics
+    assert "feature cache hit for train" in open(second.log_path).read()
+    assert second.metrics != result.metrics
+
+
+@pytest.mark.slow
+def test_failed_job_reports_the_reason(backend, dataset):
+    spec = TrainingJobSpec({**HP, "labels": "dogimages-133"}, {"training": str(dataset)}, job_name="fails-1")
+    with pytest.raises(JobError) as err:
+        backend.train(spec)
+    assert err.value.status == "Failed" and err.value.job_id == "fails-1"
+    assert "LabelMismatchError" in err.value.reason and "133 breeds" in err.value.reason
+    result = attach(backend, "fails-1")
+    assert result.status == "Failed" and result.model_artifact is None and result.failure_reason == err.value.reason
+    # Running it again is allowed (a failed job restarts in its folder); without raising, the result says Failed.
+    again = backend.train(spec, raise_on_failure=False)
+    assert again.status == "Failed" and "LabelMismatchError" in again.failure_reason
+
+
+@pytest.mark.slow
+def test_stop_a_running_job(backend, dataset):
+    spec = TrainingJobSpec({**HP, "epochs": 500, "feature-cache": "off", "freeze": "full"},
+                           {"training": str(dataset)}, job_name="stopped-1")
+    seen = []
+    handle = backend.train(spec, wait=False, on_log_line=seen.append)
+    deadline = time.time() + 120
+    while not any("epoch=1;" in line for line in seen) and time.time() < deadline:
+        time.sleep(0.2)
+    assert handle.metrics.get("train_loss") is not None
+    handle.stop(grace_s=5)
+    assert handle.status == "Stopped"
+    with pytest.raises(JobError) as err:
+        handle.wait()
+    assert err.value.status == "Stopped"
+    assert attach(backend, "stopped-1").status == "Stopped"
+    assert live_group_members(handle.pid) == []
+
+
+def live_group_members(pgid: int) -> list[int]:
+    """Processes of a process group that are still running (zombies left to a non-reaping init do not count)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="utf-8") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            found.append(int(entry))
+    return found
+
+
+def test_bad_channels_fail_before_any_process_starts(backend, tmp_path, dataset):
+    (tmp_path / "empty" / "train" / "001.Affenpinscher").mkdir(parents=True)
+    with pytest.raises(DataError, match="empty"):
+        backend.train(TrainingJobSpec(HP, {"training": str(tmp_path / "empty")}, job_name="empty-1"))
+    with pytest.raises(DataNotFoundError, match="does not exist"):
+        backend.train(TrainingJobSpec(HP, {"training": str(tmp_path / "nope")}))
+    with pytest.raises(ConfigError, match="S3"):
+        backend.train(TrainingJobSpec(HP, {"training": "s3://bucket/dogImages"}))
+    with pytest.raises(ConfigError, match="instance"):
+        backend.train(TrainingJobSpec(HP, {"training": str(dataset)}, instance_count=2))
+    with pytest.raises(ConfigError, match="TrainingJobSpec"):
+        backend.train({"lr": 1})
+    assert not (backend.root / "jobs" / "empty-1").exists()
+    with pytest.raises(NotFoundError, match="no local training job 'never-ran'"):
+        attach(backend, "never-ran")

@@ -278,6 +278,16 @@ def _k_from_headers(headers: dict[str, str]) -> int | None:
     return None
 
 
+_SIGNATURES = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
+               (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
+
+
+def _known_format(data: bytes) -> str | None:
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    return next((name for magic, name in _SIGNATURES if data.startswith(magic)), None)
+
+
 def decode_image(data: bytes, *, draft_size: int | None = None) -> Image.Image:
     """Decode one photo into an upright 8-bit RGB image.
 
@@ -302,6 +312,10 @@ def decode_image(data: bytes, *, draft_size: int | None = None) -> Image.Image:
             image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError as exc:
         head = data[:8]
+        known = _known_format(data)
+        if known:
+            raise request_error(f"the body starts like a {known} file but Pillow cannot read it: the {known} data "
+                                "is corrupt", "corrupt_image") from exc
         raise request_error(f"the body ({len(data)} bytes, starting {head!r}) is not an image Pillow can read; "
                             "expected JPEG, PNG, GIF, BMP, TIFF or WebP", "unsupported_image", 415) from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

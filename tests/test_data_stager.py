@@ -302,3 +302,29 @@ def test_any_label_set_round_trips_through_staging(tmp_path_factory, breeds, cou
     assert Manifest.load(base / "out" / "manifest.json").split_counts() == dict(zip(("train", "valid", "test"),
                                                                                      [c * len(labels)
                                                                                       for c in counts]))
+
+
+@pytest.mark.shared
+def test_real_photos_stage_validate_and_cache(pet_images, tmp_path):
+    """The shared real photos, arranged as a 3-breed dogImages dataset: they decode, and the cache shrinks them."""
+    from PIL import Image
+
+    by_breed = {}
+    for p in sorted(pet_images.glob("*.jpg")):
+        by_breed.setdefault(p.stem.rsplit("_", 1)[0], []).append(p)
+    breeds = ["Beagle", "Boston_terrier", "Dalmatian"]  # three photos each
+    root = tmp_path / "dogImages"
+    for i, breed in enumerate(breeds):
+        for split, photo in zip(("train", "valid", "test"), by_breed[breed]):
+            dest = root / split / f"{i + 1:03d}.{breed}" / photo.name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(photo, dest)
+    result = DatasetStager(root, tmp_path / "staged", labels=["beagle", "boston terrier", "dalmatian"],
+                           cache_short_side=128).run()
+    assert result.labels.names == tuple(breeds) and result.n_images == 9 and not result.skipped
+    cache = Path(result.cache_uri)
+    for entry in Manifest.load(tmp_path / "staged" / "manifest.json").files:
+        with Image.open(tmp_path / "staged" / entry.relpath) as orig, Image.open(cache / entry.relpath) as small:
+            assert min(small.size) == min(128, min(orig.size))
+            assert abs(small.size[0] / small.size[1] - orig.size[0] / orig.size[1]) < 0.05
+    assert result.stats["cache_bytes"] < result.stats["bytes"]

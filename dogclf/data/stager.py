@@ -96,7 +96,7 @@ class StagerConfig:
     source: str | None = None
     target: str | None = None
     name: str = "dogImages"
-    labels: BreedLabels | None = None
+    labels: BreedLabels | str | Sequence[str] | None = None
     sha256: str | None = None
     on_corrupt: str = "fail"
     splits: tuple[str, ...] = SPLITS
@@ -420,8 +420,6 @@ class DatasetStager:
         work = Path(tempfile.mkdtemp(prefix=f".{cfg.name}.staging-", dir=work_parent))
         try:
             data_root, owned = self._materialise(kind, source_path, client, work)
-            if kind in ("url", "s3") or (kind == "path" and source_path.is_file()):
-                source_info["fingerprint"] = fingerprint or source_info["fingerprint"]
             manifest = self._validate(data_root, source_info)
             if target_loc is None:
                 stats = self._write_local(manifest, data_root, owned, Path(target), work)

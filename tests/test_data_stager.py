@@ -49,7 +49,7 @@ def _zip_dir(folder: Path, archive: Path, arc_prefix: str = "") -> Path:
 
 def _tree(root: Path) -> dict[str, str]:
     return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in root.rglob("*") if p.is_file()}
+            for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")}
 
 
 def test_config_validated_on_creation_and_init_touches_nothing(tmp_path):

@@ -20,6 +20,8 @@ def _digest_tree(root):
     out = {}
     for dirpath, _, files in os.walk(root):
         for f in files:
+            if f.startswith("."):
+                continue  # the hidden record of the arguments
             p = os.path.join(dirpath, f)
             out[os.path.relpath(p, root)] = hashlib.sha256(open(p, "rb").read()).hexdigest()
     return out
@@ -29,7 +31,7 @@ def test_layout_parses_back_and_images_decode(tmp_path):
     ds = make_synthetic_dataset(tmp_path / "dogs", n_classes=4, per_class={"train": 3, "valid": 1, "test": 2},
                                 image_size=32, seed=7)
     assert os.fspath(ds) == str(tmp_path / "dogs")
-    assert sorted(p.name for p in (tmp_path / "dogs").iterdir()) == sorted(SPLITS)
+    assert sorted(p.name for p in (tmp_path / "dogs").iterdir()) == sorted([*SPLITS, ".dogclf-synthetic.json"])
     for split, n in {"train": 3, "valid": 1, "test": 2}.items():
         labels = BreedLabels.from_directory(tmp_path / "dogs" / split, strict=True)
         assert labels.names == get_labels("dogimages-133").names[:4] == ds.labels.names
@@ -96,7 +98,7 @@ def test_custom_labels_and_bad_arguments(tmp_path):
     with pytest.raises(DataError, match="not empty"):
         make_synthetic_dataset(tmp_path / "x", 2, 1, 16)
     make_synthetic_dataset(tmp_path / "x", 2, 1, 16, overwrite=True)
-    assert sorted(p.name for p in (tmp_path / "x").iterdir()) == sorted(SPLITS)
+    assert sorted(p.name for p in (tmp_path / "x").iterdir() if p.is_dir()) == sorted(SPLITS)
     with pytest.raises(ConfigError, match="n_classes"):
         make_synthetic_dataset(tmp_path / "y", 134, 1, 16)
     with pytest.raises(ConfigError, match="image_size"):
@@ -104,3 +106,17 @@ def test_custom_labels_and_bad_arguments(tmp_path):
     with pytest.raises(ConfigError, match="'valid'"):
         make_synthetic_dataset(tmp_path / "y", 2, {"train": 1}, 16)
     assert not (tmp_path / "y").exists()
+
+
+def test_same_arguments_again_rewrite_nothing(tmp_path):
+    first = make_synthetic_dataset(tmp_path / "d", 2, 2, 16, seed=4)
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "d").rglob("*.jpg")}
+    again = make_synthetic_dataset(tmp_path / "d", 2, 2, 16, seed=4, overwrite=True)
+    assert again == first
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "d").rglob("*.jpg")} == stamps
+    victim = next(iter(stamps))
+    victim.unlink()  # incomplete: written again
+    make_synthetic_dataset(tmp_path / "d", 2, 2, 16, seed=4, overwrite=True)
+    assert victim.is_file() and len(list((tmp_path / "d").rglob("*.jpg"))) == len(stamps)
+    with pytest.raises(DataError, match="not empty"):
+        make_synthetic_dataset(tmp_path / "d", 2, 2, 16, seed=5)

@@ -12,6 +12,7 @@ classifier has to look at structure, as it would for real photos.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -142,6 +143,33 @@ def synthetic_image(class_index: int, image_size: int, rng: np.random.Generator)
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
+_MARKER = ".dogclf-synthetic.json"
+_MARKER_FORMAT = "dogclf.synthetic/1"
+
+
+def _existing(root: Path, params: dict, labels: BreedLabels) -> SyntheticDataset | None:
+    """The dataset already at ``root`` if it was written with ``params`` and all its files are still there."""
+    try:
+        if json.loads((root / _MARKER).read_text()) != params:
+            return None
+    except (OSError, ValueError):
+        return None
+    counts: dict[str, dict[str, int]] = {}
+    for split, n in params["per_class"].items():
+        counts[split] = {}
+        for folder in labels.folder_names:
+            names = {f"{folder}_{i:05d}.jpg" for i in range(n)}
+            try:
+                present = {e.name for e in os.scandir(root / split / folder)}
+            except OSError:
+                return None
+            if not names <= present:
+                return None
+            counts[split][folder] = n
+    return SyntheticDataset(root=root, labels=labels, counts=counts, image_size=params["image_size"],
+                            seed=params["seed"])
+
+
 def _resolve_labels(labels: BreedLabels | str | Sequence[str] | None, n_classes: int) -> BreedLabels:
     if labels is None:
         labels = get_labels(DOGIMAGES_133)
@@ -189,7 +217,8 @@ def make_synthetic_dataset(
     Images of one class share a stripe orientation, frequency and overlaid shape; colours and placement are drawn
     per image, so classes cannot be told apart by mean colour. The same arguments always write byte-identical
     files. The dataset is written to a temporary folder beside ``root`` and renamed into place, so ``root`` is
-    either absent or complete.
+    either absent or complete. Calling again with the same arguments on a complete dataset rewrites nothing (a
+    hidden ``.dogclf-synthetic.json`` records them), so a later :class:`~dogclf.data.DatasetStager` run stays a no-op.
 
     Args:
         root: Dataset folder to create. It may exist only if empty (or pass ``overwrite=True``).
@@ -235,6 +264,12 @@ def make_synthetic_dataset(
     from PIL import Image
 
     root = Path(root)
+    params = {"format": _MARKER_FORMAT, "n_classes": n_classes, "per_class": counts_per_split,
+              "image_size": image_size, "seed": seed, "quality": quality, "labels": list(labels.names)}
+    existing = _existing(root, params, labels)
+    if existing is not None:
+        log.info("synthetic dataset at %s already written with these arguments; reusing it", root)
+        return existing
     if root.exists():
         if not root.is_dir():
             raise DataError(f"dataset root {str(root)!r} exists and is not a directory")
@@ -255,6 +290,7 @@ def make_synthetic_dataset(
                     arr = synthetic_image(class_index, image_size, rng)
                     Image.fromarray(arr, "RGB").save(class_dir / f"{folder}_{i:05d}.jpg", "JPEG", quality=quality)
                 counts[split][folder] = n
+        (tmp / _MARKER).write_text(json.dumps(params))
         if root.exists():
             shutil.rmtree(root)
         os.replace(tmp, root)

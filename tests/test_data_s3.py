@@ -145,3 +145,20 @@ def test_missing_bucket_and_empty_prefix(s3, src, tmp_path):
     with pytest.raises(DataNotFoundError, match="s3://dogs/empty"):
         DatasetStager("s3://dogs/empty", tmp_path / "out").run()
     assert not (tmp_path / "out").exists()
+
+
+def test_compact_cache_goes_up_beside_the_splits(s3, src):
+    result = DatasetStager(src, "s3://dogs/cached", cache_short_side=16).run()
+    assert result.cache_uri == "s3://dogs/cached/cache-16"
+    assert result.channels_for("splits", cached=True)["valid"] == "s3://dogs/cached/cache-16/valid"
+    cached = {k for k in _objects(s3, "cached/cache-16/")}
+    assert len(cached) == src.n_images()
+    from io import BytesIO
+
+    from PIL import Image
+
+    key = sorted(cached)[0]
+    with Image.open(BytesIO(s3.get_object(Bucket="dogs", Key=key)["Body"].read())) as im:
+        assert im.size == (16, 16)
+    assert result.stats["uploaded"] == 2 * src.n_images()
+    assert DatasetStager(src, "s3://dogs/cached", cache_short_side=16).run().noop

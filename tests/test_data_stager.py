@@ -129,6 +129,9 @@ def test_zip_one_folder_deep_with_sha256(src, tmp_path):
     assert result.n_images == src.n_images()
     assert {k: v for k, v in _tree(tmp_path / "staged").items() if "/" in k} == _tree(src.root)
     assert DatasetStager(archive, tmp_path / "staged", sha256=sha).run().noop
+    with pytest.raises(ChecksumMismatchError, match="dogImages.zip"):  # a wrong sha256 is never "already staged"
+        DatasetStager(archive, tmp_path / "staged", sha256="1" * 64).run()
+    assert DatasetStager(archive, tmp_path / "staged", sha256=sha).run().noop
     with pytest.raises(ChecksumMismatchError, match="dogImages.zip"):
         DatasetStager(archive, tmp_path / "other", sha256="0" * 64).run()
     assert not (tmp_path / "other").exists()

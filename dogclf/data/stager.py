@@ -431,11 +431,11 @@ class DatasetStager:
 
     # -- steps ------------------------------------------------------------------------------------------------
     def _client(self) -> Any:
-        if self.s3_client is None:
-            from dogclf.data.s3 import make_client
+        if self.s3_client is not None:
+            return self.s3_client
+        from dogclf.data.s3 import make_client
 
-            self.s3_client = make_client(self.config.workers, self.config.region)
-        return self.s3_client
+        return make_client(self.config.workers, self.config.region)  # cached per settings and environment
 
     def _downloads(self) -> Path:
         if self.config.download_dir:
@@ -465,7 +465,8 @@ class DatasetStager:
             return "s3:" + h.hexdigest()
         assert source_path is not None
         if source_path.is_file():
-            return "zip:" + zip_fingerprint(source_path)
+            # with an expected sha256, a different one must not pass as "already staged"
+            return "zip:" + zip_fingerprint(source_path) + (f"|sha256:{cfg.sha256}" if cfg.sha256 else "")
         try:
             root = find_dataset_root(source_path, cfg.splits)
         except DataError:

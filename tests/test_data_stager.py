@@ -333,3 +333,13 @@ def test_real_photos_stage_validate_and_cache(pet_images, tmp_path):
             assert min(small.size) == min(128, min(orig.size))
             assert abs(small.size[0] / small.size[1] - orig.size[0] / orig.size[1]) < 0.05
     assert result.stats["cache_bytes"] < result.stats["bytes"]
+
+
+def test_default_target_is_the_local_backend_store(src, tmp_path, monkeypatch):
+    monkeypatch.setenv("DOGCLF_HOME", str(tmp_path / "home"))
+    stager = DatasetStager(src, name="tiny-dogs")
+    assert not (tmp_path / "home").exists()  # nothing touched before run()
+    result = stager.run()
+    assert result.uri == str(tmp_path / "home" / "data" / "tiny-dogs")
+    assert (tmp_path / "home" / "data" / "tiny-dogs" / "manifest.json").is_file()
+    assert json.loads((tmp_path / "home" / "data" / "tiny-dogs" / "manifest.json").read_text())["name"] == "tiny-dogs"

@@ -46,6 +46,9 @@ def test_trials_run_as_separate_jobs_sharing_the_feature_cache(tmp_path: Path, d
         job = json.loads((jobs / row["job_name"] / "job.json").read_text())   # each trial has its own job folder
         assert job["spec_hyperparameters"]["batch-size"] == row["batch-size"]
         assert job["spec_hyperparameters"]["backbone"] == "resnet18"
+    # Head-only trials ran in a warm pool: at most max_parallel worker processes served the 4 jobs.
+    pids = {json.loads((jobs / n / "job.json").read_text())["pid"] for n in df["job_name"]}
+    assert 1 <= len(pids) <= 2
     done = df[df["status"] == "Completed"]
     for _, row in done.iterrows():
         result = json.loads((jobs / row["job_name"] / "job.json").read_text())["result"]
@@ -64,6 +67,18 @@ def test_trials_run_as_separate_jobs_sharing_the_feature_cache(tmp_path: Path, d
     config = json.loads((Path(final.model_artifact) / "config.json").read_text())
     assert config["backbone"] == "resnet18"
     assert final.hyperparameters["batch-size"] == exp.best_params_["batch-size"]
+
+    # Without the feature cache every trial is a fresh job process, and the same hyperparameters give the same
+    # result as in the pool (the entry point is deterministic on CPU).
+    plain_spec = TrainingJobSpec(hyperparameters={**STATIC, "feature-cache": "off"}, channels={"training": str(dataset)})
+    assert not uses_feature_cache(plain_spec)
+    plain = HPOExperiment(plain_spec, {"dropout": Categorical([0.0]), "batch-size": Categorical([4])},
+                          strategy="grid", backend=backend, name="plain").run()
+    row = plain.trials_.iloc[0]
+    assert row["status"] == "Completed"
+    assert json.loads((jobs / row["job_name"] / "job.json").read_text())["pid"] not in pids
+    assert "feature cache: OFF" in (jobs / row["job_name"] / "logs" / "train.log").read_text()
+    assert row["objective"] == pytest.approx(df.loc[0, "objective"], rel=1e-4)
 
     # Attaching from elsewhere sees the same results; running again starts no job.
     again = HPOExperiment.attach("grid", backend=LocalBackend(tmp_path / "home"))

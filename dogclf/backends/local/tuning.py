@@ -8,12 +8,19 @@ directory), pruned trials stopped, failures recorded with their reason, the stat
 
 from __future__ import annotations
 
+import importlib
+import json
 import logging
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
 from typing import Any
 
-from dogclf.errors import ConfigError
+from dogclf.errors import BackendError, ConfigError
 
-__all__ = ["tune", "uses_feature_cache"]
+__all__ = ["tune", "uses_feature_cache", "WarmPoolBackend"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +40,7 @@ def uses_feature_cache(spec: Any, space: Any = ()) -> bool:
 
 
 def tune(backend: Any, spec: Any, *, state: Any = None, launch: bool = True, wait: bool = True,
-         poll_interval: float = 0.2, **kwargs: Any) -> Any:
+         poll_interval: float = 0.2, warm_pool: bool | None = None, **kwargs: Any) -> Any:
     """Run (or, with ``launch=False``, only look at) a tuning experiment on the local backend.
 
     Args:
@@ -45,6 +52,10 @@ def tune(backend: Any, spec: Any, *, state: Any = None, launch: bool = True, wai
         wait: Accepted for symmetry with SageMaker; local tuning always runs to the end in the calling thread
             (:meth:`HPOExperiment.run(wait=False) <dogclf.hpo.HPOExperiment.run>` runs it in a thread).
         poll_interval: Seconds between looks at the running jobs.
+        warm_pool: Run the trial jobs in reused worker processes (:class:`WarmPoolBackend`), like SageMaker's
+            warm pools: each trial still has its own job folder and runs the entry point under the container
+            environment, without paying a new interpreter and the torch import. ``None`` (default) uses the pool
+            for head-only experiments on the shared feature cache, where that start-up dominates a trial.
 
     Returns:
         ``state``.
@@ -60,6 +71,179 @@ def tune(backend: Any, spec: Any, *, state: Any = None, launch: bool = True, wai
         return state
     from dogclf.hpo.runner import run_trials
 
+    cached = uses_feature_cache(spec, state.space)
     # With a shared feature cache, let the first job fill it before the others start reading it.
-    warm = uses_feature_cache(spec, state.space) and state.max_parallel > 1
-    return run_trials(backend, spec, state, poll_interval=poll_interval, warm_up_first=warm)
+    warm = cached and state.max_parallel > 1
+    if not (cached if warm_pool is None else warm_pool):
+        return run_trials(backend, spec, state, poll_interval=poll_interval, warm_up_first=warm)
+    pool = WarmPoolBackend(backend, state.max_parallel)
+    try:
+        return run_trials(pool, spec, state, poll_interval=poll_interval, warm_up_first=warm)
+    finally:
+        pool.close()
+
+
+# -- warm pool: trial jobs in reused worker processes ---------------------------------------------------------------
+_DONE_MARK = "\x1edogclf-pool-job-done "
+
+
+class _PoolWorker:
+    """One long-lived worker process that runs training jobs one after another (SageMaker's warm pools, locally).
+
+    The worker imports torch and the entry point once; each job still gets its own job folder and the
+    training-container environment (read through the sagemaker-training toolkit, as a fresh job process would)
+    and runs the entry point's ``main`` with the job's hyperparameters as command-line options.
+    """
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-u", "-m", "dogclf.backends.local.tuning", "--pool-worker"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+            bufsize=1, start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        self.busy = False
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def close(self) -> None:
+        if self.alive:
+            try:
+                assert self.process.stdin is not None
+                self.process.stdin.close()
+                self.process.wait(10)
+            except (OSError, subprocess.TimeoutExpired):
+                self.process.kill()
+                self.process.wait()
+
+
+class _PoolJobProcess:
+    """What :class:`~dogclf.backends.local.training.LocalTrainingJob` needs of a job process (``pid``,
+    ``stdout``, ``wait``), for a job that runs in a pool worker: ``stdout`` yields the job's lines up to the
+    worker's end-of-job mark; stopping the job kills the worker (its process group), which the pool replaces."""
+
+    def __init__(self, worker: _PoolWorker) -> None:
+        self._worker = worker
+        self.pid = worker.process.pid
+        self._code: int | None = None
+        self._ended = threading.Event()
+        self.stdout = self._lines()
+
+    def _lines(self) -> Iterator[str]:
+        stream = self._worker.process.stdout
+        assert stream is not None
+        try:
+            for line in stream:
+                if line.startswith(_DONE_MARK):
+                    self._code = int(line[len(_DONE_MARK):].strip() or 1)
+                    return
+                yield line
+            self._code = self._worker.process.wait()  # the worker died (stopped, or crashed)
+        finally:
+            self._worker.busy = False
+            self._ended.set()
+
+    def wait(self, timeout: float | None = None) -> int:
+        if not self._ended.wait(timeout):
+            raise subprocess.TimeoutExpired(f"pool job in worker {self.pid}", timeout or 0)
+        return self._code if self._code is not None else 1
+
+
+class WarmPoolBackend:
+    """Runs the local backend's training jobs in reused worker processes; used by :func:`tune` for trials.
+
+    It implements ``train(spec, wait=False, on_log_line=...)`` like
+    :class:`~dogclf.backends.local.LocalBackend` (same job folders under the same root, same
+    :class:`~dogclf.backends.local.training.LocalTrainingJob` handles) but skips a new interpreter, the torch
+    import and the toolkit's process per job, which dominate a head fit on cached features.
+
+    Args:
+        backend: The local backend whose root and feature cache the jobs use.
+        size: Worker processes at most (the experiment's ``max_parallel``).
+    """
+
+    def __init__(self, backend: Any, size: int) -> None:
+        self.backend = backend
+        self.name = getattr(backend, "name", "local")
+        self.root = backend.root
+        self.size = size
+        self._workers: list[_PoolWorker] = []
+        self._lock = threading.Lock()
+
+    def _worker(self) -> _PoolWorker:
+        with self._lock:
+            self._workers = [w for w in self._workers if w.alive or w.busy]
+            for w in self._workers:
+                if not w.busy and w.alive:
+                    w.busy = True
+                    return w
+            if len(self._workers) >= self.size:
+                raise BackendError(f"all {self.size} pool workers are busy")
+            w = _PoolWorker()
+            w.busy = True
+            self._workers.append(w)
+            return w
+
+    def train(self, spec: Any, wait: bool = True, on_log_line: Any = None, **kwargs: Any) -> Any:
+        """Start ``spec`` as a job in a free worker; returns its handle (or, with ``wait=True``, its result)."""
+        from dogclf.backends.local.training import LocalTrainingJob, prepare_job
+        from dogclf.backends.local.training import logger as training_logger
+
+        base, env = prepare_job(self.backend, spec, spec.job_name)
+        worker = self._worker()
+        assert worker.process.stdin is not None
+        try:
+            worker.process.stdin.write(json.dumps({"base": str(base), "env": env}) + "\n")
+            worker.process.stdin.flush()
+        except OSError as exc:
+            worker.busy = False
+            raise BackendError(f"pool worker {worker.process.pid} is gone: {exc}") from exc
+        logger.info("started training job %s in pool worker %d", spec.job_name, worker.process.pid)
+        job = LocalTrainingJob(spec.job_name, base, spec, _PoolJobProcess(worker), on_log_line, training_logger)
+        return job.wait(raise_on_failure=kwargs.get("raise_on_failure", True)) if wait else job
+
+    def deploy(self, artifact: Any, **kwargs: Any) -> Any:
+        """Not a serving backend: deploy with the local backend itself."""
+        raise BackendError("the tuning pool does not serve models; use LocalBackend.deploy")
+
+    def close(self) -> None:
+        """End the worker processes."""
+        with self._lock:
+            workers, self._workers = self._workers, []
+        for w in workers:
+            w.close()
+
+
+def _pool_worker_main() -> int:
+    """The worker: read job requests (one JSON line each) from stdin and run each job's entry point in-process."""
+    import dogclf.training.train as entry  # noqa: F401 - import torch and the entry point once, up front
+    import torch  # noqa: F401
+    import torchvision  # noqa: F401
+    from sagemaker_training import environment
+
+    for request in sys.stdin:
+        if not request.strip():
+            continue
+        job = json.loads(request)
+        os.environ.clear()
+        os.environ.update(job["env"])
+        code = 1
+        try:
+            # the toolkit reads SAGEMAKER_BASE_DIR into module constants when imported: re-read them per job
+            importlib.reload(environment)
+            env = environment.Environment()
+            os.environ.update({k: str(v) for k, v in env.to_env_vars().items()})
+            code = entry.main(list(env.to_cmd_args()))
+        except BaseException as exc:  # report and keep serving: the job failed, not the worker
+            print(f"training entry point failed: {type(exc).__name__}: {exc}", flush=True)
+        sys.stdout.flush()
+        print(f"{_DONE_MARK}{code}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--pool-worker"]:
+        sys.exit(_pool_worker_main())
+    print("usage: python -m dogclf.backends.local.tuning --pool-worker", file=sys.stderr)
+    sys.exit(64)

@@ -24,6 +24,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         srv = self.server
         srv.requests.append({"path": self.path, "range": self.headers.get("Range"),
                              "if_range": self.headers.get("If-Range")})
+        if self.path == "/broken.zip":
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if self.path != "/dogImages.zip":
             self.send_response(404)
             self.send_header("Content-Length", "0")
@@ -138,6 +143,9 @@ def test_sha256_mismatch_deletes_the_file(server, tmp_path):
 def test_bad_urls_and_missing_files(server, tmp_path):
     with pytest.raises(DataNotFoundError, match="nope.zip"):
         download(server.url.replace("dogImages", "nope"), tmp_path / "x.zip")
+    with pytest.raises(DownloadError, match="HTTP 503"):
+        download(server.url.replace("dogImages", "broken"), tmp_path / "x.zip")
+    assert os.listdir(tmp_path) == []
     with pytest.raises(InvalidURIError, match="ftp://"):
         download("ftp://example.com/x.zip", tmp_path / "x.zip")
     with pytest.raises(ConfigError, match="64 hex"):

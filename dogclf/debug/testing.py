@@ -18,7 +18,8 @@ __all__ = ["tiny_training"]
 def tiny_training(callbacks: list[Callback], output_data_dir: str | Path, *, epochs: int = 2, train_steps: int = 20,
                   eval_steps: int = 4, batch_size: int = 16, lr: float = 0.5, num_classes: int = 4,
                   features: int = 16, seed: int = 0, flat: bool = False, zero_grad: bool = False,
-                  label_noise: float = 0.0, imbalance: float | None = None, model: Any = None,
+                  label_noise: float = 0.0, imbalance: float | None = None, train_batches: int | None = None,
+                  model: Any = None,
                   hyperparameters: dict[str, Any] | None = None) -> TrainingContext:
     """Train a small classifier on synthetic, learnable data while calling ``callbacks``.
 
@@ -34,9 +35,11 @@ def tiny_training(callbacks: list[Callback], output_data_dir: str | Path, *, epo
         features: Input features.
         seed: Random seed.
         flat: Make the labels random noise, so the loss cannot decrease.
-        zero_grad: Zero all gradients after backward (nothing learns; gradients vanish).
+        zero_grad: Zero every gradient as it is computed (nothing learns; gradients vanish).
         label_noise: Fraction of train labels replaced by random ones (raises the train loss).
         imbalance: If given, class 0 gets this share of the labels.
+        train_batches: If given, training cycles through this many fixed batches (a model can memorise them
+            and overfit), while eval batches stay fresh.
         model: A ``torch.nn.Module`` to train instead of the default MLP.
         hyperparameters: The hyperparameters the context carries.
 
@@ -70,6 +73,10 @@ def tiny_training(callbacks: list[Callback], output_data_dir: str | Path, *, epo
             y = torch.where(noisy, torch.randint(0, num_classes, (batch_size,), generator=g), y)
         return x, y
 
+    if zero_grad:  # registered before any callback's hooks, so a Debugger hook sees the zeroed gradients
+        for param in net.parameters():
+            param.register_hook(lambda grad: grad * 0.0)
+    pool = [batch(True) for _ in range(train_batches)] if train_batches else None
     for cb in callbacks:
         cb.on_train_begin(ctx)
     step = {"train": 0, "eval": 0}
@@ -80,23 +87,19 @@ def tiny_training(callbacks: list[Callback], output_data_dir: str | Path, *, epo
         net.train()
         losses = []
         for _ in range(train_steps):
-            t0 = time.time()
-            x, y = batch(True)
-            t1 = time.time()
             for cb in callbacks:
                 cb.on_step_begin(ctx, "train", step["train"])
+            t0 = time.time()
+            x, y = pool[step["train"] % len(pool)] if pool else batch(True)
+            t1 = time.time()
             out = net(x)
             loss = loss_fn(out, y)
             opt.zero_grad()
             loss.backward()
-            if zero_grad:
-                for p in net.parameters():
-                    if p.grad is not None:
-                        p.grad.zero_()
             opt.step()
             t2 = time.time()
-            losses.append(float(loss))
-            info = StepInfo("train", step["train"], epoch, float(loss), batch_size, t1 - t0, t2 - t1)
+            losses.append(float(loss.detach()))
+            info = StepInfo("train", step["train"], epoch, float(loss.detach()), batch_size, t1 - t0, t2 - t1)
             ctx.global_step += 1
             step["train"] += 1
             for cb in callbacks:
@@ -107,13 +110,13 @@ def tiny_training(callbacks: list[Callback], output_data_dir: str | Path, *, epo
         vlosses = []
         with torch.no_grad():
             for _ in range(eval_steps):
+                for cb in callbacks:
+                    cb.on_step_begin(ctx, "eval", step["eval"])
                 t0 = time.time()
                 x, y = batch(False)
                 t1 = time.time()
-                for cb in callbacks:
-                    cb.on_step_begin(ctx, "eval", step["eval"])
                 loss = loss_fn(net(x), y)
-                vlosses.append(float(loss))
+                vlosses.append(float(loss.detach()))
                 info = StepInfo("eval", step["eval"], epoch, float(loss), batch_size, t1 - t0, time.time() - t1)
                 step["eval"] += 1
                 for cb in callbacks:

@@ -233,11 +233,13 @@ def evaluate_trial(trial: Any, rules: Iterable[RuleConfig | str | Mapping[str, A
         trial = open_trial(trial)
     steps = trial.steps()
     end = (max(steps) + 1) if steps else 0
+    configs = [RuleConfig.coerce(c) for c in rules]
+    for config in configs:
+        if get_rule(config.name).kind != "tensor":
+            raise ConfigError(f"rule {config.name!r} is a profiler rule; use evaluate_profile")
     findings = []
-    for config in rules:
+    for config in configs:
         rule = build_rule(config, trial)
-        if rule.kind != "tensor":
-            raise ConfigError(f"rule {rule.registered_name()!r} is a profiler rule; use evaluate_profile")
         invoke_rule(rule, start_step=min(steps) if steps else 0, end_step=end, raise_eval_cond=False)
         findings.append(rule.finding())
     return findings
@@ -245,10 +247,8 @@ def evaluate_trial(trial: Any, rules: Iterable[RuleConfig | str | Mapping[str, A
 
 def evaluate_profile(data: ProfileData, rules: Iterable[RuleConfig | str | Mapping[str, Any]]) -> list[RuleFinding]:
     """Run profiler rules over a run's system samples and step timings; one finding per rule."""
-    findings = []
-    for config in rules:
-        rule = build_rule(config)
-        if rule.kind != "profiler":
-            raise ConfigError(f"rule {rule.registered_name()!r} is a tensor rule; use evaluate_trial")
-        findings.append(rule.evaluate(data))
-    return findings
+    configs = [RuleConfig.coerce(c) for c in rules]
+    for config in configs:
+        if get_rule(config.name).kind != "profiler":
+            raise ConfigError(f"rule {config.name!r} is a tensor rule; use evaluate_trial")
+    return [build_rule(config).evaluate(data) for config in configs]

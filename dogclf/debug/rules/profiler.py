@@ -275,7 +275,9 @@ class MaxInitializationTime(ProfilerRule):
         _non_negative(p, "threshold")
 
     def analyse(self, data: ProfileData) -> None:
-        start = data.meta.get("process_start") or data.meta.get("train_begin")
+        start = data.meta.get("process_start")
+        if start is None:
+            start = data.meta.get("train_begin")
         first = data.meta.get("first_step")
         if start is None or first is None:
             return

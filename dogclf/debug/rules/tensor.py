@@ -7,7 +7,6 @@ arithmetic open, the docstring says what this implementation computes.
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Any
 
 import numpy as np
@@ -115,11 +114,12 @@ class LossNotDecreasing(_LossRule):
 
 
 class Overfit(_LossRule):
-    """Fires when the validation loss runs away from the training loss.
+    """Fires when the mean validation loss runs away from the mean training loss.
 
-    At each eval step the relative gap ``(eval_loss - train_loss) / train_loss`` is computed against the mean
-    training loss of the last ten train steps before it; the rule fires when the gap exceeds
-    ``ratio_threshold`` for ``patience`` eval steps in a row.
+    Eval steps come in blocks (one per validation pass). At each eval step the running mean of the block's eval
+    loss is compared with the mean training loss of the train steps since the previous block:
+    ``(mean_eval - mean_train) / mean_train``. The rule fires when that exceeds ``ratio_threshold`` for
+    ``patience`` eval steps in a row.
 
     Parameters (AWS's): ``tensor_regex``, ``use_losses_collection`` (``True``), ``patience`` (1),
     ``ratio_threshold`` (0.1), ``start_step`` (0).
@@ -127,7 +127,8 @@ class Overfit(_LossRule):
 
     defaults = {"tensor_regex": None, "use_losses_collection": True, "patience": 1, "ratio_threshold": 0.1,
                 "start_step": 0}
-    description = "Detects if the model is overfitting: the validation loss is much higher than the training loss."
+    description = ("Detects if the model is overfitting: the mean validation loss is much higher than the mean "
+                   "training loss.")
     recommendation = "Add regularisation (dropout, weight decay, augmentation), get more data, or stop earlier."
 
     def validate(self, p: dict[str, Any]) -> None:
@@ -135,7 +136,10 @@ class Overfit(_LossRule):
             raise ConfigError(f"rule parameter patience must be an integer >= 1; got {p['patience']!r}")
         _positive(p, "ratio_threshold", allow_zero=True)
         _positive(p, "start_step", allow_zero=True)
-        self._train: dict[str, deque[float]] = {}
+        self._train: dict[str, list[float]] = {}
+        self._train_ref: dict[str, float] = {}
+        self._eval: dict[str, list[float]] = {}
+        self._last_mode = None
         self._streak = 0
 
     def check(self, step: int) -> Any:
@@ -144,25 +148,31 @@ class Overfit(_LossRule):
         mode = self._mode(step)
         names = self._loss_names(step)
         if mode == "TRAIN":
+            if self._last_mode == "EVAL":
+                self._train = {}
+            self._last_mode = mode
             for name in names:
-                self._train.setdefault(name, deque(maxlen=10)).append(float(np.mean(self._value(name, step))))
+                self._train.setdefault(name, []).append(float(np.mean(self._value(name, step))))
             return None
         if mode != "EVAL":
             return None
+        if self._last_mode != "EVAL":  # a new validation pass: freeze the train reference
+            self._train_ref = {n: float(np.mean(v)) for n, v in self._train.items() if v}
+            self._eval = {}
+        self._last_mode = mode
         gaps = {}
         for name in names:
-            train = self._train.get(name)
-            if not train:
+            if name not in self._train_ref:
                 continue
-            train_loss = float(np.mean(train))
-            eval_loss = float(np.mean(self._value(name, step)))
+            self._eval.setdefault(name, []).append(float(np.mean(self._value(name, step))))
+            train_loss, eval_loss = self._train_ref[name], float(np.mean(self._eval[name]))
             gaps[name] = ((eval_loss - train_loss) / max(abs(train_loss), 1e-12), train_loss, eval_loss)
         if not gaps:
             return None
         name, (gap, train_loss, eval_loss) = max(gaps.items(), key=lambda kv: kv[1][0])
         self._streak = self._streak + 1 if gap > self.parameters["ratio_threshold"] else 0
         if self._streak >= self.parameters["patience"]:
-            return {"tensor": name, "ratio": gap, "train_loss": train_loss, "eval_loss": eval_loss}
+            return {"tensor": name, "ratio": gap, "mean_train_loss": train_loss, "mean_eval_loss": eval_loss}
         return False
 
 
@@ -326,13 +336,14 @@ class WeightUpdateRatio(TensorRule):
 
 
 class ClassImbalance(TensorRule):
-    """Fires on a strong class imbalance in the labels, or on classes the model mostly gets wrong.
+    """Fires on a strong class imbalance in the training labels, or on classes the model mostly gets wrong.
 
-    Labels and predictions (the loss's inputs by default) are accumulated; once at least ``samples`` are in,
-    the rule fires when the most frequent class occurs more than ``threshold_imbalance`` times as often as the
-    least frequent one seen, or when some class seen at least five times is mispredicted at a rate above
-    ``threshold_misprediction``. Predictions with a class axis are reduced with argmax (``argmax=True`` forces
-    it).
+    Labels and predictions are the loss's inputs by default. Once at least ``samples`` labels have been seen,
+    the rule fires when the most frequent training class occurs more than ``threshold_imbalance`` times as often
+    as the least frequent one, or when, within a validation pass, some class seen at least five times is
+    mispredicted at a rate above ``threshold_misprediction``. (Mispredictions are judged on validation
+    predictions, which reflect the model as trained so far, not on the first training steps of an untrained
+    model.) Predictions with a class axis are reduced with argmax (``argmax=True`` forces it).
 
     Parameters (AWS's): ``threshold_imbalance`` (10), ``threshold_misprediction`` (0.7), ``samples`` (500),
     ``argmax`` (``False``), ``labels_regex`` (``CrossEntropyLoss_input_1``), ``predictions_regex``
@@ -348,9 +359,10 @@ class ClassImbalance(TensorRule):
         _positive(p, "threshold_imbalance", "threshold_misprediction", allow_zero=True)
         if not isinstance(p["samples"], int) or p["samples"] < 1:
             raise ConfigError(f"rule parameter samples must be an integer >= 1; got {p['samples']!r}")
-        self._labels: list[np.ndarray] = []
-        self._preds: list[np.ndarray] = []
-        self._count = 0
+        self._counts: dict[int, int] = {}
+        self._seen = 0
+        self._block: list[tuple[np.ndarray, np.ndarray]] = []
+        self._last_mode: str | None = None
 
     def check(self, step: int) -> Any:
         labels = self._names_at(step, regex=self.parameters["labels_regex"])
@@ -364,23 +376,36 @@ class ClassImbalance(TensorRule):
         p = p.reshape(-1).astype(np.int64)
         if p.shape != y.shape:
             return None
-        self._labels.append(y)
-        self._preds.append(p)
-        self._count += len(y)
-        if self._count < self.parameters["samples"]:
+        mode = self._mode(step)
+        self._seen += len(y)
+        if mode == "EVAL":
+            if self._last_mode != "EVAL":
+                self._block = []
+            self._block.append((y, p))
+        else:
+            for c, n in zip(*np.unique(y, return_counts=True)):
+                self._counts[int(c)] = self._counts.get(int(c), 0) + int(n)
+        self._last_mode = mode
+        if self._seen < self.parameters["samples"]:
             return None
-        y_all = np.concatenate(self._labels)
-        p_all = np.concatenate(self._preds)
-        classes, counts = np.unique(y_all, return_counts=True)
-        ratio = float(counts.max() / counts.min())
-        mispredicted = {}
-        for c, n in zip(classes, counts):
-            if n >= 5:
-                rate = float(np.mean(p_all[y_all == c] != c))
-                if rate > self.parameters["threshold_misprediction"]:
-                    mispredicted[int(c)] = rate
-        if ratio > self.parameters["threshold_imbalance"] or mispredicted:
-            return {"imbalance_ratio": ratio, "samples": int(len(y_all)),
-                    "most_frequent": int(classes[counts.argmax()]), "least_frequent": int(classes[counts.argmin()]),
-                    "mispredicted_classes": dict(list(mispredicted.items())[:20])}
-        return False
+        evidence: dict[str, Any] = {"samples": self._seen}
+        fired = False
+        if self._counts:
+            most = max(self._counts, key=self._counts.__getitem__)
+            least = min(self._counts, key=self._counts.__getitem__)
+            ratio = self._counts[most] / self._counts[least]
+            evidence.update(imbalance_ratio=float(ratio), most_frequent=most, least_frequent=least)
+            fired = ratio > self.parameters["threshold_imbalance"]
+        if mode == "EVAL" and self._block:
+            y_all = np.concatenate([b[0] for b in self._block])
+            p_all = np.concatenate([b[1] for b in self._block])
+            mispredicted = {}
+            for c, n in zip(*np.unique(y_all, return_counts=True)):
+                if n >= 5:
+                    rate = float(np.mean(p_all[y_all == c] != c))
+                    if rate > self.parameters["threshold_misprediction"]:
+                        mispredicted[int(c)] = rate
+            if mispredicted:
+                evidence["mispredicted_classes"] = dict(list(mispredicted.items())[:20])
+                fired = True
+        return evidence if fired else False

@@ -155,16 +155,11 @@ class SageMakerEndpoint(Endpoint):
 
 
 def _upload_artifact(artifact: Any, session: Any, key_prefix: str) -> str:
-    from dogclf.models import pack
-    from dogclf.serving.package import resolve_model_dir
+    """Pack ``artifact`` with the self-sufficient ``code/`` (:func:`~dogclf.serving.pack_artifact`) and upload it."""
+    from dogclf.serving.package import pack_artifact
 
     with tempfile.TemporaryDirectory(prefix="dogclf-sm-") as tmp:
-        model_dir = resolve_model_dir(artifact, tmp)
-        clean = Path(tmp) / "clean"
-        clean.mkdir()
-        for name in ("model.pt", "labels.json", "config.json"):
-            (clean / name).write_bytes((model_dir / name).read_bytes())
-        tar = pack(clean, Path(tmp) / "model.tar.gz")
+        tar = pack_artifact(artifact, Path(tmp) / "model.tar.gz")
         return session.upload_data(str(tar), key_prefix=key_prefix)
 
 
@@ -213,22 +208,26 @@ def deploy(backend: Any, artifact: Any, config: Any = None, **kwargs: Any) -> Sa
                           "assumes, e.g. 'arn:aws:iam::123456789012:role/SageMakerRole'")
     session = make_session(backend)
     name = config.endpoint_name or new_endpoint_name()
-    if isinstance(artifact, str) and artifact.startswith("s3://"):
-        model_data = artifact
-    else:
-        model_data = _upload_artifact(artifact, session, key_prefix=f"dogclf/endpoints/{name}")
+    env = {"SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT": "application/json"}
     with tempfile.TemporaryDirectory(prefix="dogclf-code-") as tmp:
-        code_dir = write_code_dir(Path(tmp) / "code")
+        if isinstance(artifact, str) and artifact.startswith("s3://"):
+            # An archive already on S3 (a training job's output): the SDK repacks it with our code/ folder.
+            code: dict[str, Any] = {"entry_point": "inference.py", "source_dir": str(write_code_dir(Path(tmp) / "code"))}
+            model_data = artifact
+        else:
+            # Packed here with code/ inside, exactly the archive the stock handler was tested with; no repacking.
+            code = {"entry_point": None}
+            env.update(SAGEMAKER_PROGRAM="inference.py", SAGEMAKER_SUBMIT_DIRECTORY="/opt/ml/model/code")
+            model_data = _upload_artifact(artifact, session, key_prefix=f"dogclf/endpoints/{name}")
         model = PyTorchModel(
             model_data=model_data,
             role=backend.role,
-            entry_point="inference.py",
-            source_dir=str(code_dir),
             framework_version=config.framework_version,
             py_version=config.py_version,
             sagemaker_session=session,
             name=name,
-            env={"SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT": "application/json"},
+            env=env,
+            **code,
         )
         try:
             model.deploy(initial_instance_count=config.initial_instance_count, instance_type=config.instance_type,

@@ -1,0 +1,273 @@
+"""SageMaker serving: the packed model.tar.gz in SageMaker's stock handler, deployment on moto, the runtime client."""
+
+from __future__ import annotations
+
+import base64
+import gc
+import io
+import json
+import subprocess
+import sys
+import tarfile
+import textwrap
+import warnings
+
+import numpy as np
+import pytest
+import requests
+import torch
+
+from dogclf.errors import ConfigError, InvalidRequestError
+from dogclf.serving import BreedPredictor, CostWarning, EndpointDeployer, handler, pack_artifact
+from dogclf.serving.server import _Context
+from dogclf.serving.testing import make_artifact, synthetic_photo
+
+torch.set_num_threads(1)
+ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
+    return make_artifact(tmp_path_factory.mktemp("sm") / "model")
+
+
+# -- the packed artifact in SageMaker's own serving code ------------------------------------------------------------
+STOCK_SCRIPT = textwrap.dedent('''
+    """Serve a request through sagemaker-pytorch-inference's stock HandlerService, with dogclf importable only
+    from the archive's code/ folder (as in the stock container, where dogclf is not installed)."""
+    import importlib.machinery, json, os, sys
+
+    model_dir, image_path = sys.argv[1], sys.argv[2]
+    code_dir = os.path.join(model_dir, "code")
+
+    class OnlyVendoredDogclf:
+        def find_spec(self, name, path=None, target=None):
+            if name != "dogclf" and not name.startswith("dogclf."):
+                return None
+            spec = importlib.machinery.PathFinder.find_spec(name, [code_dir] if name == "dogclf" else path)
+            if spec is None or not str(spec.origin).startswith(code_dir):
+                raise ImportError(f"{name} is not in the archive's code/ folder")
+            return spec
+
+    sys.meta_path.insert(0, OnlyVendoredDogclf())
+    # What the toolkit's DefaultHandlerService.initialize puts on PYTHONPATH for the model server's worker.
+    sys.path.insert(0, code_dir)
+
+    from sagemaker_pytorch_serving_container.handler_service import HandlerService
+
+    class RequestProcessor:
+        def __init__(self, headers):
+            self.headers = headers
+
+        def get_request_properties(self):
+            return self.headers
+
+    class Context:
+        model_name = "model"
+
+        def __init__(self, headers):
+            self.system_properties = {"model_dir": model_dir}
+            self.request_processor = [RequestProcessor(headers)]
+            self.status, self.content_type = 200, None
+
+        def set_response_status(self, code, phrase):
+            self.status = code
+
+        def set_response_content_type(self, idx, content_type):
+            self.content_type = content_type
+
+    service = HandlerService()
+    context = Context({})  # TorchServe keeps one context per model and refreshes its request data per batch
+    service.initialize(context)
+    answers = []
+    for body, headers in [
+        (open(image_path, "rb").read(), {"Content-Type": "image/jpeg", "Accept": "application/json",
+                                         "X-Amzn-SageMaker-Custom-Attributes": "k=2"}),
+        (b"", {"Content-Type": "image/jpeg", "Accept": "application/json"}),
+        (open(image_path, "rb").read(), {"Content-Type": "image/jpeg", "Accept": "application/x-npy"}),
+    ]:
+        context.request_processor = [RequestProcessor(headers)]
+        context.status, context.content_type = 200, None
+        out = service.handle([{"body": body}], context)[0]
+        raw = out.encode() if isinstance(out, str) else out
+        answers.append({"status": context.status, "content_type": context.content_type,
+                        "body": raw.hex()})
+    import dogclf
+    print(json.dumps({"answers": answers, "dogclf": dogclf.__file__}))
+''')
+
+
+@pytest.mark.slow
+def test_packed_artifact_served_by_the_stock_sagemaker_pytorch_handler(artifact, tmp_path):
+    pytest.importorskip("sagemaker_pytorch_serving_container", reason="needs sagemaker-pytorch-inference (test extra)")
+    tar = pack_artifact(artifact, tmp_path / "model.tar.gz")
+    with tarfile.open(tar) as archive:
+        names = set(archive.getnames())
+        archive.extractall(tmp_path / "opt_ml_model", filter="data")
+    assert {"model.pt", "labels.json", "config.json", "code/inference.py", "code/dogclf/serving/handler.py"} <= names
+    image = tmp_path / "dog.jpg"
+    image.write_bytes(synthetic_photo(120, 90, seed=7))
+    script = tmp_path / "stock.py"
+    script.write_text(STOCK_SCRIPT)
+    env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([sys.executable, str(script), str(tmp_path / "opt_ml_model"), str(image)],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["dogclf"].startswith(str(tmp_path / "opt_ml_model" / "code"))
+    good, bad, npy = report["answers"]
+
+    model = handler.model_fn(artifact)
+    expected = handler.predict_fn(handler.input_fn(image.read_bytes(), "image/jpeg"), model).logits
+    assert good["status"] == 200 and good["content_type"] == "application/json"
+    doc = json.loads(bytes.fromhex(good["body"]))
+    assert doc["k"] == 2 and doc["predictions"][0]["index"] == int(expected.argmax())
+    assert bad["status"] == 400 and json.loads(bytes.fromhex(bad["body"]).decode().splitlines()[0])["error"] \
+        == "empty_body"
+    assert npy["status"] == 200 and npy["content_type"] == "application/x-npy"
+    assert np.allclose(np.load(io.BytesIO(bytes.fromhex(npy["body"]))), expected.numpy(), atol=1e-4)
+
+
+# -- deployment on moto ---------------------------------------------------------------------------------------------
+def _recorded(moto_url: str) -> list[dict]:
+    text = requests.get(f"{moto_url}/moto-api/recorder/download-recording", timeout=60).text
+    decoder, entries, i = json.JSONDecoder(), [], 0
+    while i < len(text):
+        while i < len(text) and text[i] in "\n\r ":
+            i += 1
+        if i >= len(text):
+            break
+        entry, i = decoder.raw_decode(text, i)
+        entries.append(entry)
+    calls = []
+    for entry in entries:
+        target = (entry.get("headers") or {}).get("X-Amz-Target", "")
+        if target.startswith("SageMaker."):
+            body = entry.get("body") or ""
+            body = base64.b64decode(body).decode() if entry.get("body_encoded") else body
+            calls.append({"action": target.split(".", 1)[1], "body": json.loads(body or "{}")})
+    return calls
+
+
+@pytest.mark.slow
+def test_deploy_on_moto_sends_the_expected_requests_and_delete_removes_everything(aws, artifact):
+    import boto3
+
+    requests.post(f"{aws}/moto-api/recorder/reset-recording", timeout=10)
+    requests.post(f"{aws}/moto-api/recorder/start-recording", timeout=10)
+    try:
+        deployer = EndpointDeployer(endpoint_name="dogclf-test-endpoint", wait_poll_s=0.2)
+        endpoint = deployer.deploy(artifact, backend="sagemaker", role=ROLE, bucket="dogclf-serving-test")
+    finally:
+        requests.post(f"{aws}/moto-api/recorder/stop-recording", timeout=10)
+    calls = _recorded(aws)
+    by_action = {}
+    for call in calls:
+        by_action.setdefault(call["action"], call["body"])  # the first of each
+    model = by_action["CreateModel"]
+    assert model["ModelName"] == "dogclf-test-endpoint" and model["ExecutionRoleArn"] == ROLE
+    container = model["PrimaryContainer"]
+    assert "pytorch-inference:2.6-cpu-py312" in container["Image"]
+    assert container["Environment"]["SAGEMAKER_PROGRAM"] == "inference.py"
+    assert container["Environment"]["SAGEMAKER_SUBMIT_DIRECTORY"] == "/opt/ml/model/code"
+    assert container["ModelDataUrl"].startswith("s3://dogclf-serving-test/")
+    (variant,) = by_action["CreateEndpointConfig"]["ProductionVariants"]
+    assert variant["InstanceType"] == "ml.m5.large" and variant["InitialInstanceCount"] == 1
+    assert variant["ModelName"] == "dogclf-test-endpoint"
+    assert by_action["CreateEndpoint"] == {**by_action["CreateEndpoint"], "EndpointName": "dogclf-test-endpoint",
+                                           "EndpointConfigName": by_action["CreateEndpointConfig"]
+                                           ["EndpointConfigName"]}
+
+    # The model archive SageMaker would unpack into /opt/ml/model: artifact at the root, code/ self-sufficient.
+    bucket, key = container["ModelDataUrl"][len("s3://"):].split("/", 1)
+    data = boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+    with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+        names = set(archive.getnames())
+    assert {"model.pt", "labels.json", "config.json", "code/inference.py", "code/dogclf/serving/handler.py",
+            "code/dogclf/models/_model.py"} <= names
+
+    sm = boto3.client("sagemaker")
+    assert sm.describe_endpoint(EndpointName="dogclf-test-endpoint")["EndpointStatus"] == "InService"
+    assert endpoint.labels.names == ("Beagle", "Pug", "Golden_retriever")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CostWarning)
+        with endpoint:
+            pass  # leaving the block deletes
+        endpoint.delete()  # idempotent
+        del endpoint
+        gc.collect()
+    assert sm.list_endpoints()["Endpoints"] == []
+    assert sm.list_endpoint_configs()["EndpointConfigs"] == []
+    assert sm.list_models()["Models"] == []
+
+
+def test_deploy_without_a_role_is_refused(artifact):
+    with pytest.raises(ConfigError, match="role"):
+        EndpointDeployer().deploy(artifact, backend="sagemaker")
+
+
+def test_cost_warning_when_a_live_endpoint_handle_is_collected():
+    from dogclf.backends.sagemaker.serving import SageMakerEndpoint
+
+    with pytest.warns(CostWarning, match="still running"):
+        SageMakerEndpoint("dogclf-forgotten", session=object())
+        gc.collect()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CostWarning)
+        SageMakerEndpoint("dogclf-kept", session=object()).keep()
+        SageMakerEndpoint("dogclf-attached", session=object(), owned=False)
+        gc.collect()
+
+
+# -- the runtime client's requests, answered by the handler in-process ----------------------------------------------
+class _HandlerRuntime:
+    """A sagemaker-runtime client whose InvokeEndpoint validates its parameters against the real API model and
+    answers through the handler, as the container does (moto's invoke_endpoint cannot take binary bodies)."""
+
+    def __init__(self, model):
+        import boto3
+
+        self.model = model
+        self.requests = []
+        self._api = boto3.client("sagemaker-runtime", region_name="us-east-1").meta.service_model
+
+    def invoke_endpoint(self, **params):
+        from botocore.exceptions import ClientError
+        from botocore.validate import validate_parameters
+
+        validate_parameters(params, self._api.operation_model("InvokeEndpoint").input_shape)
+        self.requests.append(params)
+        headers = {"Content-Type": params["ContentType"], "Accept": params.get("Accept", "*/*")}
+        if "CustomAttributes" in params:
+            headers["X-Amzn-SageMaker-Custom-Attributes"] = params["CustomAttributes"]
+        try:
+            data = handler.input_fn(params["Body"], params["ContentType"], _Context(headers))
+            body, content_type = handler.output_fn(handler.predict_fn(data, self.model), headers["Accept"])
+        except InvalidRequestError as exc:
+            message = json.dumps({"error": exc.code, "message": str(exc)})
+            raise ClientError({"Error": {"Code": "ModelError", "Message": "Received client error"},
+                               "OriginalStatusCode": exc.status_code, "OriginalMessage": message},
+                              "InvokeEndpoint") from None
+        return {"Body": io.BytesIO(body), "ContentType": content_type}
+
+
+def test_sagemaker_endpoint_requests_answered_by_the_handler(artifact):
+    from dogclf.backends.sagemaker.serving import SageMakerEndpoint
+
+    model = handler.model_fn(artifact)
+    runtime = _HandlerRuntime(model)
+    endpoint = SageMakerEndpoint("dogclf-ep", session=None, owned=False, runtime_client=runtime,
+                                 labels=model.labels)
+    body = synthetic_photo(100, 80, seed=2)
+    predictor = BreedPredictor(endpoint, k=2)
+    remote = predictor.predict(body)
+    local = BreedPredictor(artifact, k=2).predict(body)
+    assert remote.index == local.index and remote.probability == pytest.approx(local.probability, abs=1e-5)
+    sent = runtime.requests[-1]
+    assert sent == {"EndpointName": "dogclf-ep", "Body": body, "ContentType": "image/jpeg",
+                    "Accept": "application/json", "CustomAttributes": "k=2"}
+    logits, content_type = endpoint.invoke(body, "image/jpeg", accept="application/x-npy")
+    assert content_type == "application/x-npy" and np.load(io.BytesIO(logits)).shape == (1, 3)
+    with pytest.raises(InvalidRequestError) as info:
+        endpoint.invoke(b"not an image", "image/jpeg")
+    assert info.value.status_code == 415 and info.value.code == "unsupported_image"

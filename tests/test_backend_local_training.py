@@ -80,7 +80,7 @@ def test_job_runs_under_the_container_contract(backend, dataset):
     # Features landed in the backend's shared cache.
     assert list((backend.root / "cache" / "features").glob("resnet18-*-train.pt"))
     # attach rereads the same result; a completed name cannot run again.
-    assert attach(backend, "contract-1") == result
+    assert attach(backend, "contract-1") == result == backend.attach("contract-1")
     with pytest.raises(DuplicateError, match="attach"):
         backend.train(spec)
 

@@ -294,3 +294,12 @@ def test_pack_function_refuses_code_clash(tmp_path):
     assert not (tmp_path / "m.tar.gz").exists()
     assert not any(p.name.startswith(".m.tar.gz") for p in tmp_path.iterdir())
     os.rmdir(path / "code")
+
+
+def test_fake_weights_with_calibrated_batchnorm(tmp_path):
+    plain = torch.load(place_fake_weights("resnet18", "IMAGENET1K_V1", tmp_path / "a"), weights_only=True)
+    calibrated = torch.load(place_fake_weights("resnet18", "IMAGENET1K_V1", tmp_path / "b", calibrate_batchnorm=True),
+                            weights_only=True)
+    assert torch.equal(plain["conv1.weight"], calibrated["conv1.weight"])  # same seed, same random init
+    assert torch.all(plain["bn1.running_var"] == 1)
+    assert not torch.allclose(calibrated["bn1.running_var"], plain["bn1.running_var"])

@@ -24,7 +24,7 @@ def fake_weights_path(backbone: str, weights_name: str, torch_home: str | os.Pat
 
 
 def place_fake_weights(backbone: str, weights_name: str, torch_home: str | os.PathLike[str], *,
-                       seed: int = 0) -> Path:
+                       seed: int = 0, calibrate_batchnorm: bool = False) -> Path:
     """Write a randomly initialised ``backbone`` checkpoint (1000-class ``fc``) into torchvision's cache.
 
     Set ``TORCH_HOME`` to ``torch_home`` (e.g. with ``monkeypatch.setenv``) before loading.
@@ -34,6 +34,10 @@ def place_fake_weights(backbone: str, weights_name: str, torch_home: str | os.Pa
         weights_name: A weights enum member name, e.g. ``"IMAGENET1K_V1"``.
         torch_home: The folder ``TORCH_HOME`` will point at.
         seed: Seed for the random initialisation (the same seed writes the same tensors).
+        calibrate_batchnorm: Set the BatchNorm running statistics from a few random images (train-mode forward
+            passes), so that eval-mode activations stay in a sane range as with real pretrained weights. Without
+            it, a random ResNet's eval-mode features are huge and losses on them are not comparable to a run
+            that keeps BatchNorm in train mode.
 
     Returns:
         The checkpoint's path.
@@ -46,6 +50,14 @@ def place_fake_weights(backbone: str, weights_name: str, torch_home: str | os.Pa
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         module = getattr(models, backbone)(weights=None)
+        if calibrate_batchnorm:
+            for m in module.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.momentum = None  # cumulative average over the calibration batches
+            module.train()
+            with torch.no_grad():
+                for _ in range(4):
+                    module(torch.randn(8, 3, 64, 64))
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     torch.save(module.state_dict(), tmp)
     os.replace(tmp, path)

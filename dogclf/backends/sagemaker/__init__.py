@@ -42,6 +42,12 @@ class SageMakerBackend:
 
         return train(self, spec, **kwargs)
 
+    def attach(self, job_name: str) -> Any:
+        """The result of an earlier training job, read back by name; see :mod:`.training`."""
+        from .training import attach
+
+        return attach(self, job_name)
+
     def tune(self, spec: Any, **kwargs: Any) -> Any:
         """Run a hyperparameter-tuning experiment; see :mod:`.tuning`."""
         from .tuning import tune

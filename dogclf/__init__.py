@@ -32,6 +32,7 @@ _LAZY = {
     "DatasetStager": "dogclf.data",
     "make_synthetic_dataset": "dogclf.data",
     "HPOExperiment": "dogclf.hpo",
+    "DebugTrainer": "dogclf.debug",
 }
 
 __all__ = ["DogclfError", "__version__", *_LAZY]

@@ -50,9 +50,12 @@ def sagemaker_debugger_kwargs(config: DebuggerConfig, s3_output_path: str | None
             default under the job's output path).
 
     Returns:
-        ``{"debugger_hook_config": DebuggerHookConfig, "rules": [Rule | ProfilerRule, ...],
-        "profiler_config": ProfilerConfig}``; ``profiler_config`` is ``ProfilerConfig(disable_profiler=True)``
-        when ``config.profiler`` is ``None``.
+        A dict with ``debugger_hook_config`` (a ``DebuggerHookConfig``), ``rules`` (``Rule`` and
+        ``ProfilerRule`` objects) and ``profiler_config`` (a ``ProfilerConfig``; with
+        ``disable_profiler=True`` when ``config.profiler`` is ``None``).
+
+    Raises:
+        ConfigError: a name in ``config.sagemaker_rules`` is not one of SageMaker's built-in rules.
     """
     os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
     from sagemaker.debugger import CollectionConfig, DebuggerHookConfig, ProfilerConfig, ProfilerRule, Rule, rule_configs

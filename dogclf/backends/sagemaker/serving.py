@@ -212,7 +212,8 @@ def deploy(backend: Any, artifact: Any, config: Any = None, **kwargs: Any) -> Sa
     with tempfile.TemporaryDirectory(prefix="dogclf-code-") as tmp:
         if isinstance(artifact, str) and artifact.startswith("s3://"):
             # An archive already on S3 (a training job's output): the SDK repacks it with our code/ folder.
-            code: dict[str, Any] = {"entry_point": "inference.py", "source_dir": str(write_code_dir(Path(tmp) / "code"))}
+            code_dir = write_code_dir(Path(tmp) / "code")
+            code: dict[str, Any] = {"entry_point": "inference.py", "source_dir": str(code_dir)}
             model_data = artifact
         else:
             # Packed here with code/ inside, exactly the archive the stock handler was tested with; no repacking.

@@ -167,11 +167,8 @@ class BreedPredictor:
         batch_size: Images per forward pass in-process.
         concurrency: Requests in flight at once against an endpoint (its server batches them).
 
-    Attributes:
-        table_: The last :meth:`predict_folder` table.
-        confusion_matrix_: Its confusion matrix (true breeds as rows, predicted as columns), or ``None`` when no true
-            breed was known.
-        most_confused_: ``(true, predicted, count)`` for the most frequent mistakes, most frequent first.
+    After :meth:`predict_folder`, :attr:`table_`, :attr:`confusion_matrix_` and :attr:`most_confused_` hold its
+    results.
     """
 
     def __init__(self, source: Any, *, k: int = 5, labels: Any = None, batch_size: int = 16,

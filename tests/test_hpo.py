@@ -503,9 +503,11 @@ def test_attach_reconnects(tmp_path: Path) -> None:
 
 def test_run_without_waiting(tmp_path: Path) -> None:
     exp = make(tmp_path, backend=FakeBackend(tmp_path, delay=0.05), max_trials=3, max_parallel=3)
+    assert exp.done()
     exp.run(wait=False)
-    assert (exp.trials_["status"] == "Completed").sum() < 3
+    assert not exp.done() and (exp.trials_["status"] == "Completed").sum() < 3
     exp.wait(timeout=30)
+    assert exp.done()
     assert (exp.refresh().trials_["status"] == "Completed").sum() == 3
 
 

@@ -142,3 +142,109 @@ def test_parameter_ranges_keep_scaling_types() -> None:
                                                   "ScalingType": "Logarithmic"}
     assert ranges["layers"].as_tuning_range("layers")["ScalingType"] == "Linear"
     assert ranges["batch-size"].values == ["32", "64"] and ranges["amp"].values == ["true", "false"]
+
+
+# -- CreateHyperParameterTuningJob against moto in server mode ------------------------------------------------------
+ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
+
+
+@pytest.fixture
+def sm_backend(aws: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[SageMakerBackend, list]:
+    import boto3
+    import sagemaker
+
+    monkeypatch.setenv("DOGCLF_HOME", str(tmp_path / "home"))
+    boto3.client("s3").create_bucket(Bucket="dogclf-test")
+    session = sagemaker.Session(boto_session=boto3.Session(region_name="us-east-1"))
+    sent: list[dict] = []
+    session.sagemaker_client.meta.events.register(
+        "provide-client-params.sagemaker.CreateHyperParameterTuningJob",
+        lambda params, **kw: sent.append(dict(params)))
+    return SageMakerBackend(role=ROLE, bucket="dogclf-test", region="us-east-1", session=session), sent
+
+
+def seed_experiment(backend: SageMakerBackend, **kwargs: Any) -> HPOExperiment:
+    spec = TrainingJobSpec({"backbone": "resnet50", "weights": "IMAGENET1K_V2", "lr": 0.05, "epochs": 1},
+                           {"training": "s3://dogclf-test/dogImages"}, instance_type="ml.c5.2xlarge")
+    space = {"lr": Continuous(0.001, 0.1, scale="log"), "batch-size": Categorical([32, 64, 128]),
+             "epochs": Categorical([1, 2])}
+    kwargs = {"max_trials": 3, "max_parallel": 2, "early_stopping": "auto", "name": "seed-hpo", "seed": 7,
+              **kwargs}
+    return HPOExperiment(spec, space, "test_loss", backend=backend, **kwargs)
+
+
+@pytest.mark.slow
+def test_create_tuning_job_request(sm_backend: tuple[SageMakerBackend, list]) -> None:
+    import boto3
+
+    from dogclf.training import METRIC_DEFINITIONS
+
+    backend, sent = sm_backend
+    exp = seed_experiment(backend).run()
+    assert len(sent) == 1
+    req = sent[0]
+    assert req["HyperParameterTuningJobName"] == "seed-hpo"
+    cfg = req["HyperParameterTuningJobConfig"]
+    assert cfg["Strategy"] == "Bayesian"
+    assert cfg["HyperParameterTuningJobObjective"] == {"Type": "Minimize", "MetricName": "test_loss"}
+    assert cfg["ResourceLimits"] == {"MaxNumberOfTrainingJobs": 3, "MaxParallelTrainingJobs": 2}
+    assert cfg["TrainingJobEarlyStoppingType"] == "Auto"
+    assert cfg["RandomSeed"] == 7
+    ranges = cfg["ParameterRanges"]
+    assert ranges["ContinuousParameterRanges"] == [{"Name": "lr", "MinValue": "0.001", "MaxValue": "0.1",
+                                                    "ScalingType": "Logarithmic"}]
+    cats = {r["Name"]: r["Values"] for r in ranges["CategoricalParameterRanges"]}
+    assert cats == {"batch-size": ['"32"', '"64"', '"128"'], "epochs": ['"1"', '"2"']}  # JSON, as frameworks take
+    assert ranges.get("IntegerParameterRanges", []) == []
+    job = req["TrainingJobDefinition"]
+    static = job["StaticHyperParameters"]
+    assert static["backbone"] == '"resnet50"' and static["weights"] == '"IMAGENET1K_V2"'
+    assert not {"lr", "batch-size", "epochs"} & set(static)      # tuned names are not static
+    assert static["sagemaker_program"] == '"dogclf/training/train.py"'
+    metrics = {d["Name"]: d["Regex"] for d in job["AlgorithmSpecification"]["MetricDefinitions"]}
+    assert metrics == {d["Name"]: d["Regex"] for d in METRIC_DEFINITIONS}
+    resources = job.get("HyperParameterTuningResourceConfig") or job["ResourceConfig"]  # the SDK sends the former
+    assert resources["InstanceType"] == "ml.c5.2xlarge" and resources["InstanceCount"] == 1
+    assert [c["DataSource"]["S3DataSource"]["S3Uri"] for c in job["InputDataConfig"]] == ["s3://dogclf-test/dogImages"]
+    # moto accepted it, and the experiment remembers its tuning job.
+    desc = boto3.client("sagemaker").describe_hyper_parameter_tuning_job(HyperParameterTuningJobName="seed-hpo")
+    assert desc["HyperParameterTuningJobName"] == "seed-hpo"
+    assert exp.state_.backend_state["tuning_job_name"] == "seed-hpo"
+    # Running it again attaches to the tuning job instead of creating another.
+    seed_experiment(backend).run()
+    assert len(sent) == 1
+
+
+@pytest.mark.slow
+def test_custom_objective_regex_and_grid_strategy(sm_backend: tuple[SageMakerBackend, list]) -> None:
+    from dogclf.hpo import Objective
+
+    backend, sent = sm_backend
+    spec = TrainingJobSpec({"backbone": "resnet18"}, {"training": "s3://dogclf-test/dogImages"})
+    HPOExperiment(spec, {"batch-size": Categorical([32, 64]), "optimizer": Categorical(["adam", "sgd"])},
+                  Objective("top1", regex=r"top1 accuracy: ([0-9.]+)", direction="maximize"), strategy="grid",
+                  max_trials=10, backend=backend, name="grid-hpo").run()
+    cfg = sent[0]["HyperParameterTuningJobConfig"]
+    assert cfg["Strategy"] == "Grid" and cfg["ResourceLimits"]["MaxNumberOfTrainingJobs"] == 4  # the grid's size
+    assert cfg["TrainingJobEarlyStoppingType"] == "Off"
+    assert cfg["HyperParameterTuningJobObjective"] == {"Type": "Maximize", "MetricName": "top1"}
+    metrics = {d["Name"]: d["Regex"] for d in sent[0]["TrainingJobDefinition"]["AlgorithmSpecification"]
+               ["MetricDefinitions"]}
+    assert metrics["top1"] == r"top1 accuracy: ([0-9.]+)" and "test_loss" in metrics
+
+
+def test_strategy_without_sagemaker_equivalent(sm_backend: tuple[SageMakerBackend, list]) -> None:
+    from dogclf.hpo import Strategy
+
+    class Mine(Strategy):
+        name = "mine"
+
+        def suggest(self, space, trials, number, *, seed, objective):
+            return None
+
+    backend, sent = sm_backend
+    exp = seed_experiment(backend, strategy=Mine(), name="mine")
+    state = exp._new_state(backend, exp._base_spec())
+    with pytest.raises(ConfigError, match="no SageMaker equivalent"):
+        build_tuner(backend, exp._base_spec(), state)
+    assert sent == []

@@ -244,6 +244,10 @@ class HPOExperiment:
             raise error
         return self
 
+    def done(self) -> bool:
+        """Whether no :meth:`run` started with ``wait=False`` is still going (also ``True`` before any run)."""
+        return self._thread is None or not self._thread.is_alive()
+
     def refresh(self) -> HPOExperiment:
         """Re-read the experiment's state (another process, or SageMaker, may have moved it on)."""
         self._require_state()

@@ -12,13 +12,15 @@ to it instead of starting another; its training jobs become the experiment's tri
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 import re
 from typing import Any
 
-from dogclf.errors import BackendError, ConfigError
+from dogclf.backends.sagemaker.training import _session, build_estimator, channel_inputs
+from dogclf.errors import ConfigError
 
 __all__ = ["tune", "build_tuner", "parameter_ranges", "list_trials", "trial_from_summary", "STATUS_MAP"]
 
@@ -60,25 +62,6 @@ def _hp_string(value: Any) -> str:
     return str(value)
 
 
-def _session(backend: Any) -> Any:
-    if backend.session is not None:
-        return backend.session
-    import boto3
-    import sagemaker
-
-    return sagemaker.Session(boto_session=boto3.Session(region_name=backend.region))
-
-
-def _estimator(backend: Any, spec: Any) -> Any:
-    from dogclf.backends.sagemaker import training
-
-    build = getattr(training, "build_estimator", None)
-    if build is None:
-        raise BackendError("this version of dogclf cannot build a SageMaker estimator "
-                           "(dogclf.backends.sagemaker.training.build_estimator is missing)")
-    return build(backend, spec)
-
-
 def build_tuner(backend: Any, spec: Any, state: Any) -> Any:
     """The ``HyperparameterTuner`` for an experiment, without starting it.
 
@@ -96,10 +79,9 @@ def build_tuner(backend: Any, spec: Any, state: Any) -> Any:
     if not strategy.sagemaker_name:
         raise ConfigError(f"strategy {strategy!r} has no SageMaker equivalent; use 'bayesian', 'random' or 'grid'")
     objective = state.objective
-    estimator = _estimator(backend, spec)
-    # The tuned names are set per training job; the estimator keeps only the static ones.
-    static = {k: v for k, v in (estimator.hyperparameters() or {}).items() if k not in state.space}
-    estimator._hyperparameters = static  # noqa: SLF001 - the SDK has no setter that removes keys
+    # The tuned names are set per training job; the estimator carries only the static ones.
+    static = {k: v for k, v in spec.hyperparameters.items() if k not in state.space}
+    estimator = build_estimator(backend, dataclasses.replace(spec, hyperparameters=static))
     definitions = [dict(d) for d in (getattr(spec, "metric_definitions", None) or [])]
     if objective.metric not in {d["Name"] for d in definitions}:
         definitions.append(objective.metric_definition())
@@ -113,7 +95,8 @@ def build_tuner(backend: Any, spec: Any, state: Any) -> Any:
         metric_definitions=definitions,
         strategy=strategy.sagemaker_name,
         objective_type="Minimize" if objective.direction == "minimize" else "Maximize",
-        max_jobs=None if grid else state.max_trials,
+        # The SDK would send None for a grid (the API wants a number): the grid's size, or fewer if asked.
+        max_jobs=min(state.max_trials, strategy.max_trials(state.space) or state.max_trials),
         max_parallel_jobs=state.max_parallel,
         early_stopping_type="Off" if grid or state.early_stopping is None else "Auto",
         random_seed=state.seed,
@@ -211,7 +194,7 @@ def tune(backend: Any, spec: Any, *, state: Any = None, launch: bool = True, wai
 
     Args:
         backend: The :class:`~dogclf.backends.sagemaker.SageMakerBackend`.
-        spec: The base ``TrainingJobSpec``; its channels must be ``s3://`` URIs.
+        spec: The base ``TrainingJobSpec``; local channel folders are uploaded to the backend's bucket.
         state: The experiment's :class:`~dogclf.hpo.ExperimentState`.
         launch: Create the tuning job when the state has none yet; ``False`` only refreshes the trials.
         wait: Block until the tuning job has ended.
@@ -221,7 +204,7 @@ def tune(backend: Any, spec: Any, *, state: Any = None, launch: bool = True, wai
         ``backend_state["tuning_job_name"]`` set.
 
     Raises:
-        ConfigError: no state, unknown arguments, a channel that is not on S3, or a strategy SageMaker lacks.
+        ConfigError: no state, unknown arguments, no IAM role, or a strategy SageMaker lacks.
     """
     if state is None:
         raise ConfigError("SageMakerBackend.tune needs state= (an ExperimentState); use dogclf.hpo.HPOExperiment")
@@ -230,12 +213,9 @@ def tune(backend: Any, spec: Any, *, state: Any = None, launch: bool = True, wai
     session = _session(backend)
     name = state.backend_state.get("tuning_job_name")
     if name is None and launch:
-        local = {k: v for k, v in spec.channels.items() if not str(v).startswith("s3://")}
-        if local:
-            raise ConfigError(f"SageMaker tuning needs s3:// channels; {sorted(local)} are local paths "
-                              f"(stage them with dogclf.data.DatasetStager first)")
         tuner = build_tuner(backend, spec, state)
-        tuner.fit(inputs=dict(spec.channels), job_name=state.name, wait=False)
+        inputs = channel_inputs(backend, spec, state.name, session)  # local folders are uploaded first
+        tuner.fit(inputs=inputs, job_name=state.name, wait=False)
         name = tuner.latest_tuning_job.name
         state.backend_state["tuning_job_name"] = name
         state.save()

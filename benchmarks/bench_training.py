@@ -116,8 +116,11 @@ def main() -> None:
         print(line("seed-style loop", seed))
         print(line("dogclf (cold cache)", cold))
         print(line("dogclf (warm cache)", warm))
-        print(f"dogclf wall times include starting the process (python + torch import); the seed loop runs in "
-              f"this process")
+        print("dogclf wall times include starting the process (python + torch import); the seed loop runs in "
+              "this process")
+        print("test_loss is not comparable here: the backbone is random, and the seed loop runs its frozen "
+              "BatchNorm layers in train mode (their running statistics drift with the data) while dogclf keeps "
+              "frozen layers in eval mode")
         print(f"warm_ratio={seed['wall_s'] / warm['wall_s']:.2f}")
         print(f"ratio={seed['wall_s'] / cold['wall_s']:.2f}")
 

@@ -10,6 +10,11 @@ The training loop calls these methods in this order::
     test steps run with mode "eval" too, then
     on_train_end(ctx, metrics)                 # final metrics, "test_loss" and "test_acc" included
 
+Epochs are counted from 1 (``on_epoch_end(ctx, 1, ...)`` follows the first epoch). A job resumed from a
+checkpoint calls ``on_train_begin`` again and continues with the next epoch and step numbers. With the cached-feature
+fast path (``--freeze head``, no augmentation), ``ctx.model`` is the ``fc`` head and the steps run on cached
+backbone features; otherwise it is the whole network.
+
 A callback asks the loop to stop by setting ``ctx.stop_training = True`` (with a reason in
 ``ctx.stop_reason``); the loop finishes the current step, skips the remaining epochs, still evaluates on test
 and saves the model.
@@ -64,7 +69,8 @@ class StepInfo:
     Attributes:
         mode: ``"train"`` or ``"eval"``.
         step: The step number within its mode, counted from 0 over the whole run.
-        epoch: The epoch the step belongs to (test steps carry the last epoch).
+        epoch: The epoch the step belongs to, counted from 1 as in the ``epoch=`` metric lines (test steps carry
+            the last epoch trained).
         loss: The batch's mean loss.
         batch_size: Images in the batch.
         data_time: Seconds spent waiting for the batch (data loading).

@@ -262,16 +262,24 @@ def train(backend: Any, spec: TrainingJobSpec, *, wait: bool = True, logs: bool 
     """
     if not isinstance(spec, TrainingJobSpec):
         raise ConfigError(f"spec must be a dogclf.training.TrainingJobSpec, got {type(spec).__name__}")
-    estimator = build_estimator(backend, spec, **estimator_kwargs)
-    session = estimator.sagemaker_session
-    job_name = spec.job_name or estimator._get_or_create_name()  # noqa: SLF001 - the SDK's own naming rule
-    inputs = channel_inputs(backend, spec, job_name, session)
+    staged = None
+    if "source_dir" not in estimator_kwargs:
+        staged = stage_source_dir(requirements=estimator_kwargs.pop("requirements", None))
+        estimator_kwargs["source_dir"] = staged
     try:
-        estimator.fit(inputs=inputs, job_name=job_name, wait=False, logs=False)
-    except Exception as exc:
-        if exc.__class__.__module__.startswith("botocore"):
-            raise BackendError(f"SageMaker refused training job {job_name!r}: {exc}") from exc
-        raise
+        estimator = build_estimator(backend, spec, **estimator_kwargs)
+        session = estimator.sagemaker_session
+        job_name = spec.job_name or estimator._get_or_create_name()  # noqa: SLF001 - the SDK's own naming rule
+        inputs = channel_inputs(backend, spec, job_name, session)
+        try:
+            estimator.fit(inputs=inputs, job_name=job_name, wait=False, logs=False)
+        except Exception as exc:
+            if exc.__class__.__module__.startswith("botocore"):
+                raise BackendError(f"SageMaker refused training job {job_name!r}: {exc}") from exc
+            raise
+    finally:
+        if staged is not None:  # the SDK has uploaded it as sourcedir.tar.gz by now
+            shutil.rmtree(staged, ignore_errors=True)
     handle = SageMakerTrainingJob(estimator, job_name)
     logger.info("started SageMaker training job %s", job_name)
     if not wait:

@@ -344,3 +344,27 @@ def test_resumes_after_kill_9_with_the_same_result(dataset, tmp_path):
     assert resumed.stdout.count("checkpoint saved") == 4 - done
     assert metric_lines(resumed.stdout) == expected
     assert ResNetBreedModel.load(base / "model").labels_ == ResNetBreedModel.load(tmp_path / "ref" / "model").labels_
+
+
+def test_decoding_on_the_fly_when_memory_is_short_trains_the_same(dataset, job, capsys, tmp_path, monkeypatch):
+    common = [*SMALL, "--weights", "None", "--epochs", "1", "--training", str(dataset), "--freeze", "last-block",
+              "--augment", "flip"]
+    code, in_memory = run_main(capsys, *common, "--checkpoint-dir", str(tmp_path / "a"),
+                               "--model-dir", str(tmp_path / "a" / "m"))
+    assert code == 0 and "decoded 24 train images" in in_memory
+    monkeypatch.setenv("DOGCLF_DECODE_CACHE_BYTES", "1000")
+    code, lazy = run_main(capsys, *common, "--checkpoint-dir", str(tmp_path / "b"),
+                          "--model-dir", str(tmp_path / "b" / "m"))
+    assert code == 0 and "decoding on the fly" in lazy
+    assert metric_lines(lazy) == metric_lines(in_memory)
+
+
+def test_corrupt_image_is_named(tmp_path, job, capsys, dataset):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(dataset, copy)
+    victim = sorted((copy / "test").rglob("*.jpg"))[0]
+    victim.write_bytes(b"\xff\xd8\xff garbage")
+    code, out = run_main(capsys, *SMALL, "--weights", "None", "--training", str(copy))
+    assert code == 2 and "CorruptImageError" in out and victim.name in out

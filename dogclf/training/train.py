@@ -365,6 +365,38 @@ def decode_batches(split: Split, size: int, crop: int, batch_size: int, workers:
     yield from loader
 
 
+def _memory_budget() -> float:
+    """Bytes the decoded-image cache may use: half the available memory (``DOGCLF_DECODE_CACHE_BYTES`` overrides)."""
+    override = os.environ.get("DOGCLF_DECODE_CACHE_BYTES")
+    if override:
+        return float(override)
+    try:
+        import psutil
+
+        return psutil.virtual_memory().available / 2
+    except Exception:  # pragma: no cover - psutil missing or unsupported platform
+        return 4e9
+
+
+class LazyImages:
+    """Images decoded on demand (a thread pool; PIL releases the GIL), for data too large to keep decoded."""
+
+    def __init__(self, split: Split, resize: int, size: int, threads: int) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.split, self.resize, self.size = split, resize, size
+        self.pool = ThreadPoolExecutor(max_workers=threads)
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: Any) -> Any:
+        import torch
+
+        paths = [self.split.samples[int(i)][0] for i in index]
+        return torch.stack(list(self.pool.map(lambda p: load_image(p, self.resize, self.size), paths)))
+
+
 class Normalizer:
     """Turns ``uint8`` batches into normalised float batches on the device (optionally channels-last)."""
 
@@ -616,11 +648,20 @@ def run(args: argparse.Namespace, extra_hyperparameters: dict[str, Any] | None =
                     args.feature_cache)
         decode_size = pre.resize if args.augment == "crop-flip" else pre.crop
         data = {}
+        needed = sum(len(s) for s in splits.values()) * 3 * decode_size * decode_size
+        budget = _memory_budget()
         for name, split in splits.items():
+            if needed > budget:
+                data[name] = (LazyImages(split, pre.resize, decode_size, max(1, workers)),
+                              torch.tensor([label for _, label in split.samples]))
+                continue
             t0 = time.perf_counter()
             batches = list(decode_batches(split, pre.resize, decode_size, eval_bs, workers))
             data[name] = (torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches]).long())
             logger.info("decoded %d %s images in %.1fs", len(split), name, time.perf_counter() - t0)
+        if needed > budget:
+            logger.warning("decoded images would take %.1f GB, over half the available memory: decoding on the fly "
+                           "every epoch instead", needed / 1e9)
         train_module = module
 
     def inputs(name: str, index: Any, train: bool) -> Any:
@@ -678,7 +719,7 @@ def run(args: argparse.Namespace, extra_hyperparameters: dict[str, Any] | None =
 
     def evaluate(name: str, epoch: int) -> tuple[float, float]:
         train_module.eval()
-        n = len(data[name][1])
+        n = len(data[name][1])  # labels: a tensor in every input mode
         total_loss, correct = 0.0, 0
         with torch.no_grad():
             for lo in range(0, n, eval_bs):

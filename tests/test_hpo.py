@@ -126,8 +126,10 @@ class FakeBackend:
 
     name = "fake"
 
-    def __init__(self, root: Path, delay: float = 0.0, interrupt_after: int | None = None) -> None:
+    def __init__(self, root: Path, delay: float = 0.0, interrupt_after: int | None = None,
+                 jobs: dict[str, FakeJob] | None = None) -> None:
         self.root = Path(root)
+        self.jobs = jobs if jobs is not None else {}
         self.delay = delay
         self.interrupt_after = interrupt_after
         self.lock = threading.Lock()
@@ -142,7 +144,14 @@ class FakeBackend:
             raise BackendError("no capacity for instance type (simulated)")
         self.started.append(spec)
         job = FakeJob(self, spec, on_log_line)
+        self.jobs[spec.job_name] = job
         return job.wait() if wait else job
+
+    def attach(self, job_name: str) -> Any:
+        """Like LocalBackend.attach: a job's result, read back by name."""
+        if job_name not in self.jobs:
+            raise NotFoundError(f"no job {job_name!r}")
+        return self.jobs[job_name].wait()
 
     def deploy(self, artifact: Any, **kwargs: Any) -> Any:
         raise BackendError("the fake backend does not serve")
@@ -462,17 +471,24 @@ def test_median_pruning_stops_clearly_worse_trials(tmp_path: Path) -> None:
 
 
 def test_interrupted_run_resumes_without_redoing_finished_trials(tmp_path: Path) -> None:
-    flaky = FakeBackend(tmp_path, interrupt_after=3)
+    jobs: dict[str, FakeJob] = {}
+    flaky = FakeBackend(tmp_path, interrupt_after=3, jobs=jobs)
     with pytest.raises(KeyboardInterrupt):
         make(tmp_path, backend=flaky, max_trials=6, strategy="bayesian").run()
-    state = ExperimentState.load(tmp_path / "experiments" / "exp" / "experiment.json")
+    path = tmp_path / "experiments" / "exp" / "experiment.json"
+    state = ExperimentState.load(path)
     assert [t.status for t in state.trials] == ["Completed"] * 3 + ["InProgress"]
     finished = {t.job_name: t.params for t in state.trials[:3]}
+    # As if the run had died before recording trial 2's end: its job completed, unwatched.
+    expected = state.trials[2].objective
+    state.trials[2].status, state.trials[2].objective = "InProgress", None
+    state.save()
 
-    healthy = FakeBackend(tmp_path)
+    healthy = FakeBackend(tmp_path, jobs=jobs)  # the same jobs, read back with attach()
     exp = make(tmp_path, backend=healthy, max_trials=6, strategy="bayesian").run()
     rerun = [s.job_name for s in healthy.started]
     assert not set(rerun) & set(finished)                      # finished trials are not trained again
+    assert exp.state_.trial(2).status == "Completed" and exp.state_.trial(2).objective == pytest.approx(expected)
     assert rerun[0] == "exp-004-r2"                            # the interrupted one is, with its parameters
     assert healthy.started[0].hyperparameters["lr"] == state.trials[3].params["lr"]
     df = exp.trials_

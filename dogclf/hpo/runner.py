@@ -13,7 +13,9 @@ the backend::
 It keeps up to ``max_parallel`` jobs running, asks the strategy for each new trial's hyperparameters, watches each
 job's log lines for per-epoch metrics and stops those the pruner calls clearly worse, records every ending (a
 failed job is recorded with its reason and does not stop the others) and saves the experiment's state after every
-event. Trials a previous, interrupted run left "InProgress" are started again with the same hyperparameters.
+event. Trials a previous, interrupted run left "InProgress" are read back with the backend's ``attach(job_name)``
+when it has one (a job that completed meanwhile is recorded, not rerun) and otherwise started again with the same
+hyperparameters.
 """
 
 from __future__ import annotations
@@ -101,6 +103,37 @@ def _stop(run: _Running) -> None:
         logger.warning("could not stop %s: %s", run.trial.job_name, exc)
 
 
+class _Ended:
+    """A handle for a job that ended while nobody watched it (read back with the backend's ``attach``)."""
+
+    def __init__(self, result: Any) -> None:
+        self.result = result
+        self.status = result.status
+
+    def wait(self, raise_on_failure: bool = False) -> Any:
+        return self.result
+
+    def stop(self) -> None:
+        """Nothing to stop."""
+
+
+def _recover(backend: Any, trials: list[Trial], objective: Any) -> None:
+    """Record the trials an interrupted run left "InProgress" whose jobs completed meanwhile, so they are not
+    trained again (needs the backend's ``attach(job_name)``; others are started again by the caller)."""
+    attach = getattr(backend, "attach", None)
+    if not callable(attach):
+        return
+    for trial in trials:
+        try:
+            result = attach(trial.job_name)
+        except DogclfError:
+            continue
+        if getattr(result, "status", None) == "Completed":
+            logger.info("trial %d (%s) completed while the experiment was not watching; recorded, not rerun",
+                        trial.number, trial.job_name)
+            _finish(_Running(trial, _Ended(result), _Monitor(objective)), objective)
+
+
 def _finish(run: _Running, objective: Any) -> None:
     """Wait for an ended job and copy its outcome into the trial record."""
     trial, monitor = run.trial, run.monitor
@@ -186,6 +219,10 @@ def run_trials(backend: Any, spec: Any, state: ExperimentState, *, poll_interval
                     limit)
         limit = cap
     relaunch = [t for t in state.trials if t.status == "InProgress"]
+    _recover(backend, relaunch, objective)
+    if any(t.finished for t in relaunch):
+        relaunch = [t for t in relaunch if not t.finished]
+        state.save()
     running: dict[int, _Running] = {}
     exhausted = False
 

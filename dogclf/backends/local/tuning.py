@@ -203,6 +203,10 @@ class WarmPoolBackend:
         job = LocalTrainingJob(spec.job_name, base, spec, _PoolJobProcess(worker), on_log_line, training_logger)
         return job.wait(raise_on_failure=kwargs.get("raise_on_failure", True)) if wait else job
 
+    def attach(self, job_name: str) -> Any:
+        """A job's result from its folder (the local backend's ``attach``)."""
+        return self.backend.attach(job_name)
+
     def deploy(self, artifact: Any, **kwargs: Any) -> Any:
         """Not a serving backend: deploy with the local backend itself."""
         raise BackendError("the tuning pool does not serve models; use LocalBackend.deploy")

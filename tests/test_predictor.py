@@ -173,3 +173,16 @@ def test_seed_photos_and_pet_images(seed_photos, pet_images, tmp_path):
     assert pets.loc[pets["file"] == "Golden_retriever_05182.jpg", "true_breed"].item() == "Golden_retriever"
     assert predictor.confusion_matrix_.shape[0] == 16
     assert len(list((tmp_path / "pet_gallery").iterdir())) == 40
+
+
+def test_two_models_with_different_preprocessing_share_a_process(tmp_path, predictor):
+    from dogclf.models import ResNetBreedModel
+
+    small = ResNetBreedModel(list(LABELS), backbone="resnet18", weights=None,
+                             preprocess={"resize": 144, "crop": 128}).build().save(tmp_path / "small")
+    small_predictor = BreedPredictor(small)
+    body = synthetic_photo(90, 70)
+    assert small_predictor.predict(body).breed in LABELS
+    assert predictor.predict(body).breed in LABELS  # still 224 px for the first model, loaded earlier
+    assert small_predictor.predict(body).breed in LABELS
+    assert small_predictor.endpoint.model.crop == 128 and predictor.endpoint.model.crop == 224

@@ -157,7 +157,7 @@ class InProcessEndpoint(Endpoint):
 
         model = self.load()
         headers = {"x-dogclf-k": str(k)} if k is not None else {}
-        data = handler.input_fn(body, content_type, _Context(headers))
+        data = handler.input_fn(body, content_type, _Context(headers, model))
         return handler.output_fn(handler.predict_fn(data, model), accept)
 
     def delete(self) -> None:

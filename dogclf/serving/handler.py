@@ -449,7 +449,9 @@ def input_fn(request_body: bytes | str, content_type: str | None, context: Any =
     Args:
         request_body: The raw body (the SageMaker toolkit passes JSON bodies already decoded to ``str``).
         content_type: The request's ``Content-Type``; one of :data:`CONTENT_TYPES` (parameters are ignored).
-        context: The model-server context (optional); its headers may carry ``k``.
+        context: The model-server context (optional); its headers may carry ``k``. A ``served_model`` attribute
+            (set by dogclf's servers) names the model whose preprocessing applies; otherwise the last model
+            :func:`model_fn` loaded in this process.
 
     Returns:
         An :class:`InferenceInput`.
@@ -457,7 +459,8 @@ def input_fn(request_body: bytes | str, content_type: str | None, context: Any =
     Raises:
         InvalidRequestError: the body, content type, image, array or ``k`` is not acceptable.
     """
-    preprocess = _PREPROCESS.get("current") or {}
+    served = getattr(context, "served_model", None)  # dogclf's own servers name the model; SageMaker's cannot
+    preprocess = _preprocess_options(served) if served is not None else _PREPROCESS.get("current") or {}
     resize, crop = preprocess.get("resize", 256), preprocess.get("crop", 224)
     mean, std = preprocess.get("mean", (0.485, 0.456, 0.406)), preprocess.get("std", (0.229, 0.224, 0.225))
     media, _ = _media_type(content_type)
@@ -514,12 +517,17 @@ def input_fn(request_body: bytes | str, content_type: str | None, context: Any =
     return InferenceInput(batch=torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)), k=k)
 
 
-# input_fn has no model argument in SageMaker's contract, so model_fn publishes the preprocessing it needs here.
+# input_fn has no model argument in SageMaker's contract, so model_fn publishes the preprocessing it needs here
+# (dogclf's own servers pass the model on the context instead, so several models can share a process).
 _PREPROCESS: dict[str, dict[str, Any]] = {}
 
 
+def _preprocess_options(model: ServedModel) -> dict[str, Any]:
+    return {"resize": model.resize, "crop": model.crop, "mean": model.mean, "std": model.std}
+
+
 def _publish_preprocess(model: ServedModel) -> None:
-    _PREPROCESS["current"] = {"resize": model.resize, "crop": model.crop, "mean": model.mean, "std": model.std}
+    _PREPROCESS["current"] = _preprocess_options(model)
 
 
 def resolve_k(k: int | None, num_classes: int) -> int:

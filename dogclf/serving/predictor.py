@@ -161,7 +161,8 @@ class BreedPredictor:
         source: An endpoint handle (from :meth:`EndpointDeployer.deploy <dogclf.serving.EndpointDeployer.deploy>`,
             local or SageMaker), or a model to run in this process without any endpoint: an artifact folder, a
             ``model.tar.gz`` or a built :class:`~dogclf.models.ResNetBreedModel`.
-        k: How many breeds each :class:`Prediction` lists (``top_k``).
+        k: How many breeds each :class:`Prediction` lists (``top_k``); ``None`` for the handler's default (5, at
+            most the number of breeds).
         labels: The label set used to read true breeds from file names in :meth:`predict_folder`; defaults to the
             model's (in-process), the endpoint's when it knows it, else ``"dogimages-133"``.
         batch_size: Images per forward pass in-process.
@@ -171,7 +172,7 @@ class BreedPredictor:
     results.
     """
 
-    def __init__(self, source: Any, *, k: int = 5, labels: Any = None, batch_size: int = 16,
+    def __init__(self, source: Any, *, k: int | None = None, labels: Any = None, batch_size: int = 16,
                  concurrency: int = 4) -> None:
         self.source = source
         self.k = k
@@ -191,8 +192,10 @@ class BreedPredictor:
             self._endpoint = self.source if isinstance(self.source, Endpoint) else InProcessEndpoint(self.source)
         return self._endpoint
 
-    def _k(self, k: int | None) -> int:
+    def _k(self, k: int | None) -> int | None:
         k = self.k if k is None else k
+        if k is None:
+            return None
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ConfigError(f"k must be a positive int, got {k!r}")
         return k
@@ -209,13 +212,13 @@ class BreedPredictor:
             return endpoint.model.labels
         return getattr(endpoint, "labels", None) or get_labels("dogimages-133")
 
-    def _invoke(self, body: bytes, content_type: str, k: int) -> list[Prediction]:
+    def _invoke(self, body: bytes, content_type: str, k: int | None) -> list[Prediction]:
         import json
 
         payload, _ = self.endpoint.invoke(body, content_type, accept=_JSON, k=k)
         return [Prediction.from_dict(item) for item in json.loads(payload)["predictions"]]
 
-    def _predict_many(self, xs: Sequence[Any], k: int, errors: list[Exception | None] | None = None
+    def _predict_many(self, xs: Sequence[Any], k: int | None, errors: list[Exception | None] | None = None
                       ) -> list[list[Prediction] | None]:
         """Predictions per input (a list, since an ``(N, 3, H, W)`` array holds N images). With ``errors`` given,
         failures are recorded there (``None`` result) instead of raised."""
@@ -248,14 +251,16 @@ class BreedPredictor:
             return [None if isinstance(r, Exception) else r for r in results]
         return results
 
-    def _predict_in_process(self, encoded: list[Any], k: int, results: list[Any], guarded: Any) -> None:
+    def _predict_in_process(self, encoded: list[Any], k: int | None, results: list[Any], guarded: Any) -> None:
         import torch
 
         from dogclf.serving import handler
+        from dogclf.serving.server import _Context
 
         model = self.endpoint.model
-        handler.resolve_k(k, model.num_classes)
-        inputs = [item if isinstance(item, Exception) else guarded(handler.input_fn, item[0], item[1])
+        k = handler.resolve_k(k, model.num_classes)
+        context = _Context({}, model)
+        inputs = [item if isinstance(item, Exception) else guarded(handler.input_fn, item[0], item[1], context)
                   for item in encoded]
         ready = [i for i, item in enumerate(inputs) if not isinstance(item, Exception)]
         for i, item in enumerate(inputs):

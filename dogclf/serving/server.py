@@ -261,10 +261,12 @@ class _RequestProcessor:
 
 
 class _Context:
-    """The part of the SageMaker model-server context the handler reads: ``request_processor[0]``."""
+    """The part of the SageMaker model-server context the handler reads (``request_processor[0]``), plus the
+    model being served."""
 
-    def __init__(self, headers: dict[str, str]) -> None:
+    def __init__(self, headers: dict[str, str], served_model: Any = None) -> None:
         self.request_processor = [_RequestProcessor(headers)]
+        self.served_model = served_model
 
 
 def _error(status: int, code: str, message: str) -> Any:
@@ -322,7 +324,8 @@ def create_app(model: Any, config: ServerConfig | None = None) -> Any:
         if "k" in request.query_params:
             headers["x-dogclf-k"] = request.query_params["k"]
         content_type = headers.get("content-type")
-        data = await loop.run_in_executor(pool, handler.input_fn, body, content_type, _Context(headers))
+        data = await loop.run_in_executor(pool, handler.input_fn, body, content_type,
+                                          _Context(headers, model))
         output = await batcher.submit(data)
         payload, media_type = await loop.run_in_executor(pool, handler.output_fn, output, headers.get("accept"))
         return Response(payload, media_type=media_type)

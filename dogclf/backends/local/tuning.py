@@ -76,7 +76,8 @@ def tune(backend: Any, spec: Any, *, state: Any = None, launch: bool = True, wai
     warm = cached and state.max_parallel > 1
     if not (cached if warm_pool is None else warm_pool):
         return run_trials(backend, spec, state, poll_interval=poll_interval, warm_up_first=warm)
-    pool = WarmPoolBackend(backend, state.max_parallel)
+    remaining = state.max_trials - sum(t.finished for t in state.trials)
+    pool = WarmPoolBackend(backend, max(1, min(state.max_parallel, remaining))).start()
     try:
         return run_trials(pool, spec, state, poll_interval=poll_interval, warm_up_first=warm)
     finally:
@@ -171,6 +172,13 @@ class WarmPoolBackend:
         self._workers: list[_PoolWorker] = []
         self._lock = threading.Lock()
 
+    def start(self) -> WarmPoolBackend:
+        """Start the worker processes now, so their start-up overlaps the first trial's backbone pass."""
+        with self._lock:
+            while len(self._workers) < self.size:
+                self._workers.append(_PoolWorker())
+        return self
+
     def _worker(self) -> _PoolWorker:
         with self._lock:
             self._workers = [w for w in self._workers if w.alive or w.busy]
@@ -221,10 +229,13 @@ class WarmPoolBackend:
 
 def _pool_worker_main() -> int:
     """The worker: read job requests (one JSON line each) from stdin and run each job's entry point in-process."""
-    import dogclf.training.train as entry  # noqa: F401 - import torch and the entry point once, up front
-    import torch  # noqa: F401
+    import torch  # noqa: F401 - import torch and what the entry point runs once, up front
     import torchvision  # noqa: F401
     from sagemaker_training import environment
+
+    import dogclf.debug  # noqa: F401
+    import dogclf.models  # noqa: F401
+    import dogclf.training.train as entry
 
     for request in sys.stdin:
         if not request.strip():

@@ -59,7 +59,7 @@ SEED_SPACE = {"lr": Continuous(0.001, 0.1, scale="log"), "batch-size": Categoric
 # name: (classes, train/valid/test images per class, image side, trials, (batch sizes), (epochs))
 SIZES = {
     "tiny": (3, {"train": 4, "valid": 2, "test": 2}, 32, 2, (4, 8), (1, 2)),
-    "small": (5, {"train": 12, "valid": 3, "test": 3}, 64, 3, (8, 16, 32), (1, 2)),
+    "small": (8, {"train": 16, "valid": 4, "test": 4}, 64, 4, (8, 16, 32), (1, 2)),
 }
 
 
@@ -252,6 +252,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     step("deploy")
     endpoint = EndpointDeployer(max_batch_size=8).deploy(result.model_artifact, backend=backend)
     outputs["endpoint"] = endpoint.name
+    outputs["endpoint_pid"] = getattr(endpoint, "pid", None)
     log.info("endpoint %s is up%s", endpoint.name, f" at {endpoint.url}" if getattr(endpoint, "url", None) else "")
     steps.update()
 

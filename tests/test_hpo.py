@@ -90,6 +90,8 @@ class FakeJob:
                 self.reason = "RuntimeError: CUDA out of memory (simulated)"
                 self._status = "Failed"
                 return
+            if self.backend.gate is not None:
+                self.backend.gate.wait(30)
             delay = float(hp.get("delay", self.backend.delay))
             for epoch in range(1, int(hp.get("epochs", 2)) + 1):
                 if self._stop.wait(delay):
@@ -127,8 +129,9 @@ class FakeBackend:
     name = "fake"
 
     def __init__(self, root: Path, delay: float = 0.0, interrupt_after: int | None = None,
-                 jobs: dict[str, FakeJob] | None = None) -> None:
+                 jobs: dict[str, FakeJob] | None = None, gate: threading.Event | None = None) -> None:
         self.root = Path(root)
+        self.gate = gate  # jobs hold before their first epoch until it is set
         self.jobs = jobs if jobs is not None else {}
         self.delay = delay
         self.interrupt_after = interrupt_after
@@ -518,13 +521,24 @@ def test_attach_reconnects(tmp_path: Path) -> None:
 
 
 def test_run_without_waiting(tmp_path: Path) -> None:
-    exp = make(tmp_path, backend=FakeBackend(tmp_path, delay=0.05), max_trials=3, max_parallel=3)
+    gate = threading.Event()
+    backend = FakeBackend(tmp_path, gate=gate)
+    exp = make(tmp_path, backend=backend, max_trials=3, max_parallel=3)
     assert exp.done()
     exp.run(wait=False)
-    assert not exp.done() and (exp.trials_["status"] == "Completed").sum() < 3
+    deadline = time.time() + 30
+    while time.time() < deadline:  # until the state file shows all three started
+        if exp.state_path.is_file() and len(ExperimentState.load(exp.state_path).trials) == 3:
+            break
+        time.sleep(0.05)
+    assert not exp.done() and exp.trials_["status"].tolist() == ["InProgress"] * 3
+    watcher = HPOExperiment.attach("exp", backend=backend)   # e.g. another process looking at the running one
+    assert watcher.trials_["status"].tolist() == ["InProgress"] * 3
+    gate.set()
     exp.wait(timeout=30)
     assert exp.done()
     assert (exp.refresh().trials_["status"] == "Completed").sum() == 3
+    assert watcher.refresh().trials_.equals(exp.trials_)
 
 
 def test_train_best_is_one_call(tmp_path: Path) -> None:

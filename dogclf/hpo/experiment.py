@@ -251,7 +251,7 @@ class HPOExperiment:
     def refresh(self) -> HPOExperiment:
         """Re-read the experiment's state (another process, or SageMaker, may have moved it on)."""
         self._require_state()
-        if self._thread is None:
+        if self.done():  # a background run of this object keeps state_ current itself
             state = ExperimentState.load(self.state_path)
             self._tune(state, launch=False, wait=False)
             self.state_ = state

@@ -60,7 +60,6 @@ class _Monitor:
         self._definitions = metric_definitions()
         self._lock = threading.Lock()
         self.history: list[dict[str, float]] = []
-        self.final: dict[str, float] = {}
         self.objective_value: float | None = None
 
     def __call__(self, line: str) -> None:
@@ -71,8 +70,6 @@ class _Monitor:
                 self.objective_value = value
             if "epoch" in found:
                 self.history.append(found)
-            elif found:
-                self.final.update(found)
 
     def snapshot(self) -> list[dict[str, float]]:
         with self._lock:

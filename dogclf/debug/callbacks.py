@@ -386,25 +386,28 @@ class RuleCallback(Callback):
 
             self._trial = create_trial(str(self.tensor_dir))
             self._built = [(c, build_rule(c, self._trial)) for c in self.rules]
-        from smdebug.exceptions import (RuleEvaluationConditionMet, StepUnavailable, TensorUnavailable,
-                                        TensorUnavailableForStep)
+        from smdebug.analysis.utils import no_refresh
+        from smdebug.exceptions import StepUnavailable, TensorUnavailable, TensorUnavailableForStep
 
+        # One refresh per evaluation: smdebug's Rule.invoke() re-lists the trial's index folder on every call,
+        # which costs more than a training step; invoke_at_step() on a frozen view gives the same verdicts.
         self._trial.maybe_refresh()
         steps = [s for s in self._trial.steps(show_incomplete_steps=limit is None)
                  if s >= self._next_step and (limit is None or s < limit)]
-        for step in steps:
-            for config, rule in self._built:
-                try:
-                    rule.invoke(step)
-                except RuleEvaluationConditionMet:
-                    if config.stop_training and ctx is not None and not ctx.stop_training:
+        with no_refresh([self._trial]):
+            for step in steps:
+                for config, rule in self._built:
+                    try:
+                        fired = rule.invoke_at_step(step)
+                    except (StepUnavailable, TensorUnavailable, TensorUnavailableForStep) as exc:
+                        logger.debug("rule %s skipped step %s: %s", config.name, step, exc)
+                        continue
+                    if fired and config.stop_training and ctx is not None and not ctx.stop_training:
                         ctx.stop_training = True
                         ctx.stop_reason = f"rule {config.name} triggered at step {step}"
                         self.stopped_by = ctx.stop_reason
                         logger.warning("stopping training: %s (%s)", ctx.stop_reason, rule.evidence)
-                except (StepUnavailable, TensorUnavailable, TensorUnavailableForStep) as exc:
-                    logger.debug("rule %s skipped step %s: %s", config.name, step, exc)
-            self._next_step = step + 1
+                self._next_step = step + 1
 
     def on_train_end(self, ctx: TrainingContext, metrics: dict[str, float]) -> None:
         """Evaluate the rest of the run and write ``rules.json``."""

@@ -53,6 +53,16 @@ def _number(owner: str, field_name: str, value: Any, *, integer: bool) -> float 
     return value
 
 
+def _validate_numeric(rng: Any, *, integer: bool) -> None:
+    """Check and normalise a frozen numeric range's ``low``, ``high`` and ``scale`` in place."""
+    owner = type(rng).__name__
+    low = _number(owner, "low", rng.low, integer=integer)
+    high = _number(owner, "high", rng.high, integer=integer)
+    _check_bounds(owner, low, high, rng.scale)
+    object.__setattr__(rng, "low", low)
+    object.__setattr__(rng, "high", high)
+
+
 def _check_bounds(owner: str, low: float, high: float, scale: str) -> None:
     if scale not in SCALES:
         raise ConfigError(f"{owner} scale must be one of {', '.join(map(repr, SCALES))}, got {scale!r}")
@@ -87,11 +97,7 @@ class Continuous:
     kind: ClassVar[str] = "continuous"
 
     def __post_init__(self) -> None:
-        low = _number("Continuous", "low", self.low, integer=False)
-        high = _number("Continuous", "high", self.high, integer=False)
-        _check_bounds("Continuous", low, high, self.scale)
-        object.__setattr__(self, "low", low)
-        object.__setattr__(self, "high", high)
+        _validate_numeric(self, integer=False)
 
     def contains(self, value: Any) -> bool:
         """Whether ``value`` is a number inside the range."""
@@ -131,11 +137,7 @@ class Integer:
     kind: ClassVar[str] = "integer"
 
     def __post_init__(self) -> None:
-        low = _number("Integer", "low", self.low, integer=True)
-        high = _number("Integer", "high", self.high, integer=True)
-        _check_bounds("Integer", low, high, self.scale)
-        object.__setattr__(self, "low", low)
-        object.__setattr__(self, "high", high)
+        _validate_numeric(self, integer=True)
 
     def contains(self, value: Any) -> bool:
         """Whether ``value`` is an integer inside the range."""

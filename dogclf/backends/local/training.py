@@ -218,6 +218,27 @@ def _alive(pid: Any) -> bool:
         return True
 
 
+def _group_alive(pgid: int) -> bool:
+    """Whether any process of group ``pgid`` still runs (zombies, which a container's init may never reap, do not)."""
+    proc = Path("/proc")
+    if not proc.is_dir():  # pragma: no cover - not Linux
+        try:
+            os.killpg(pgid, 0)
+        except OSError:
+            return False
+        return True
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text(encoding="utf-8").rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            return True
+    return False
+
+
 class LocalTrainingJob:
     """A running (or finished) local training job, as returned by ``train(..., wait=False)``.
 
@@ -374,13 +395,16 @@ class LocalTrainingJob:
             os.killpg(self._process.pid, signal.SIGTERM)
         except ProcessLookupError:
             return
-        try:
-            self._process.wait(grace_s)
-        except subprocess.TimeoutExpired:
+        deadline = time.monotonic() + grace_s
+        while _group_alive(self._process.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _group_alive(self._process.pid):  # the entry point (a grandchild) too, not only the toolkit runner
             try:
                 os.killpg(self._process.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+            while _group_alive(self._process.pid) and time.monotonic() < deadline + 10:
+                time.sleep(0.1)
         self._reader.join(30)
 
 

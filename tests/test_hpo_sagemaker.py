@@ -55,13 +55,19 @@ PAGE_2 = [summary(1, "4120a907", "0.0947", "32", "1", "Completed", 3.22880005836
           summary(5, "5151beef", "0.003", "32", "2", "InProgress", None, None, 6)]
 
 
+def offline_client() -> Any:
+    """A sagemaker client pointed at a closed port: only a Stubber answers it."""
+    import boto3
+
+    return boto3.client("sagemaker", region_name="us-east-1", aws_access_key_id="testing",
+                        aws_secret_access_key="testing", endpoint_url="http://127.0.0.1:9")
+
+
 def stubbed_client(tuning_job: str = "pytorch-training-230917-0040", describe: bool = False) -> tuple[Any, Any]:
     """A sagemaker client answering from recorded responses (any other call fails: nothing reaches a network)."""
-    import boto3
     from botocore.stub import Stubber
 
-    client = boto3.client("sagemaker", region_name="us-east-1", aws_access_key_id="testing",
-                          aws_secret_access_key="testing", endpoint_url="http://127.0.0.1:9")
+    client = offline_client()
     stub = Stubber(client)
     if describe:
         stub.add_response("describe_hyper_parameter_tuning_job", describe_response(tuning_job),
@@ -248,3 +254,68 @@ def test_strategy_without_sagemaker_equivalent(sm_backend: tuple[SageMakerBacken
     with pytest.raises(ConfigError, match="no SageMaker equivalent"):
         build_tuner(backend, exp._base_spec(), state)
     assert sent == []
+
+
+def seed_tuning_description(name: str) -> dict[str, Any]:
+    """DescribeHyperParameterTuningJob of the seed's tuning job, as SageMaker returns it (framework estimator:
+    categorical values and static hyperparameters JSON-encoded)."""
+    desc = describe_response(name)
+    desc["HyperParameterTuningJobConfig"]["ParameterRanges"] = {
+        "ContinuousParameterRanges": [{"Name": "lr", "MinValue": "0.001", "MaxValue": "0.1", "ScalingType": "Auto"}],
+        "IntegerParameterRanges": [],
+        "CategoricalParameterRanges": [{"Name": "batch-size", "Values": ['"32"', '"64"', '"128"']},
+                                       {"Name": "epochs", "Values": ['"1"', '"2"']}],
+    }
+    desc["HyperParameterTuningJobConfig"]["TrainingJobEarlyStoppingType"] = "Off"
+    desc["TrainingJobDefinition"] = {
+        "StaticHyperParameters": {"backbone": '"resnet50"', "sagemaker_program": '"hpo.py"',
+                                  "sagemaker_submit_directory": '"s3://seed-bucket/pytorch-training/source.tar.gz"',
+                                  "sagemaker_region": '"us-east-1"'},
+        "AlgorithmSpecification": {
+            "TrainingImage": "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:2.0.0-cpu-py310",
+            "TrainingInputMode": "File",
+            "MetricDefinitions": [{"Name": "test_loss", "Regex": r"Testing Loss: ([0-9\.]+)"}]},
+        "RoleArn": ROLE,
+        "InputDataConfig": [{"ChannelName": "training", "DataSource": {"S3DataSource": {
+            "S3DataType": "S3Prefix", "S3Uri": "s3://seed-bucket/dogImages", "S3DataDistributionType": "FullyReplicated"}}}],
+        "OutputDataConfig": {"S3OutputPath": "s3://seed-bucket/"},
+        "ResourceConfig": {"InstanceType": "ml.c5.2xlarge", "InstanceCount": 1, "VolumeSizeInGB": 30},
+        "StoppingCondition": {"MaxRuntimeInSeconds": 86400},
+    }
+    return desc
+
+
+def test_attach_to_a_tuning_job_started_elsewhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No local state: attach() rebuilds the experiment from DescribeHyperParameterTuningJob, then lists its jobs."""
+    import boto3
+    import sagemaker
+    from botocore.stub import Stubber
+
+    monkeypatch.setenv("DOGCLF_HOME", str(tmp_path))
+    name = "pytorch-training-230917-0040"
+    client = offline_client()
+    stub = Stubber(client)
+    stub.add_response("describe_hyper_parameter_tuning_job", seed_tuning_description(name),
+                      {"HyperParameterTuningJobName": name})
+    stub.add_response("describe_hyper_parameter_tuning_job", seed_tuning_description(name),
+                      {"HyperParameterTuningJobName": name})
+    stub.add_response("list_training_jobs_for_hyper_parameter_tuning_job",
+                      {"TrainingJobSummaries": PAGE_1 + PAGE_2},
+                      {"HyperParameterTuningJobName": name, "MaxResults": 100})
+    session = sagemaker.Session(boto_session=boto3.Session(region_name="us-east-1", aws_access_key_id="testing",
+                                                           aws_secret_access_key="testing"),
+                                sagemaker_client=client)
+    backend = SageMakerBackend(role=ROLE, bucket="b", session=session)
+    with stub:
+        exp = HPOExperiment.attach(name, backend=backend)
+    stub.assert_no_pending_responses()
+    assert exp.space == SearchSpace({"lr": Continuous(0.001, 0.1), "batch-size": Categorical([32, 64, 128]),
+                                     "epochs": Categorical([1, 2])})
+    assert exp.objective.metric == "test_loss" and exp.objective.direction == "minimize"
+    assert exp.objective.regex == r"Testing Loss: ([0-9\.]+)"   # the tuning job's own regex
+    assert exp.max_trials == 3 and exp.max_parallel == 1 and exp.strategy.name == "bayesian"
+    spec = exp._base_spec()
+    assert spec.hyperparameters == {"backbone": "resnet50"} and spec.channels == {"training": "s3://seed-bucket/dogImages"}
+    assert exp.best_params_ == {"lr": pytest.approx(0.0010152583471663874), "batch-size": 64, "epochs": 2}
+    assert len(exp.trials_) == 5
+    assert (tmp_path / "experiments" / name / "experiment.json").is_file()   # remembered for next time

@@ -270,13 +270,21 @@ class HPOExperiment:
             it, :meth:`train_best` trains the final model.
 
         Raises:
-            NotFoundError: no experiment of that name is stored for this backend.
+            NotFoundError: no experiment of that name is stored for this backend (a backend with a
+                ``tuning_state(name)`` method, like SageMaker's, rebuilds it from the remote tuning job instead).
         """
         from dogclf.backends import get_backend
 
         backend_obj = get_backend(backend)
         path = experiments_root(backend_obj) / validate_name(name) / "experiment.json"
-        state = ExperimentState.load(path)
+        try:
+            state = ExperimentState.load(path)
+        except NotFoundError:
+            rebuild = getattr(backend_obj, "tuning_state", None)  # a backend that keeps experiments remotely
+            if not callable(rebuild):
+                raise
+            state = rebuild(name)
+            state.save(path)
         spec = _spec_from_dict(state.base_spec)
         exp = cls(spec, state.space, state.objective, max_trials=state.max_trials, max_parallel=state.max_parallel,
                   strategy=state.strategy, early_stopping=state.early_stopping, backend=backend_obj, name=name,

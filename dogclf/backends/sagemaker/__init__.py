@@ -54,6 +54,12 @@ class SageMakerBackend:
 
         return tune(self, spec, **kwargs)
 
+    def tuning_state(self, name: str) -> Any:
+        """Rebuild a tuning experiment's state from a SageMaker tuning job by name; see :mod:`.tuning`."""
+        from .tuning import state_from_tuning_job
+
+        return state_from_tuning_job(self, name)
+
     def deploy(self, artifact: Any, **kwargs: Any) -> Any:
         """Serve a model artifact through the shared inference handler; see :mod:`.serving`."""
         from .serving import deploy

@@ -22,7 +22,8 @@ from typing import Any
 from dogclf.backends.sagemaker.training import _session, build_estimator, channel_inputs
 from dogclf.errors import ConfigError
 
-__all__ = ["tune", "build_tuner", "parameter_ranges", "list_trials", "trial_from_summary", "STATUS_MAP"]
+__all__ = ["tune", "build_tuner", "parameter_ranges", "list_trials", "trial_from_summary", "state_from_tuning_job",
+           "STATUS_MAP"]
 
 logger = logging.getLogger(__name__)
 
@@ -237,3 +238,91 @@ def tune(backend: Any, spec: Any, *, state: Any = None, launch: bool = True, wai
         logger.warning("could not list the training jobs of tuning job %s: %s", name, exc)
     state.save()
     return state
+
+
+def _decode(text: Any) -> Any:
+    """A hyperparameter value as SageMaker stores it (a string, JSON-encoded by framework estimators) -> Python."""
+    value: Any = str(text)
+    try:
+        value = json.loads(value)
+    except ValueError:
+        pass
+    if isinstance(value, str):
+        low = value.strip().lower()
+        if low in ("true", "false"):
+            return low == "true"
+        for kind in (int, float):
+            try:
+                return kind(value)
+            except ValueError:
+                continue
+    return value
+
+
+def state_from_tuning_job(backend: Any, name: str) -> Any:
+    """Rebuild an experiment's state from a SageMaker tuning job's description (``DescribeHyperParameterTuningJob``),
+    for tuning jobs started elsewhere (another machine, the console, the SDK): the ranges become the search space,
+    the objective and its metric regex the objective, the static hyperparameters, channels and instance type the
+    base training spec. Its trials are filled in by :func:`tune` (``launch=False``).
+
+    Raises:
+        ConfigError: the tuning job uses something dogclf cannot express (e.g. several training definitions).
+    """
+    from dogclf.hpo.objective import Objective
+    from dogclf.hpo.pruning import MedianStopping
+    from dogclf.hpo.space import Categorical, Continuous, Integer, SearchSpace
+    from dogclf.hpo.state import ExperimentState
+    from dogclf.hpo.strategies import RandomStrategy, get_strategy
+    from dogclf.training import METRIC_DEFINITIONS, TrainingJobSpec
+
+    client = _session(backend).sagemaker_client
+    desc = client.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=name)
+    cfg = desc["HyperParameterTuningJobConfig"]
+    job = desc.get("TrainingJobDefinition")
+    if job is None:
+        raise ConfigError(f"tuning job {name!r} has several training job definitions; dogclf attaches to tuning "
+                          f"jobs of one estimator")
+    ranges = cfg.get("ParameterRanges") or {}
+    space: dict[str, Any] = {}
+    for r in ranges.get("ContinuousParameterRanges", []):
+        scale = "log" if r.get("ScalingType") == "Logarithmic" else "linear"
+        space[r["Name"]] = Continuous(float(r["MinValue"]), float(r["MaxValue"]), scale=scale)
+    for r in ranges.get("IntegerParameterRanges", []):
+        scale = "log" if r.get("ScalingType") == "Logarithmic" else "linear"
+        space[r["Name"]] = Integer(int(r["MinValue"]), int(r["MaxValue"]), scale=scale)
+    for r in ranges.get("CategoricalParameterRanges", []):
+        space[r["Name"]] = Categorical([_decode(v) for v in r["Values"]])
+    target = cfg["HyperParameterTuningJobObjective"]
+    definitions = (job.get("AlgorithmSpecification") or {}).get("MetricDefinitions") or [dict(d) for d in
+                                                                                        METRIC_DEFINITIONS]
+    regex = next((d["Regex"] for d in definitions if d["Name"] == target["MetricName"]), None)
+    objective = Objective(target["MetricName"], regex, target["Type"].lower())
+    try:
+        strategy = get_strategy(cfg["Strategy"])
+    except ConfigError:
+        logger.warning("tuning job %s uses strategy %r; continuing it locally would search at random", name,
+                       cfg["Strategy"])
+        strategy = RandomStrategy()
+    static = {k: _decode(v) for k, v in (job.get("StaticHyperParameters") or {}).items()
+              if not k.startswith("sagemaker_")}
+    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in job.get("InputDataConfig", [])
+                if "S3DataSource" in c.get("DataSource", {})}
+    resources = job.get("HyperParameterTuningResourceConfig") or job.get("ResourceConfig") or {}
+    spec = TrainingJobSpec(hyperparameters=static, channels=channels,
+                           instance_type=resources.get("InstanceType", "ml.c5.2xlarge"),
+                           instance_count=int(resources.get("InstanceCount", 1)), metric_definitions=definitions)
+    limits = cfg["ResourceLimits"]
+    cls = type(spec)
+    return ExperimentState(
+        name=name, backend=getattr(backend, "name", "sagemaker"), space=SearchSpace(space), objective=objective,
+        strategy=strategy, max_trials=int(limits.get("MaxNumberOfTrainingJobs") or 1),
+        max_parallel=int(limits.get("MaxParallelTrainingJobs") or 1),
+        early_stopping=MedianStopping() if cfg.get("TrainingJobEarlyStoppingType") == "Auto" else None,
+        seed=int(cfg.get("RandomSeed", 0)),
+        base_spec={"class": f"{cls.__module__}:{cls.__qualname__}",
+                   "fields": {"hyperparameters": spec.hyperparameters, "channels": spec.channels,
+                              "instance_type": spec.instance_type, "instance_count": spec.instance_count,
+                              "metric_definitions": spec.metric_definitions}},
+        created=_timestamp(desc.get("CreationTime")) or 0.0,
+        backend_state={"tuning_job_name": name},
+    )

@@ -223,11 +223,16 @@ class ResNetBreedModel:
             raise NotFittedError("this ResNetBreedModel is not built yet; call .build() (or ResNetBreedModel.load)")
 
     # -- building ----------------------------------------------------------------------------------------------
-    def _new_module(self, num_classes: int) -> Any:
+    def _new_module(self, num_classes: int, on_meta: bool = False) -> Any:
+        """The torchvision network with our head; ``on_meta`` skips initialising a body a state dict will replace."""
         import torch
         from torchvision import models
 
-        module = getattr(models, self.backbone)(weights=None)
+        if on_meta:
+            with torch.device("meta"):
+                module = getattr(models, self.backbone)(weights=None)
+        else:
+            module = getattr(models, self.backbone)(weights=None)
         in_features = module.fc.in_features
         linear = torch.nn.Linear(in_features, num_classes)
         module.fc = torch.nn.Sequential(torch.nn.Dropout(self.dropout), linear) if self.dropout > 0 else linear
@@ -269,11 +274,14 @@ class ResNetBreedModel:
         bad = [k for k, v in body.items() if tuple(v.shape) != tuple(own[k].shape)]
         if bad:
             raise ArtifactError(f"weights {self.weights!r} do not fit a {self.backbone}: shape mismatch for {bad[:5]}")
-        module.load_state_dict(body, strict=False)
+        module.load_state_dict(body, strict=False, assign=True)
         # A checkpoint whose fc already matches our head (e.g. an earlier dogclf run) keeps its head too.
         fc = {k: v for k, v in state.items() if k.startswith("fc.")}
         if fc and set(fc) == head_keys and all(tuple(v.shape) == tuple(own[k].shape) for k, v in fc.items()):
             module.load_state_dict(fc, strict=False)
+        left = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
+        if left:
+            raise ArtifactError(f"weights {self.weights!r} leave {left[:5]} of the {self.backbone} unset")
 
     def build(self) -> ResNetBreedModel:
         """Create the network, load the backbone weights, replace ``fc`` and apply the freeze policy.
@@ -286,8 +294,8 @@ class ResNetBreedModel:
             ArtifactError: the weights cannot be loaded (missing/corrupt checkpoint, wrong architecture).
         """
         labels = resolve_labels(self.labels)
-        module = self._new_module(len(labels))
         state = self._backbone_state_dict()
+        module = self._new_module(len(labels), on_meta=state is not None)
         if state is not None:
             self._load_backbone(module, state)
         self.labels_ = labels
@@ -436,9 +444,9 @@ class ResNetBreedModel:
         model = cls.__new__(cls)
         model.labels = labels
         model.config = config
-        module = model._new_module(num_classes)
+        module = model._new_module(num_classes, on_meta=True)
         try:
-            module.load_state_dict(state, strict=True)
+            module.load_state_dict(state, strict=True, assign=True)
         except RuntimeError as exc:
             raise ArtifactError(f"model artifact {source!r}: {MODEL_FILE} does not fit a {config.backbone} with "
                                 f"{num_classes} classes: {str(exc)[:300]}") from exc

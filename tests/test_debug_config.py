@@ -181,6 +181,7 @@ def test_debug_trainer_on_sagemaker_backend_gets_estimator_kwargs(tmp_path):
     backend = SageMakerBackend(role="arn:aws:iam::123456789012:role/x", bucket="b", region="us-east-1")
     spec = DebugTrainer({"lr": 0.01}, {"training": "s3://b/dogImages"}, backend=backend,
                         config=DebuggerConfig(sagemaker_debugger=True)).build_spec(backend)
-    assert set(spec.sagemaker_debugger) == {"debugger_hook_config", "rules", "profiler_config"}
+    assert set(spec.sagemaker_debugger) == {"debugger_hook_config", "rules", "profiler_config", "disable_profiler"}
+    assert spec.debugger_hook_config is not None and "dogclf-debug" in spec.hyperparameters
     off = DebugTrainer({"lr": 0.01}, {"training": "s3://b/dogImages"}, backend=backend).build_spec(backend)
     assert off.sagemaker_debugger is None

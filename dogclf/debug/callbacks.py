@@ -34,6 +34,9 @@ from .config import DebuggerConfig, ProfilerConfig, RuleConfig
 
 __all__ = [
     "DEBUG_ENV",
+    "HYPERPARAMETER",
+    "decode_settings",
+    "encode_settings",
     "HookCallback",
     "RuleCallback",
     "StepTimer",
@@ -448,12 +451,52 @@ def _sanitize_profiler_env(profiler_path: Path, debug_dir: Path, data: dict[str,
     os.environ["SMPROFILER_CONFIG_PATH"] = str(target)
 
 
+HYPERPARAMETER = "dogclf-debug"
+"""Hyperparameter that carries the same settings as ``DOGCLF_DEBUG`` (used on SageMaker, whose environment values
+are limited to 512 characters; hyperparameters allow 2500)."""
+
+_ENCODED = "z1:"
+
+
+def encode_settings(settings: dict[str, Any]) -> str:
+    """Pack debugger settings into a short ASCII string (zlib + URL-safe base64), safe on any command line."""
+    import base64
+    import zlib
+
+    raw = json.dumps(settings, separators=(",", ":"), sort_keys=True).encode("utf-8")
+    return _ENCODED + base64.urlsafe_b64encode(zlib.compress(raw, 9)).decode("ascii")
+
+
+def decode_settings(text: str) -> dict[str, Any]:
+    """Inverse of :func:`encode_settings`; plain JSON is accepted too.
+
+    Raises:
+        ConfigError: the text is neither.
+    """
+    import base64
+    import binascii
+    import zlib
+
+    try:
+        if text.startswith(_ENCODED):
+            data = json.loads(zlib.decompress(base64.urlsafe_b64decode(text[len(_ENCODED):].encode("ascii"))))
+        else:
+            data = json.loads(text)
+    except (ValueError, binascii.Error, zlib.error) as exc:
+        raise ConfigError(f"{DEBUG_ENV} / {HYPERPARAMETER} is not valid JSON or packed settings: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{DEBUG_ENV} / {HYPERPARAMETER} must hold a JSON object; got {type(data).__name__}")
+    return data
+
+
 def make_callbacks(hyperparameters: dict[str, Any], output_data_dir: Path) -> list[Callback]:
     """The callbacks the training entry point attaches for Debugger tensors, rules and profiling.
 
     Reads the hook configuration from ``SMDEBUG_CONFIG_FILE_PATH`` (SageMaker's ``debughookconfig.json``), the
-    profiler configuration from ``SMPROFILER_CONFIG_PATH`` and the in-process rules from ``DOGCLF_DEBUG``;
-    returns an empty list when none is set.
+    profiler configuration from ``SMPROFILER_CONFIG_PATH`` and the in-process rules from ``DOGCLF_DEBUG`` (or the
+    ``dogclf-debug`` hyperparameter, see :func:`encode_settings`), whose ``hook`` and ``profiler`` entries stand in
+    for the files where the platform writes none (SageMaker accounts without Debugger); returns an empty list when
+    nothing is set.
 
     Args:
         hyperparameters: The job's hyperparameters (``num_workers`` and ``batch_size`` feed the profiler rules).
@@ -476,36 +519,45 @@ def make_callbacks(hyperparameters: dict[str, Any], output_data_dir: Path) -> li
     hook_path = os.environ.get("SMDEBUG_CONFIG_FILE_PATH") or (
         DEFAULT_HOOK_CONFIG if Path(DEFAULT_HOOK_CONFIG).is_file() else None)
     profiler_path = os.environ.get("SMPROFILER_CONFIG_PATH")
-    debug_env = os.environ.get(DEBUG_ENV)
+    hp = hyperparameters or {}
+    packed = os.environ.get(DEBUG_ENV) or hp.get(HYPERPARAMETER) or hp.get(HYPERPARAMETER.replace("-", "_"))
+    settings = decode_settings(str(packed)) if packed else None
 
     profiler: ProfilerConfig | None = None
+    profiler_data = None
     if profiler_path and Path(profiler_path).is_file():
-        data = _read_json_file(profiler_path, "profiler configuration")
+        profiler_data = _read_json_file(profiler_path, "profiler configuration")
+        _sanitize_profiler_env(Path(profiler_path), debug_dir, profiler_data)
+    if settings and isinstance(settings.get("profiler"), dict):
+        profiler_data = settings["profiler"]  # dogclf's own settings win over the platform's file
+    if profiler_data is not None:
         try:
-            profiler = ProfilerConfig.from_json(data)
+            profiler = ProfilerConfig.from_json(profiler_data)
         except (TypeError, ValueError) as exc:
-            raise ConfigError(f"invalid profiler configuration at {profiler_path!r}: {exc}") from exc
-        _sanitize_profiler_env(Path(profiler_path), debug_dir, data)
+            raise ConfigError(f"invalid profiler configuration {profiler_data!r:.200}: {exc}") from exc
 
     tensor_dir: Path | None = None
+    hook_config = None
     if hook_path and Path(hook_path).is_file():
         hook_config = _read_json_file(hook_path, "Debugger hook configuration")
+    elif settings and isinstance(settings.get("hook"), dict):
+        hook_config = dict(settings["hook"])
+    if hook_config is not None:
         local = hook_config.get("LocalPath")
         tensor_dir = Path(local) if local else output_data_dir / "tensors"
         _check_fresh(tensor_dir)
         callbacks.append(HookCallback(hook_config, tensor_dir, debug_dir / "debughookconfig.json"))
 
-    if debug_env:
-        try:
-            settings = json.loads(debug_env)
-        except ValueError as exc:
-            raise ConfigError(f"{DEBUG_ENV} is not valid JSON: {exc}") from exc
+    if settings is not None:
         defaults = DebuggerConfig()
         rules = validate_rules(settings.get("rules", defaults.rules), "tensor")
         profiler_rules = validate_rules(settings.get("profiler_rules", defaults.profiler_rules), "profiler")
-        interval = int(settings.get("rule_interval", defaults.rule_interval))
+        try:
+            interval = int(settings.get("rule_interval", defaults.rule_interval))
+        except (TypeError, ValueError):
+            interval = 0
         if interval < 1:
-            raise ConfigError(f"rule_interval must be >= 1; got {interval}")
+            raise ConfigError(f"rule_interval must be an integer >= 1; got {settings.get('rule_interval')!r}")
     elif tensor_dir is not None or profiler is not None:
         defaults = DebuggerConfig()
         rules, profiler_rules, interval = defaults.rules, defaults.profiler_rules, defaults.rule_interval

@@ -51,8 +51,9 @@ def sagemaker_debugger_kwargs(config: DebuggerConfig, s3_output_path: str | None
 
     Returns:
         A dict with ``debugger_hook_config`` (a ``DebuggerHookConfig``), ``rules`` (``Rule`` and
-        ``ProfilerRule`` objects) and ``profiler_config`` (a ``ProfilerConfig``; with
-        ``disable_profiler=True`` when ``config.profiler`` is ``None``).
+        ``ProfilerRule`` objects), ``profiler_config`` (a ``ProfilerConfig``; with
+        ``disable_profiler=True`` when ``config.profiler`` is ``None``) and the estimator's own
+        ``disable_profiler`` flag to match.
 
     Raises:
         ConfigError: a name in ``config.sagemaker_rules`` is not one of SageMaker's built-in rules.
@@ -81,4 +82,5 @@ def sagemaker_debugger_kwargs(config: DebuggerConfig, s3_output_path: str | None
         profiler = ProfilerConfig(system_monitor_interval_millis=config.profiler.system_monitor_interval_millis)
     else:
         profiler = ProfilerConfig(disable_profiler=True)
-    return {"debugger_hook_config": hook, "rules": rules, "profiler_config": profiler}
+    return {"debugger_hook_config": hook, "rules": rules, "profiler_config": profiler,
+            "disable_profiler": config.profiler is None}

@@ -12,7 +12,7 @@ from typing import Any
 
 from dogclf.errors import ConfigError, JobError, NotFittedError
 
-from .callbacks import DEBUG_ENV
+from .callbacks import DEBUG_ENV, HYPERPARAMETER, encode_settings
 from .config import DebuggerConfig
 
 __all__ = ["DebugTrainer"]
@@ -77,10 +77,12 @@ class DebugTrainer:
     def build_spec(self, backend: Any = None) -> Any:
         """The :class:`~dogclf.training.spec.TrainingJobSpec` :meth:`fit` runs (nothing is started).
 
-        The hook config travels as ``debugger_hook_config`` (SageMaker's ``debughookconfig.json``), the profiler
-        config as ``profiler_config``, the in-process rules in the ``DOGCLF_DEBUG`` environment variable, and, on
-        the SageMaker backend with ``config.sagemaker_debugger``, SageMaker's own Debugger objects as
-        ``sagemaker_debugger``.
+        Locally, the hook config travels as ``debugger_hook_config`` (the backend writes SageMaker's
+        ``debughookconfig.json``), the profiler config as ``profiler_config`` and the in-process rules in the
+        ``DOGCLF_DEBUG`` environment variable. On the SageMaker backend all three travel packed in the
+        ``dogclf-debug`` hyperparameter (the job needs no Debugger on the account); with
+        ``config.sagemaker_debugger`` the spec also carries ``debugger_hook_config`` and SageMaker's own Debugger
+        objects as ``sagemaker_debugger``.
 
         Raises:
             ConfigError: invalid hyperparameters, channels or spec options.
@@ -93,21 +95,33 @@ class DebugTrainer:
         backend = backend if backend is not None else get_backend(self.backend)
         options = dict(self.spec_options)
         environment = dict(options.pop("environment", {}) or {})
-        environment[DEBUG_ENV] = json.dumps(self.config.rules_json())
         for key in ("debugger_hook_config", "profiler_config", "sagemaker_debugger"):
             if key in options:
                 raise ConfigError(f"{key} is built from DebugTrainer's config; do not pass it as a spec option")
-        sagemaker = None
-        if getattr(backend, "name", None) == "sagemaker" and self.config.sagemaker_debugger:
-            from .sagemaker import sagemaker_debugger_kwargs
+        hyperparameters = dict(self.hyperparameters or {})
+        hook = self.config.hook_json(s3_path=self.config.s3_output_path)
+        profiler = self.config.profiler.to_json() if self.config.profiler is not None else None
+        if getattr(backend, "name", None) == "sagemaker":
+            # SageMaker limits environment values to 512 characters and, without Debugger on the account, writes
+            # no debughookconfig.json: everything travels packed in one hyperparameter (up to 2500 characters).
+            settings = dict(self.config.rules_json(), hook=hook)
+            if profiler is not None:
+                settings["profiler"] = profiler
+            hyperparameters[HYPERPARAMETER] = encode_settings(settings)
+            sagemaker = None
+            if self.config.sagemaker_debugger:
+                from .sagemaker import sagemaker_debugger_kwargs
 
-            sagemaker = sagemaker_debugger_kwargs(self.config)
+                sagemaker = sagemaker_debugger_kwargs(self.config)
+            return TrainingJobSpec(hyperparameters=hyperparameters, channels=dict(self.channels or {}),
+                                   job_name=self.job_name, environment=environment,
+                                   debugger_hook_config=hook if self.config.sagemaker_debugger else None,
+                                   profiler_config=None, sagemaker_debugger=sagemaker, **options)
+        environment[DEBUG_ENV] = json.dumps(self.config.rules_json())
         return TrainingJobSpec(
-            hyperparameters=dict(self.hyperparameters or {}), channels=dict(self.channels or {}),
-            job_name=self.job_name, environment=environment,
-            debugger_hook_config=self.config.hook_json(s3_path=self.config.s3_output_path),
-            profiler_config=self.config.profiler.to_json() if self.config.profiler is not None else None,
-            sagemaker_debugger=sagemaker, **options,
+            hyperparameters=hyperparameters, channels=dict(self.channels or {}), job_name=self.job_name,
+            environment=environment, debugger_hook_config=hook, profiler_config=profiler, sagemaker_debugger=None,
+            **options,
         )
 
     # -- running ----------------------------------------------------------------------------------------------
@@ -201,5 +215,13 @@ def _download_output(output_uri: str, tensors_uri: str | None, job_name: str) ->
         s3.download_file(bucket, key, str(archive))
         with tarfile.open(archive) as tar:
             tar.extractall(target, filter="data")
-    trial = None if (target / "tensors").is_dir() else tensors_uri
-    return target, trial
+    if (target / "tensors").is_dir():
+        return target, None
+    if tensors_uri is None:  # the platform's hook uploaded them: ask where
+        try:
+            desc = boto3.client("sagemaker").describe_training_job(TrainingJobName=job_name)
+            base = (desc.get("DebugHookConfig") or {}).get("S3OutputPath")
+            tensors_uri = f"{base.rstrip('/')}/{job_name}/debug-output" if base else None
+        except Exception as exc:  # noqa: BLE001 - the report then covers profiling only
+            logger.warning("cannot find the Debugger tensors of %s: %s", job_name, exc)
+    return target, tensors_uri

@@ -1,0 +1,98 @@
+"""DebugTrainer on the SageMaker backend, against moto: what CreateTrainingJob carries, with and without Debugger."""
+
+from __future__ import annotations
+
+import json
+
+import boto3
+import pytest
+
+from dogclf.debug import DebuggerConfig, DebugTrainer, ProfilerConfig, RuleConfig
+from dogclf.debug.callbacks import HYPERPARAMETER, decode_settings, encode_settings
+
+ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
+HP = {"lr": 0.001, "batch-size": 64, "epochs": 2, "backbone": "resnet50"}
+
+
+@pytest.fixture
+def backend(aws):
+    import sagemaker
+
+    from dogclf.backends import get_backend
+
+    boto3.client("s3").create_bucket(Bucket="dogclf-debug-test")
+    b = get_backend("sagemaker", role=ROLE, bucket="dogclf-debug-test", region="us-east-1")
+    b.session = sagemaker.Session(boto_session=boto3.Session(region_name="us-east-1"))
+    return b
+
+
+def _send(backend, spec):
+    sent = []
+    backend.session.sagemaker_client.meta.events.register(
+        "provide-client-params.sagemaker.CreateTrainingJob", lambda params, **kw: sent.append(dict(params)))
+    backend.train(spec, logs=False)
+    assert len(sent) == 1
+    return sent[0]
+
+
+def test_settings_pack_small_and_round_trip():
+    cfg = DebuggerConfig(rules=(RuleConfig("Overfit", {"patience": 2}, stop_training=True),))
+    settings = dict(cfg.rules_json(), hook=cfg.hook_json(), profiler=cfg.profiler.to_json())
+    packed = encode_settings(settings)
+    assert packed.startswith("z1:") and len(packed) < 2500 and all(c.isalnum() or c in "-_=:" for c in packed)
+    assert decode_settings(packed) == json.loads(json.dumps(settings))
+    assert decode_settings(json.dumps({"rules": []})) == {"rules": []}
+
+
+def test_without_debugger_everything_travels_in_one_hyperparameter(backend, tmp_path):
+    config = DebuggerConfig(profiler=ProfilerConfig(profile_start_step=2, profile_num_steps=2))
+    trainer = DebugTrainer(HP, {"training": "s3://dogclf-debug-test/dogImages"}, config=config, backend=backend,
+                           job_name="dogclf-debug-moto-1")
+    spec = trainer.build_spec(backend)
+    assert spec.debugger_hook_config is None and spec.sagemaker_debugger is None and spec.environment == {}
+    request = _send(backend, spec)
+    # no Debugger options: the job runs on accounts where Debugger is closed
+    assert not request.get("DebugHookConfig") and not request.get("DebugRuleConfigurations")
+    assert not request.get("ProfilerRuleConfigurations")
+    assert all(len(v) <= 512 for v in (request.get("Environment") or {}).values())
+    packed = request["HyperParameters"][HYPERPARAMETER]
+    assert len(packed) <= 2500
+    settings = decode_settings(json.loads(packed))  # the SDK JSON-encodes hyperparameter values
+    assert [c["CollectionName"] for c in settings["hook"]["CollectionConfigurations"]][:4] == [
+        "model_weights", "model_gradients", "biases_values", "LossOutput"]
+    assert settings["profiler"]["DogclfProfiler"] == {"Enabled": True, "StartStep": 2, "NumSteps": 2}
+    assert [r["name"] for r in settings["rules"]][0] == "LossNotDecreasing"
+
+
+def test_the_job_side_reads_the_packed_hyperparameter(tmp_path, monkeypatch):
+    from dogclf.debug import make_callbacks
+
+    for key in ("SMDEBUG_CONFIG_FILE_PATH", "SMPROFILER_CONFIG_PATH", "DOGCLF_DEBUG"):
+        monkeypatch.delenv(key, raising=False)
+    cfg = DebuggerConfig(rule_interval=7)
+    packed = encode_settings(dict(cfg.rules_json(), hook=cfg.hook_json(), profiler=cfg.profiler.to_json()))
+    callbacks = make_callbacks({HYPERPARAMETER: packed}, tmp_path / "out")
+    names = [type(c).__name__ for c in callbacks]
+    assert names == ["HookCallback", "StepTimer", "SystemMonitor", "TorchProfilerCallback", "RuleCallback"]
+    assert callbacks[0].out_dir == tmp_path / "out" / "tensors" and callbacks[-1].interval == 7
+
+
+def test_with_debugger_the_estimator_gets_the_seeds_objects(backend):
+    config = DebuggerConfig(sagemaker_debugger=True, s3_output_path="s3://dogclf-debug-test/debug")
+    spec = DebugTrainer(HP, {"training": "s3://dogclf-debug-test/dogImages"}, config=config, backend=backend,
+                        job_name="dogclf-debug-moto-2").build_spec(backend)
+    request = _send(backend, spec)
+    hook = request["DebugHookConfig"]
+    assert hook["S3OutputPath"] == "s3://dogclf-debug-test/debug"
+    colls = {c["CollectionName"]: c["CollectionParameters"] for c in hook["CollectionConfigurations"]}
+    assert colls["LossOutput"]["include_regex"] == "CrossEntropyLoss_output_0"
+    assert colls["model_weights"] == {"train.save_interval": "5", "eval.save_interval": "1",
+                                      "include_regex": "^(?!gradient).*weight"}
+    rules = request["DebugRuleConfigurations"]
+    assert [r["RuleConfigurationName"] for r in rules] == ["LossNotDecreasing"]
+    assert rules[0]["RuleParameters"]["rule_to_invoke"] == "LossNotDecreasing"
+    profiler_rules = request["ProfilerRuleConfigurations"]
+    assert [r["RuleParameters"]["rule_to_invoke"] for r in profiler_rules] == ["ProfilerReport"]
+    assert request["ProfilerConfig"]["ProfilingIntervalInMilliseconds"] == 500
+    assert "ProfilingParameters" not in request["ProfilerConfig"]  # no FrameworkProfile on torch 2.x
+    assert HYPERPARAMETER in request["HyperParameters"]  # the in-process rules run regardless

@@ -568,3 +568,26 @@ def test_plot_and_jobs_table(tmp_path: Path) -> None:
     assert table["Status"].tolist() == ["Failed", "Completed", "Completed"]
     text = exp.format_jobs_table()
     assert "rep-002" in text and "Completed" in text and "second(s)" in text
+
+
+def test_a_model_and_data_instead_of_a_spec(tmp_path: Path) -> None:
+    from dogclf.models import ResNetBreedModel
+    from dogclf.training import TrainingJobSpec
+
+    model = ResNetBreedModel(["Beagle", "Pug"], backbone="resnet18", weights=None, dropout=0.1)
+    with pytest.raises(ConfigError, match="needs data="):
+        HPOExperiment(model, SEED_SPACE)
+    backend = FakeBackend(tmp_path)
+    exp = HPOExperiment(model, SEED_SPACE, data=tmp_path / "dogImages", hyperparameters={"optimizer": "sgd"},
+                        max_trials=2, backend=backend, name="model", seed=0).run()
+    spec = backend.started[0]
+    assert isinstance(spec, TrainingJobSpec) and spec.channels == {"training": str(tmp_path / "dogImages")}
+    hp = spec.hyperparameters
+    assert {k: hp[k] for k in ("backbone", "weights", "freeze", "dropout", "optimizer", "labels")} == {
+        "backbone": "resnet18", "weights": "None", "freeze": "head", "dropout": 0.1, "optimizer": "sgd",
+        "labels": "auto"}
+    assert (hp["resize"], hp["crop"]) == (256, 224) and hp["lr"] == exp.trials_.loc[0, "lr"]
+    # A spec's channels and static hyperparameters can be overridden the same way.
+    exp2 = HPOExperiment(FakeSpec({"backbone": "resnet18"}, channels={"training": "a"}), SEED_SPACE, data={"train": "b"},
+                         hyperparameters={"seed": 3}, max_trials=1, backend=backend, name="over", seed=0).run()
+    assert exp2.best_hyperparameters_["seed"] == 3 and backend.started[-1].channels == {"train": "b"}

@@ -6,6 +6,7 @@ import dataclasses
 import importlib
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Mapping
@@ -36,6 +37,33 @@ def _positive_int(name: str, value: Any) -> int:
 def _is_spec(obj: Any) -> bool:
     return (dataclasses.is_dataclass(obj) and not isinstance(obj, type)
             and {"hyperparameters", "job_name"} <= {f.name for f in dataclasses.fields(obj)})
+
+
+def _is_model(obj: Any) -> bool:
+    config = getattr(obj, "config", None)
+    return all(hasattr(config, a) for a in ("backbone", "weights", "freeze", "dropout", "preprocess"))
+
+
+def _channels(data: Any) -> dict[str, str]:
+    if isinstance(data, Mapping):
+        return {str(k): str(v) for k, v in data.items()}
+    if isinstance(data, (str, os.PathLike)):
+        return {"training": os.fspath(data)}
+    raise ConfigError(f"data must be a dataset folder or URI (with train/, valid/, test/) or a dict of channels, "
+                      f"got {type(data).__name__}: {data!r:.80}")
+
+
+def _model_spec(model: Any, data: Any, hyperparameters: Mapping[str, Any]) -> Any:
+    """A ``TrainingJobSpec`` that trains ``model``'s configuration on ``data``."""
+    from dogclf.training import TrainingJobSpec
+
+    cfg = model.config
+    labels = getattr(model, "labels", None)
+    hp = {"backbone": cfg.backbone, "weights": "None" if cfg.weights is None else str(cfg.weights),
+          "freeze": cfg.freeze, "dropout": cfg.dropout, "resize": cfg.preprocess.resize, "crop": cfg.preprocess.crop,
+          # a registered label set keeps the model's breed order; otherwise the data's class folders decide
+          "labels": labels if isinstance(labels, str) and os.path.sep not in labels else "auto"}
+    return TrainingJobSpec(hyperparameters={**hp, **dict(hyperparameters)}, channels=_channels(data))
 
 
 def _spec_to_dict(spec: Any) -> dict[str, Any]:
@@ -69,8 +97,10 @@ class HPOExperiment:
 
     Args:
         model_or_entry_point: The training job every trial starts from: a ``dogclf.training.TrainingJobSpec``
-            (its hyperparameters are the static ones, its channels the data), or an object with a
-            ``training_spec()`` method returning one (e.g. a model that knows its data).
+            (its hyperparameters are the static ones, its channels the data); a
+            :class:`~dogclf.models.ResNetBreedModel` (its backbone, weights, freeze policy, dropout and
+            preprocessing become static hyperparameters; give ``data``); or an object with a ``training_spec()``
+            method returning a spec.
         space: ``{name: Continuous | Integer | Categorical}`` or a :class:`~dogclf.hpo.SearchSpace`.
         objective: An :class:`~dogclf.hpo.Objective`, or a metric name (``"test_loss"``; names ending in
             ``acc``/``accuracy`` are maximised, others minimised).
@@ -84,6 +114,9 @@ class HPOExperiment:
         name: The experiment's name (1-32 letters, digits, hyphens); default ``hpo-<UTC timestamp>``.
         seed: Seed of the strategy's draws; the same seed reproduces the same trials (run sequentially).
             ``None`` picks one and records it in the state.
+        data: The data channels: a dataset folder or ``s3://`` URI holding ``train/``, ``valid/`` and ``test/``,
+            or a dict of channels. Needed with a model; with a spec it replaces the spec's channels.
+        hyperparameters: More static hyperparameters (e.g. ``{"optimizer": "sgd"}``), over the spec's or model's.
 
     Raises:
         ConfigError: an invalid space, objective, strategy (e.g. grid over a numeric range), early-stopping
@@ -102,12 +135,22 @@ class HPOExperiment:
     def __init__(self, model_or_entry_point: Any, space: Mapping[str, Any] | SearchSpace,
                  objective: Objective | str = "test_loss", *, max_trials: int = 10, max_parallel: int = 1,
                  strategy: str | Strategy = "bayesian", early_stopping: str | MedianStopping | None = "off",
-                 backend: Any = None, name: str | None = None, seed: int | None = None) -> None:
-        if not (_is_spec(model_or_entry_point) or callable(getattr(model_or_entry_point, "training_spec", None))):
+                 backend: Any = None, name: str | None = None, seed: int | None = None, data: Any = None,
+                 hyperparameters: Mapping[str, Any] | None = None) -> None:
+        src = model_or_entry_point
+        if not (_is_spec(src) or _is_model(src) or callable(getattr(src, "training_spec", None))):
             raise ConfigError(
-                f"model_or_entry_point must be a dogclf.training.TrainingJobSpec or have a training_spec() method, "
-                f"got {type(model_or_entry_point).__name__}: {model_or_entry_point!r:.80}")
+                f"model_or_entry_point must be a dogclf.training.TrainingJobSpec, a ResNetBreedModel or have a "
+                f"training_spec() method, got {type(src).__name__}: {src!r:.80}")
+        if _is_model(src) and not _is_spec(src) and data is None:
+            raise ConfigError("HPOExperiment with a model needs data= (a dataset folder or URI, or channels)")
+        if data is not None:
+            _channels(data)
+        if hyperparameters is not None and not isinstance(hyperparameters, Mapping):
+            raise ConfigError(f"hyperparameters must be a dict, got {type(hyperparameters).__name__}")
         self.model_or_entry_point = model_or_entry_point
+        self.data = data
+        self.hyperparameters = dict(hyperparameters or {})
         self.space = SearchSpace(space)
         if isinstance(objective, str):
             maximize = objective.endswith(("acc", "accuracy"))
@@ -145,11 +188,21 @@ class HPOExperiment:
     def _base_spec(self) -> Any:
         if self._spec is None:
             src = self.model_or_entry_point
-            spec = src if _is_spec(src) else src.training_spec()
-            if not _is_spec(spec):
-                raise ConfigError(f"{type(src).__name__}.training_spec() returned {type(spec).__name__}, "
-                                  f"not a TrainingJobSpec")
-            self._spec = spec
+            if _is_spec(src):
+                spec = src
+            elif _is_model(src):
+                spec = _model_spec(src, self.data, self.hyperparameters)
+            else:
+                spec = src.training_spec()
+                if not _is_spec(spec):
+                    raise ConfigError(f"{type(src).__name__}.training_spec() returned {type(spec).__name__}, "
+                                      f"not a TrainingJobSpec")
+            changes: dict[str, Any] = {}
+            if self.data is not None and not _is_model(src):
+                changes["channels"] = _channels(self.data)
+            if self.hyperparameters and not _is_model(src):
+                changes["hyperparameters"] = {**dict(spec.hyperparameters), **self.hyperparameters}
+            self._spec = dataclasses.replace(spec, **changes) if changes else spec
         return self._spec
 
     @property

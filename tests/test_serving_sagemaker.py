@@ -150,9 +150,13 @@ def _recorded(moto_url: str) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_deploy_on_moto_sends_the_expected_requests_and_delete_removes_everything(aws, artifact):
+def test_deploy_on_moto_sends_the_expected_requests_and_delete_removes_everything(aws, artifact, tmp_path,
+                                                                                 monkeypatch):
     import boto3
+    from moto.moto_api import recorder
 
+    # The in-thread moto server's recorder writes to ./moto_recording by default; keep it out of the checkout.
+    monkeypatch.setattr(recorder, "_location", str(tmp_path / "moto_recording"))
     requests.post(f"{aws}/moto-api/recorder/reset-recording", timeout=10)
     requests.post(f"{aws}/moto-api/recorder/start-recording", timeout=10)
     try:

@@ -236,3 +236,30 @@ def test_batched_answers_equal_solo_answers():
     for g, e in zip(got, expected):
         assert g.shape == e.shape and np.allclose(g, e, atol=1e-5)
     assert stats["images"] == 8 and stats["batches"] < 5  # merged, never over 4 images (a 3 + 1 fits)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            return "\nState:\tZ" not in fh.read()
+    except FileNotFoundError:
+        return False
+
+
+def test_server_stops_when_the_process_that_started_it_is_killed(artifact):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    script = (f"import os\nfrom dogclf.serving import EndpointDeployer\n"
+              f"ep = EndpointDeployer().deploy({str(artifact)!r}, backend='local')\n"
+              f"print(ep.pid, flush=True)\nos.kill(os.getpid(), 9)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
+    pid = int(done.stdout.split()[0])
+    deadline = time.monotonic() + 30
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if _alive(pid):
+        os.kill(pid, signal.SIGKILL)
+        pytest.fail("the orphaned server kept running after its parent was killed")

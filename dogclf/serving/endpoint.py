@@ -267,7 +267,7 @@ class LocalEndpoint(Endpoint):
                 self.log_path = workdir / "server.log"
                 env = {**os.environ, "PYTHONUNBUFFERED": "1"}
                 cmd = [sys.executable, "-m", "dogclf.serving.server", str(model_dir), "--fd", str(sock.fileno()),
-                       "--config", json.dumps(config.to_dict())]
+                       "--config", json.dumps(config.to_dict()), "--parent-pid", str(os.getpid())]
                 with open(self.log_path, "ab") as log:
                     self._proc = subprocess.Popen(cmd, pass_fds=(sock.fileno(),), stdout=log,
                                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,

@@ -392,12 +392,29 @@ def serve(model_dir: str | os.PathLike[str], config: ServerConfig | None = None,
     server.run(sockets=[sock] if sock is not None else None)
 
 
+def _watch_parent(parent_pid: int, interval_s: float = 1.0) -> None:
+    """Stop this server gracefully (SIGTERM to itself) once ``parent_pid`` has exited, so a crashed or killed
+    client process leaves no orphaned server behind."""
+    import signal
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(interval_s)
+        logger.warning("parent process %d is gone; stopping the server", parent_pid)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="dogclf-parent-watch", daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point: ``python -m dogclf.serving.server MODEL_DIR [options]``."""
     parser = argparse.ArgumentParser(prog="python -m dogclf.serving.server", description=__doc__.split("\n\n")[0])
     parser.add_argument("model_dir", help="unpacked model artifact folder")
     parser.add_argument("--config", default=None, help="ServerConfig as a JSON object")
     parser.add_argument("--fd", type=int, default=None, help="serve on this inherited listening socket")
+    parser.add_argument("--parent-pid", type=int, default=None,
+                        help="stop when this process (the one that started the server) is gone")
     for f in fields(ServerConfig):
         if f.name in ("host", "log_level"):
             parser.add_argument(f"--{f.name.replace('_', '-')}", default=None)
@@ -412,6 +429,8 @@ def main(argv: list[str] | None = None) -> int:
     config = ServerConfig.from_dict(options)
     logging.basicConfig(level=config.log_level.upper() if config.log_level != "trace" else "DEBUG",
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.parent_pid is not None:
+        _watch_parent(args.parent_pid)
     sock = socket.socket(fileno=args.fd) if args.fd is not None else None
     serve(args.model_dir, config, sock=sock)
     return 0

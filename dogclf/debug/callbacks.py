@@ -86,7 +86,13 @@ class HookCallback(Callback):
         _check_fresh(self.out_dir)
         self.hook_config["LocalPath"] = str(self.out_dir)
         write_json(self.config_path, self.hook_config)
-        from smdebug.pytorch import Hook
+        try:
+            from smdebug.pytorch import Hook
+        except ImportError as exc:
+            raise ConfigError(
+                f"Debugger tensors need smdebug in the training environment ({type(exc).__name__}: {exc}); install "
+                "smdebug==1.0.34 with protobuf<=3.20.3 and numpy<2.3 (on SageMaker: the job's requirements.txt)"
+            ) from exc
 
         try:
             self.hook = Hook.create_from_json_file(str(self.config_path))

@@ -132,6 +132,11 @@ def _system_figure(data: ProfileData) -> bytes | None:
     t0 = data.system[0]["t"]
     ts = [s["t"] - t0 for s in data.system]
     fig, ax = plt.subplots(figsize=(8.3, 3.6))
+    cores = max((len(s.get("cpu_per_core") or ()) for s in data.system), default=0)
+    for core in range(cores if cores <= 16 else 0):  # per-core lines while they stay readable
+        ax.plot(ts, [(s.get("cpu_per_core") or [0.0] * cores)[core] if core < len(s.get("cpu_per_core") or ())
+                     else 0.0 for s in data.system], color="tab:gray", linewidth=0.6, alpha=0.5,
+                label="CPU per core" if core == 0 else None)
     ax.plot(ts, [s.get("cpu", 0.0) for s in data.system], label="CPU (all cores)")
     ax.plot(ts, [s.get("memory", 0.0) for s in data.system], label="memory")
     if any(s.get("gpu") is not None for s in data.system):

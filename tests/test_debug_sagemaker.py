@@ -96,3 +96,28 @@ def test_with_debugger_the_estimator_gets_the_seeds_objects(backend):
     assert request["ProfilerConfig"]["ProfilingIntervalInMilliseconds"] == 500
     assert "ProfilingParameters" not in request["ProfilerConfig"]  # no FrameworkProfile on torch 2.x
     assert HYPERPARAMETER in request["HyperParameters"]  # the in-process rules run regardless
+
+
+@pytest.mark.slow
+def test_trial_reads_back_from_s3(aws, tmp_path):
+    """create_trial on an s3:// URI (smdebug's S3 trial) through dogclf's open_trial and evaluate_trial."""
+    from test_debug_rules import train
+
+    from dogclf.debug import open_trial
+    from dogclf.debug.rules import evaluate_trial
+    from dogclf.errors import EmptyTrialError
+
+    _, out = train(tmp_path, lr=1e4, epochs=1, train_steps=10, eval_steps=2)
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="dogclf-trials")
+    for path in (out / "tensors").rglob("*"):
+        if path.is_file():
+            s3.upload_file(str(path), "dogclf-trials", f"job-1/debug-output/{path.relative_to(out / 'tensors')}")
+    trial = open_trial("s3://dogclf-trials/job-1/debug-output")
+    assert "CrossEntropyLoss_output_0" in trial.tensor_names()
+    (finding,) = evaluate_trial(trial, ["ExplodingTensor"])
+    assert finding.triggered
+    with pytest.raises(EmptyTrialError, match="no Debugger tensors"):
+        open_trial("s3://dogclf-trials/nothing-here")
+    with pytest.raises(EmptyTrialError, match="cannot read"):
+        open_trial("s3://no-such-bucket-dogclf/x")

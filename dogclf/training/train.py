@@ -617,6 +617,8 @@ def run(args: argparse.Namespace, extra_hyperparameters: dict[str, Any] | None =
     device = torch.device("cuda" if args.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
     if args.device == "cuda" and device.type != "cuda":
         raise ConfigError("device 'cuda' was requested but CUDA is not available")
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)  # denormal floats make CPU convolutions several times slower
     # Convolutions run faster channels-last with oneDNN on CPU and with cuDNN on GPU (measured for resnet50 here).
     channels_last = args.channels_last in ("on", "auto")
     module = model.module_.to(device)

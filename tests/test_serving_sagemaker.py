@@ -193,6 +193,9 @@ def test_deploy_on_moto_sends_the_expected_requests_and_delete_removes_everythin
     sm = boto3.client("sagemaker")
     assert sm.describe_endpoint(EndpointName="dogclf-test-endpoint")["EndpointStatus"] == "InService"
     assert endpoint.labels.names == ("Beagle", "Pug", "Golden_retriever")
+    assert endpoint.sdk_predictor.endpoint_name == "dogclf-test-endpoint"
+    assert endpoint.sdk_predictor.content_type == "application/x-image"
+    assert endpoint.sdk_predictor.accept == ("application/json",)
     with warnings.catch_warnings():
         warnings.simplefilter("error", CostWarning)
         with endpoint:

@@ -51,6 +51,8 @@ class SageMakerEndpoint(Endpoint):
         labels: The model's labels, when known (used by :class:`~dogclf.serving.BreedPredictor`).
         runtime_client: The ``sagemaker-runtime`` client to send requests with (defaults to the session's).
         model: The ``sagemaker.pytorch.PyTorchModel`` that was deployed, when this handle deployed it.
+        sdk_predictor: The SDK's ``sagemaker.predictor.Predictor`` for the endpoint, set up with matching
+            serializers (raw image bytes in as ``application/x-image``, JSON out), for code written against the SDK.
 
     Use :meth:`attach` for an endpoint that already exists.
     """
@@ -58,13 +60,14 @@ class SageMakerEndpoint(Endpoint):
     backend = "sagemaker"
 
     def __init__(self, name: str, session: Any, *, owned: bool = True, labels: Any = None,
-                 runtime_client: Any = None, model: Any = None) -> None:
+                 runtime_client: Any = None, model: Any = None, sdk_predictor: Any = None) -> None:
         self.name = name
         self.session = session
         self.owned = owned
         self.labels = labels
         self.runtime_client = runtime_client
         self.model = model
+        self.sdk_predictor = sdk_predictor
 
     @classmethod
     def attach(cls, endpoint_name: str, session: Any = None, *, labels: Any = None) -> SageMakerEndpoint:
@@ -231,7 +234,7 @@ def deploy(backend: Any, artifact: Any, config: Any = None, **kwargs: Any) -> Sa
             **code,
         )
         try:
-            model.deploy(initial_instance_count=config.initial_instance_count, instance_type=config.instance_type,
+            sdk_predictor = model.deploy(initial_instance_count=config.initial_instance_count, instance_type=config.instance_type,
                          endpoint_name=name, serializer=IdentitySerializer("application/x-image"),
                          deserializer=JSONDeserializer(), wait=False)
             session.wait_for_endpoint(name, poll=config.wait_poll_s)
@@ -242,4 +245,5 @@ def deploy(backend: Any, artifact: Any, config: Any = None, **kwargs: Any) -> Sa
                            status="Failed") from exc
     logger.info("SageMaker endpoint %s in service (%s x %d) serving %s", name, config.instance_type,
                 config.initial_instance_count, model_data)
-    return SageMakerEndpoint(name, session, owned=True, labels=_labels_of(artifact), model=model)
+    return SageMakerEndpoint(name, session, owned=True, labels=_labels_of(artifact), model=model,
+                             sdk_predictor=sdk_predictor)

@@ -55,7 +55,21 @@ def open_trial(path: str | os.PathLike[str]) -> Any:
         raise EmptyTrialError(f"no Debugger tensors under {text!r} (no collections/ objects)")
     from smdebug.trials import create_trial
 
-    trial = create_trial(text)
+    if text.startswith("s3://"):
+        trial = create_trial(text)
+    else:
+        # smdebug waits a second after seeing the end-of-training marker, for S3 uploads to settle; a local
+        # trial is complete once the hook has closed.
+        key = "SMDEBUG_TRAINING_END_DELAY_REFRESH"
+        saved = os.environ.get(key)
+        os.environ[key] = "0"
+        try:
+            trial = create_trial(text)
+        finally:
+            if saved is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = saved
     if not trial.steps():
         raise EmptyTrialError(f"the Debugger trial at {text!r} has no saved steps")
     return trial

@@ -171,6 +171,18 @@ class DynamicBatcher:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
+    async def warm_up(self) -> None:
+        """Run one forward pass of zeros on the inference thread, so the first request does not pay for the
+        one-off set-up of the convolution kernels (the server answers ``/ping`` only after this)."""
+        import torch
+
+        from dogclf.serving import handler
+
+        assert self._executor is not None
+        crop = int(getattr(self.model, "crop", 224))
+        zeros = handler.InferenceInput(batch=torch.zeros(1, 3, crop, crop), k=1)
+        await asyncio.get_running_loop().run_in_executor(self._executor, handler.predict_fn, zeros, self.model)
+
     async def submit(self, data: Any) -> Any:
         """Queue one :class:`~dogclf.serving.handler.InferenceInput`; returns its
         :class:`~dogclf.serving.handler.InferenceOutput` once its batch has run.
@@ -354,6 +366,7 @@ def create_app(model: Any, config: ServerConfig | None = None) -> Any:
     @asynccontextmanager
     async def lifespan(app: Any) -> Any:
         batcher.start()
+        await batcher.warm_up()
         try:
             yield
         finally:

@@ -13,7 +13,6 @@ Run: ``.venv/bin/python benchmarks/bench_endpoint.py [--requests-per-client 12]`
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import statistics
 import sys

@@ -19,6 +19,8 @@ from dogclf.serving.server import _Context
 from dogclf.serving.testing import make_artifact, synthetic_photo
 
 torch.set_num_threads(1)
+# The decompression-bomb case is over Pillow's warning threshold too; the handler refuses it either way.
+pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +40,8 @@ def _torchvision(image: Image.Image) -> torch.Tensor:
 
 
 # -- preprocessing ----------------------------------------------------------------------------------------------
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(width=st.integers(1, 600), height=st.integers(1, 600), seed=st.integers(0, 10))
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(width=st.integers(1, 500), height=st.integers(1, 500), seed=st.integers(0, 10))
 def test_preprocess_matches_torchvision_eval_transform(width, height, seed):
     rng = np.random.default_rng(seed)
     image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), "RGB")

@@ -107,6 +107,12 @@ class DryRunAWS:
                 print(f"  -> {key} ... (more of these are counted, not shown)", file=self.out)
             return
         print(f"  -> {key} {json.dumps(_printable(params), default=str, sort_keys=True)}", file=self.out)
+        packed = (params.get("HyperParameters") or {}).get("dogclf-debug") if operation == "CreateTrainingJob" else None
+        if packed:  # Debugger settings travel packed in one hyperparameter; show them readable too
+            from dogclf.debug.callbacks import decode_settings
+
+            settings = decode_settings(json.loads(packed) if packed.startswith('"') else packed)
+            print(f"     (dogclf-debug unpacked: {json.dumps(settings, sort_keys=True)})", file=self.out)
 
     # answering
     def answer(self, service: str, operation: str, params: dict[str, Any]) -> Any:

@@ -69,7 +69,16 @@ def test_sagemaker_dry_run_prints_each_request_of_the_workflow(tmp_path):
     assert config["ParameterRanges"]["ContinuousParameterRanges"][0]["ScalingType"] == "Logarithmic"
     training = json.loads(next(r for r in requests if r.startswith("sagemaker.CreateTrainingJob ")).split(" ", 1)[1])
     assert training["HyperParameters"]["lr"].strip('"') == "0.0010152583471663874"  # the best trial's
-    assert {c["CollectionName"] for c in training["DebugHookConfig"]["CollectionConfigurations"]} >= {
+    # the seed's collections travel to the job: as SageMaker's DebugHookConfig, or packed in dogclf's own
+    # hyperparameter (which needs no Debugger)
+    from dogclf.debug.callbacks import decode_settings
+
+    hook = training.get("DebugHookConfig")
+    if hook is None:
+        packed = training["HyperParameters"]["dogclf-debug"]
+        hook = decode_settings(json.loads(packed) if packed.startswith('"') else packed)["hook"]
+    assert {c["CollectionName"] for c in hook["CollectionConfigurations"]} >= {
         "model_weights", "model_gradients", "biases_values", "LossOutput"}
+    assert "(dogclf-debug unpacked: " in proc.stdout or "DebugHookConfig" in json.dumps(training)
     assert all("s3://my-bucket/" in json.dumps(c) for c in training["InputDataConfig"])
     assert "none sent" in proc.stdout

@@ -133,7 +133,7 @@ def test_report_is_offline_html_with_pngs(profiled_run, tmp_path):
     for f in report.findings:
         assert f">{f.rule}</td>" in page
     assert "Number of times rule triggered" in page and "num_steps:10" in page
-    assert "aten::" in page and "tiny" in page
+    assert "aten::" in page and "tiny" in page and "waiting for data" in page
     assert report.finding("Dataloader").triggered  # 0 workers on this machine's cores
     assert report.finding("Dataloader").rule in report.triggered
 

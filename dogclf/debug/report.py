@@ -326,6 +326,14 @@ def build_report(output_dir: str | os.PathLike[str], path: str | os.PathLike[str
     if meta.get("process_start") and meta.get("first_step"):
         rows.setdefault("initialization time [s]", f"{meta['first_step'] - meta['process_start']:.1f}")
     rows.setdefault("train steps", int(len(durations)))
+    train_rows = [r for r in data.steps if r.get("mode") == "train"]
+    if train_rows:
+        data_s = sum(float(r["data_time"]) for r in train_rows)
+        compute_s = sum(float(r["compute_time"]) for r in train_rows)
+        if data_s + compute_s > 0:
+            rows.setdefault("train step time: data loading / compute",
+                            f"{data_s:.2f}s / {compute_s:.2f}s ({100 * data_s / (data_s + compute_s):.1f}% waiting "
+                            "for data)")
     rows.setdefault("CPU cores / GPUs", f"{meta.get('cpu_count')} / {meta.get('gpu_count', 0)}")
     rows.setdefault("rules triggered", ", ".join(f.rule for f in findings if f.triggered) or "none")
 

@@ -15,7 +15,8 @@ Both run with 3 and with 12 trials (the seed-style run is timed after its 3rd an
 images (the floor any approach pays once) and the marginal cost of one more trial. Last line:
 ``ratio=<seed-style time / dogclf time at 12 trials>``.
 
-Run: ``.venv/bin/python benchmarks/bench_hpo.py`` (about 10 minutes on 2 busy cores; ``--help`` for sizes).
+Run: ``.venv/bin/python benchmarks/bench_hpo.py`` (the seed-style jobs dominate: about 20 minutes on 2 cores shared
+with other work, less on idle ones; ``--help`` for sizes, e.g. ``--train-per-class 4`` for a quicker, noisier run).
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
 
         dogclf_s: dict[int, float] = {}
         params: list[dict] = []
+        within = float("nan")  # marginal trial cost inside the largest run: trial ends after the smallest size
         for n in sizes:
             backend = LocalBackend(work / f"home-dogclf-{n}")   # cold feature cache for every size
             spec = TrainingJobSpec(hyperparameters=static, channels={"training": str(data)})
@@ -110,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"dogclf HPOExperiment, {n} trials, {args.parallel} in parallel: {dogclf_s[n]:.1f}s "
                   f"(best test_loss {exp.best_trial_.objective:.4f} with {exp.best_params_})")
             params = [dict(p) for p in df[list(space)].to_dict("records")]
+            ends = sorted(df["ended"].dropna())
+            if n == sizes[-1] and len(ends) > sizes[0]:
+                within = (ends[-1] - ends[sizes[0] - 1]).total_seconds() / (len(ends) - sizes[0])
 
         # Seed-style: the largest experiment's trials, one fresh job after another, backbone on every image.
         seed_backend = LocalBackend(work / "home-seed")
@@ -131,8 +136,9 @@ def main(argv: list[str] | None = None) -> int:
         for n in sizes:
             print(f"{n:>6} {seed_s[n]:>13.1f} {dogclf_s[n]:>9.1f} {seed_s[n] / dogclf_s[n]:>6.2f}")
         if hi > lo:
-            print(f"marginal cost of one more trial: dogclf {(dogclf_s[hi] - dogclf_s[lo]) / (hi - lo):.2f}s, "
-                  f"seed-style {(seed_s[hi] - seed_s[lo]) / (hi - lo):.2f}s (floor {floor:.1f}s per backbone pass)")
+            print(f"marginal cost of one more trial: dogclf {(dogclf_s[hi] - dogclf_s[lo]) / (hi - lo):.2f}s between "
+                  f"runs, {within:.2f}s within the {hi}-trial run ({args.parallel} in parallel); seed-style "
+                  f"{(seed_s[hi] - seed_s[lo]) / (hi - lo):.2f}s (floor {floor:.1f}s per backbone pass)")
         print(f"ratio={seed_s[hi] / dogclf_s[hi]:.2f}")
     finally:
         if args.keep:

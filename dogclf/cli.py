@@ -279,6 +279,30 @@ def _cmd_stage(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_with_progress(experiment: Any, bar: Any) -> None:
+    """``experiment.run()`` in a thread while ``bar`` counts finished trials; the run's error is re-raised here."""
+    import threading
+
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            experiment.run()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, name="dogclf-tune", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.5)
+        state = getattr(experiment, "state_", None)
+        if state is not None:
+            bar.n = sum(t.finished for t in state.trials)
+            bar.refresh()
+    if errors:
+        raise errors[0]
+
+
 def _cmd_tune(args: argparse.Namespace) -> int:
     from dogclf.hpo import HPOExperiment
     from dogclf.training import TrainingJobSpec
@@ -294,15 +318,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
                                    strategy=args.strategy, early_stopping=args.early_stopping, backend=backend,
                                    name=args.name, seed=args.seed)
         with _tqdm()(total=args.trials, desc=f"tune {experiment.name}", unit="trial") as bar:
-            experiment.run(wait=False)
-            while True:
-                alive = experiment._thread is not None  # noqa: SLF001 - HPOExperiment has no done() yet
-                experiment.wait(timeout=0.5)
-                state = getattr(experiment, "state_", None)
-                bar.n = sum(t.finished for t in state.trials) if state is not None else 0
-                bar.refresh()
-                if not alive or experiment._thread is None:  # noqa: SLF001
-                    break
+            _run_with_progress(experiment, bar)
     best = experiment.best_trial_
     data = {"experiment": experiment.name, "objective": experiment.objective.metric,
             "best_objective": best.objective, "best_job": best.job_name, "best_params": experiment.best_params_,

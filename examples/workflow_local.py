@@ -29,6 +29,7 @@ import logging
 import os
 import shutil
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,28 @@ def fallback_photos(folder: Path, n: int, size: int, seed: int) -> Path:
     return folder
 
 
+def run_with_progress(experiment: HPOExperiment, bar: Any) -> None:
+    """``experiment.run()`` in a thread, with ``bar`` counting finished trials; re-raises the run's error."""
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            experiment.run()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, name="tune", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.5)
+        state = getattr(experiment, "state_", None)  # set as soon as run() has loaded or created the state
+        if state is not None:
+            bar.n = sum(t.finished for t in state.trials)
+            bar.refresh()
+    if errors:
+        raise errors[0]
+
+
 class _StageProgress:
     """DatasetStager's ``progress(phase, done, total)`` as one tqdm bar per phase."""
 
@@ -190,7 +213,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     # 3. Tune lr (log-continuous), batch size and epochs on the entry point's test loss, like the seed.
     step("tune")
-    crop = image_size if not args.data else 224
+    crop = args.image_size or (224 if args.data else image_size)
     static = {"backbone": args.backbone, "weights": str(args.weights), "seed": args.seed,
               "resize": max(crop, int(crop * 256 / 224)), "crop": crop}
     if not sagemaker:
@@ -201,15 +224,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     experiment = HPOExperiment(spec, space, "test_loss", max_trials=trials, max_parallel=args.parallel,
                                strategy="bayesian", backend=backend, name=f"demo-{run_id}", seed=args.seed)
     with tqdm(total=trials, desc="tune: trials", unit="trial", leave=False) as bar:
-        experiment.run(wait=False)
-        while True:
-            experiment.wait(timeout=0.5)
-            state = getattr(experiment, "state_", None)
-            done = sum(t.finished for t in state.trials) if state is not None else 0
-            bar.n = done
-            bar.refresh()
-            if experiment._thread is None:  # noqa: SLF001 - see the report: HPOExperiment has no done() yet
-                break
+        run_with_progress(experiment, bar)
     best = experiment.best_params_
     best_path = out / "best_params.json"
     _write_json(best_path, {"experiment": experiment.name, "objective": experiment.objective.metric,

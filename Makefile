@@ -17,8 +17,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The main job; extra options through DEMO_ARGS, e.g. `make demo DEMO_ARGS=--tiny`.
+DEMO_ARGS ?=
 demo: $(STAMP)
-	$(BIN)/python examples/workflow_local.py --out runs/demo
+	$(BIN)/python examples/workflow_local.py --out runs/demo $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -403,6 +403,9 @@ class RuleCallback(Callback):
         self._trial.maybe_refresh()
         steps = [s for s in self._trial.steps(show_incomplete_steps=limit is None)
                  if s >= self._next_step and (limit is None or s < limit)]
+        cache: dict[tuple[str, int], Any] = {}  # each tensor is read once per evaluation, not once per rule
+        for _, rule in self._built:
+            rule.value_cache = cache
         with no_refresh([self._trial]):
             for step in steps:
                 for config, rule in self._built:

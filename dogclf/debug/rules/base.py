@@ -181,10 +181,19 @@ class TensorRule(RuleParameters, _smdebug_rule_base()):  # type: ignore[misc]
         except Exception:  # noqa: BLE001 - a step without mode info counts as GLOBAL
             return "GLOBAL"
 
+    #: Optional dict shared by rules evaluated together, so each saved tensor is read from disk once.
+    value_cache: dict[tuple[str, int], Any] | None = None
+
     def _value(self, name: str, step: int) -> Any:
         import numpy as np
 
-        return np.asarray(self.base_trial.tensor(name).value(step))
+        cache = self.value_cache
+        if cache is not None and (name, step) in cache:
+            return cache[(name, step)]
+        value = np.asarray(self.base_trial.tensor(name).value(step))
+        if cache is not None:
+            cache[(name, step)] = value
+        return value
 
     def _names_at(self, step: int, regex: str | None = None, collection: str | None = None) -> list[str]:
         import re as _re

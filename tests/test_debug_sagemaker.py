@@ -121,3 +121,19 @@ def test_trial_reads_back_from_s3(aws, tmp_path):
         open_trial("s3://dogclf-trials/nothing-here")
     with pytest.raises(EmptyTrialError, match="cannot read"):
         open_trial("s3://no-such-bucket-dogclf/x")
+
+
+from hypothesis import given, settings as hsettings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_json = st.recursive(st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.text(max_size=20),
+                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                                  max_size=4), max_leaves=20)
+
+
+@hsettings(max_examples=60, deadline=None)
+@given(st.dictionaries(st.text(min_size=1, max_size=10), _json, max_size=5))
+def test_packed_settings_round_trip_any_json_object(data):
+    packed = encode_settings(data)
+    assert packed.isascii() and " " not in packed and '"' not in packed
+    assert decode_settings(packed) == data

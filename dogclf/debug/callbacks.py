@@ -519,8 +519,6 @@ def make_callbacks(hyperparameters: dict[str, Any], output_data_dir: Path) -> li
             parameters.
         OutputExistsError: the tensor folder already holds files.
     """
-    from .rules import validate_rules
-
     output_data_dir = Path(output_data_dir)
     debug_dir = output_data_dir / "debug"
     callbacks: list[Callback] = []
@@ -558,6 +556,8 @@ def make_callbacks(hyperparameters: dict[str, Any], output_data_dir: Path) -> li
         callbacks.append(HookCallback(hook_config, tensor_dir, debug_dir / "debughookconfig.json"))
 
     if settings is not None:
+        from .rules import validate_rules
+
         defaults = DebuggerConfig()
         rules = validate_rules(settings.get("rules", defaults.rules), "tensor")
         profiler_rules = validate_rules(settings.get("profiler_rules", defaults.profiler_rules), "profiler")

@@ -136,12 +136,18 @@ def test_stage_and_labels_for_real(tiny_dataset, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_tune_train_report_predict_on_tiny_data(tiny_dataset, tmp_path, capsys, seed_photos_or_none):
+def test_tune_train_report_predict_on_tiny_data(tiny_dataset, tmp_path, capsys, seed_photos_or_none, monkeypatch):
+    # --weights IMAGENET1K_V1 goes through torchvision's real loading path; a random checkpoint stands in for the
+    # download in torchvision's cache (the jobs inherit TORCH_HOME)
+    from dogclf.models.testing import place_fake_weights
+
+    place_fake_weights("resnet18", "IMAGENET1K_V1", tmp_path / "torch")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     env_root = tmp_path / "backend"
     staged = tmp_path / "staged"
     assert main(["stage", str(tiny_dataset.root), str(staged)]) == 0
-    small = ["--root", str(env_root), "--backbone", "resnet18", "--weights", "None", "--resize", "36", "--crop",
-             "32", "--set", "num-workers=0"]
+    small = ["--root", str(env_root), "--backbone", "resnet18", "--weights", "IMAGENET1K_V1", "--resize", "36",
+             "--crop", "32", "--set", "num-workers=0"]
     best = tmp_path / "best.json"
     assert main(["--quiet", "tune", str(staged), *small, "--space", "lr=0.001..0.1:log", "--space",
                  "batch-size=4,8", "--trials", "1", "--name", "cli-test", "--out", str(best)]) == 0
@@ -154,6 +160,7 @@ def test_tune_train_report_predict_on_tiny_data(tiny_dataset, tmp_path, capsys, 
     job = json.loads(capsys.readouterr().out)
     assert job["status"] == "Completed" and float(job["hyperparameters"]["lr"]) == tuned["best_params"]["lr"]
     assert Path(job["artifact"], "model.pt").is_file() and Path(job["report"]).is_file()
+    assert json.loads(Path(job["artifact"], "config.json").read_text())["weights"] == "IMAGENET1K_V1"
 
     report = tmp_path / "again" / "report.html"
     assert main(["--quiet", "report", "cli-train", "--root", str(env_root), "--out", str(report), "--json"]) == 0

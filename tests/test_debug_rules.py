@@ -220,10 +220,10 @@ def test_user_rule_registered_by_name_runs_like_a_builtin(runs):
         defaults = {"limit": 10.0}
 
         def check(self, step):
-            names = self._names_at(step, regex=r"weight$")
+            names = self.names_at(step, regex=r"weight$")
             if not names:
                 return None
-            biggest = max(float(np.abs(self._value(n, step)).max()) for n in names)
+            biggest = max(float(np.abs(self.value(n, step)).max()) for n in names)
             return {"max_abs": biggest} if biggest > self.parameters["limit"] else False
 
     try:

@@ -14,10 +14,10 @@ or, in-process, with :func:`register_rule`::
     class HeadWeightsTooLarge(TensorRule):
         defaults = {"limit": 10.0}
         def check(self, step):
-            names = self._names_at(step, regex="weight$")
+            names = self.names_at(step, regex="weight$")
             if not names:
                 return None                      # nothing to judge at this step
-            biggest = max(float(abs(self._value(n, step)).max()) for n in names)
+            biggest = max(float(abs(self.value(n, step)).max()) for n in names)
             return {"max_abs": biggest} if biggest > self.parameters["limit"] else False
 
 A tensor rule (:class:`TensorRule`, on smdebug's ``Rule`` API) reads Debugger tensors; a profiler rule

@@ -174,7 +174,19 @@ class TensorRule(RuleParameters, _smdebug_rule_base()):  # type: ignore[misc]
         """Judge global ``step``: ``None`` if there is nothing to judge, ``False`` if fine, evidence if it fires."""
         raise NotImplementedError
 
-    # helpers -------------------------------------------------------------------------------------------------
+    # helpers for check() ---------------------------------------------------------------------------------------
+    def value(self, name: str, step: int) -> Any:
+        """The tensor ``name`` saved at global ``step``, as a numpy array."""
+        return self._value(name, step)
+
+    def names_at(self, step: int, regex: str | None = None, collection: str | None = None) -> list[str]:
+        """Tensors saved at global ``step``, optionally only those matching ``regex`` / in ``collection``."""
+        return self._names_at(step, regex=regex, collection=collection)
+
+    def mode_of(self, step: int) -> str:
+        """The mode (``"TRAIN"``, ``"EVAL"``, ``"GLOBAL"``) global ``step`` was saved in."""
+        return self._mode(step)
+
     def _mode(self, step: int) -> str:
         try:
             return self.base_trial.mode(step).name

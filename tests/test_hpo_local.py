@@ -96,5 +96,5 @@ def test_bad_spec_values_in_the_space_fail_the_trial_not_the_experiment(tmp_path
     row = exp.trials_.iloc[0]
     assert row["status"] == "Failed" and "could not start" in row["failure_reason"]
     assert "rmsprop-typo" in row["failure_reason"]
-    with pytest.raises(ConfigError, match="must be a dogclf.training.TrainingJobSpec or have a training_spec"):
+    with pytest.raises(ConfigError, match="must be a dogclf.training.TrainingJobSpec, a ResNetBreedModel or have a training_spec"):
         HPOExperiment({"lr": 0.1}, {"lr": Continuous(0.001, 0.1)})

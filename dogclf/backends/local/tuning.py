@@ -77,7 +77,7 @@ def tune(backend: Any, spec: Any, *, state: Any = None, launch: bool = True, wai
     if not (cached if warm_pool is None else warm_pool):
         return run_trials(backend, spec, state, poll_interval=poll_interval, warm_up_first=warm)
     remaining = state.max_trials - sum(t.finished for t in state.trials)
-    pool = WarmPoolBackend(backend, max(1, min(state.max_parallel, remaining))).start()
+    pool = WarmPoolBackend(backend, max(1, min(state.max_parallel, remaining)))
     try:
         return run_trials(pool, spec, state, poll_interval=poll_interval, warm_up_first=warm)
     finally:
@@ -172,13 +172,6 @@ class WarmPoolBackend:
         self._workers: list[_PoolWorker] = []
         self._lock = threading.Lock()
 
-    def start(self) -> WarmPoolBackend:
-        """Start the worker processes now, so their start-up overlaps the first trial's backbone pass."""
-        with self._lock:
-            while len(self._workers) < self.size:
-                self._workers.append(_PoolWorker())
-        return self
-
     def _worker(self) -> _PoolWorker:
         with self._lock:
             self._workers = [w for w in self._workers if w.alive or w.busy]
@@ -191,6 +184,9 @@ class WarmPoolBackend:
             w = _PoolWorker()
             w.busy = True
             self._workers.append(w)
+            # start the others now, so their start-up overlaps this first job (e.g. its backbone pass)
+            while len(self._workers) < self.size:
+                self._workers.append(_PoolWorker())
             return w
 
     def train(self, spec: Any, wait: bool = True, on_log_line: Any = None, **kwargs: Any) -> Any:

@@ -196,12 +196,20 @@ def test_deploy_on_moto_sends_the_expected_requests_and_delete_removes_everythin
     assert endpoint.sdk_predictor.endpoint_name == "dogclf-test-endpoint"
     assert endpoint.sdk_predictor.content_type == "application/x-image"
     assert endpoint.sdk_predictor.accept == ("application/json",)
+    from dogclf.backends.sagemaker.serving import SageMakerEndpoint
+    from dogclf.errors import EndpointError
+
+    attached = SageMakerEndpoint.attach("dogclf-test-endpoint", endpoint.session)
+    assert not attached.owned
+    with pytest.raises(EndpointError, match="no-such-endpoint"):
+        SageMakerEndpoint.attach("no-such-endpoint", endpoint.session)
     with warnings.catch_warnings():
         warnings.simplefilter("error", CostWarning)
+        attached.delete()  # finds the config and model from the endpoint itself
         with endpoint:
-            pass  # leaving the block deletes
+            pass  # leaving the block deletes: what is already gone is skipped
         endpoint.delete()  # idempotent
-        del endpoint
+        del endpoint, attached
         gc.collect()
     assert sm.list_endpoints()["Endpoints"] == []
     assert sm.list_endpoint_configs()["EndpointConfigs"] == []

@@ -171,8 +171,7 @@ def model_fn(model_dir: str | os.PathLike[str]) -> ServedModel:
 
     Returns:
         A :class:`ServedModel` on CUDA when available, else on CPU in channels-last memory format (faster
-        convolutions on CPU); on CPU it also turns on ``torch.set_flush_denormal(True)`` for the process, since
-        denormal activations slow CPU convolutions several-fold.
+        convolutions on CPU).
 
     Raises:
         ArtifactError: the folder is not a dogclf model artifact.
@@ -187,8 +186,6 @@ def model_fn(model_dir: str | os.PathLike[str]) -> ServedModel:
     module = model.module_.eval().to(device)
     if device.type == "cpu":
         module = module.to(memory_format=torch.channels_last)
-        # Denormal activations slow CPU convolutions several-fold (measured 3-5x on a ResNet50 here).
-        torch.set_flush_denormal(True)
     for param in module.parameters():
         param.requires_grad_(False)
     pre = model.preprocess

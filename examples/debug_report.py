@@ -29,10 +29,10 @@ class HeadWeightsTooLarge(TensorRule):
     recommendation = "Lower the learning rate or add weight decay."
 
     def check(self, step):
-        names = self._names_at(step, regex=r"^(?!gradient/).*weight$")  # weights, not their gradients
+        names = self.names_at(step, regex=r"^(?!gradient/).*weight$")  # weights, not their gradients
         if not names:
             return None                                    # nothing to judge at this step
-        biggest = max(float(abs(self._value(name, step)).max()) for name in names)
+        biggest = max(float(abs(self.value(name, step)).max()) for name in names)
         return {"max_abs": biggest} if biggest > self.parameters["limit"] else False
 
 

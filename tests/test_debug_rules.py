@@ -329,6 +329,12 @@ def test_profiler_rule_fires_and_stays_quiet(rule, params, fires, quiet):
     assert not calm.triggered and calm.datapoints > 0, calm
 
 
+def test_dataloader_rule_skips_cached_feature_training():
+    data = ProfileData(steps=_steps([0.1]), meta={"cpu_count": 8, "num_workers": 0, "feature_cache": True})
+    (f,) = evaluate_profile(data, ["Dataloader"])
+    assert f.datapoints == 0 and not f.triggered
+
+
 def test_gpu_rules_have_no_datapoints_without_a_gpu():
     data = ProfileData(system=_system(3000, cpu=99.0))
     for f in evaluate_profile(data, ["BatchSize", "LowGPUUtilization", "GPUMemoryIncrease"]):

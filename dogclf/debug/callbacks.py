@@ -160,7 +160,8 @@ class StepTimer(Callback):
             workers = None
         self.meta = {"process_start": process_start, "train_begin": time.time(), "first_step": None,
                      "cpu_count": os.cpu_count(), "num_workers": workers,
-                     "gpu_count": 0, "batch_size": hp.get("batch_size")}
+                     "gpu_count": 0, "batch_size": hp.get("batch_size"),
+                     "feature_cache": bool(ctx.state.get("feature_cache", False))}
         try:
             import torch
 

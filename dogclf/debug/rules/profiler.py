@@ -80,6 +80,7 @@ class Dataloader(ProfilerRule):
 
     The datapoint is ``100 * workers / cores``; it fires below ``min_threshold`` or above ``max_threshold``
     percent, as SageMaker's rule does. The evidence also gives the share of step time spent waiting for data.
+    It has no datapoint when the number of workers is unknown or the job trains on cached features.
 
     Parameters: ``min_threshold`` (70), ``max_threshold`` (200).
     """
@@ -97,8 +98,8 @@ class Dataloader(ProfilerRule):
     def analyse(self, data: ProfileData) -> None:
         cores = data.meta.get("cpu_count")
         workers = data.meta.get("num_workers")
-        if not cores or workers is None or not data.steps:
-            return
+        if not cores or workers is None or not data.steps or data.meta.get("feature_cache"):
+            return  # unknown, or no data loader in the loop (cached features are read from memory)
         self.datapoints = 1
         percent = 100.0 * float(workers) / float(cores)
         rows = data.steps

@@ -591,3 +591,9 @@ def test_a_model_and_data_instead_of_a_spec(tmp_path: Path) -> None:
     exp2 = HPOExperiment(FakeSpec({"backbone": "resnet18"}, channels={"training": "a"}), SEED_SPACE, data={"train": "b"},
                          hyperparameters={"seed": 3}, max_trials=1, backend=backend, name="over", seed=0).run()
     assert exp2.best_hyperparameters_["seed"] == 3 and backend.started[-1].channels == {"train": "b"}
+
+
+def test_default_names_are_unique_and_valid_on_sagemaker() -> None:
+    names = {HPOExperiment(FakeSpec(), SEED_SPACE).name for _ in range(20)}
+    assert len(names) == 20
+    assert all(n.startswith("hpo-") and len(n) <= 32 for n in names)

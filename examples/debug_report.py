@@ -15,9 +15,12 @@ group (see the "Writing a rule plug-in" page of the docs)::
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
-from dogclf.debug import TensorRule, build_report, register_rule
+os.environ.setdefault("SMDEBUG_LOG_LEVEL", "error")  # smdebug logs each rule invocation at INFO
+
+from dogclf.debug import TensorRule, build_report, register_rule  # noqa: E402
 
 
 @register_rule("HeadWeightsTooLarge", overwrite=True)

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
-from dogclf.backends import get_backend
-from dogclf.data import DatasetStager, make_synthetic_dataset
-from dogclf.debug import CollectionConfig, DebuggerConfig, DebugTrainer, ProfilerConfig, RuleConfig
+os.environ.setdefault("SMDEBUG_LOG_LEVEL", "error")  # smdebug logs each rule invocation at INFO
+
+from dogclf.backends import get_backend  # noqa: E402
+from dogclf.data import DatasetStager, make_synthetic_dataset  # noqa: E402
+from dogclf.debug import CollectionConfig, DebuggerConfig, DebugTrainer, ProfilerConfig, RuleConfig  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -137,3 +137,40 @@ def test_packed_settings_round_trip_any_json_object(data):
     packed = encode_settings(data)
     assert packed.isascii() and " " not in packed and '"' not in packed
     assert decode_settings(packed) == data
+
+
+@pytest.mark.slow
+def test_fit_reads_a_sagemaker_style_output_from_s3(aws, tmp_path, monkeypatch):
+    """A job whose output data folder comes back as s3://.../output/output.tar.gz (as on SageMaker)."""
+    import tarfile
+
+    from test_debug_rules import train
+
+    from dogclf.training.spec import TrainingJobResult
+
+    _, out = train(tmp_path / "job", DebuggerConfig(profiler=ProfilerConfig(profile_num_steps=1)), lr=1e4,
+                   epochs=1, train_steps=12, eval_steps=2)
+    archive = tmp_path / "output.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for child in out.iterdir():
+            tar.add(child, arcname=child.name)
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="dogclf-out")
+    s3.upload_file(str(archive), "dogclf-out", "training/sm-job-1/output/output.tar.gz")
+    monkeypatch.setenv("DOGCLF_HOME", str(tmp_path / "home"))
+
+    class S3Backend:
+        name = "fake-sagemaker"
+
+        def train(self, spec, **kwargs):
+            return TrainingJobResult(job_name="sm-job-1", status="Completed",
+                                     output_dir="s3://dogclf-out/training/sm-job-1/output")
+
+        def deploy(self, artifact, **kwargs):
+            raise NotImplementedError
+
+    trainer = DebugTrainer(HP, {"training": "s3://dogclf-out/dogImages"}, backend=S3Backend()).fit()
+    local = tmp_path / "home" / "debug-reports" / "sm-job-1"
+    assert (local / "tensors").is_dir() and (local / "debug" / "steps.json").is_file()
+    assert trainer.report_.html_path == local / "report" / "debug-report.html"
+    assert "ExplodingTensor" in trainer.report_.triggered and trainer.report_.loss["TRAIN"]

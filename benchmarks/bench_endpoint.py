@@ -39,13 +39,11 @@ def photo() -> bytes:
     return synthetic_photo(2123, 1413, fmt="JPEG", quality=90)
 
 
-def in_process_limit(model_dir: Path, body: bytes, seconds: float) -> tuple[float, int]:
+def in_process_limit(model, body: bytes, seconds: float) -> tuple[float, int]:
     """Best images/s of decode + preprocess + forward in this process, and the batch size that reached it."""
     import torch
 
     from dogclf.serving import handler
-
-    model = handler.model_fn(model_dir)
 
     def make_step(batch_size: int):
         def step() -> None:
@@ -130,10 +128,14 @@ def main() -> int:
         print(f"model: resnet50, 133 breeds, random init; image: {len(body)} bytes; {CLIENTS} clients x "
               f"{args.requests_per_client} requests; cpus={os.cpu_count()}")
         # The in-process limit is measured before and after the endpoint runs and the better one is kept: other
-        # processes on a shared machine can slow either phase. It runs on a worker thread: in a fresh process the
-        # main thread's first forwards were seen running several times slower, which would flatter the endpoint.
+        # processes on a shared machine can slow either phase. As in the server, the forwards run on a thread
+        # other than the one that loaded the model: on the loading thread the first forwards ran 5-15x slower
+        # here (allocator state left behind by torch.load), which would flatter the endpoint.
+        from dogclf.serving import handler
+
+        model = handler.model_fn(model_dir)
         pool = ThreadPoolExecutor(1)
-        limits = [pool.submit(in_process_limit, model_dir, body, args.limit_seconds).result()]
+        limits = [pool.submit(in_process_limit, model, body, args.limit_seconds).result()]
         results = {}
         for label, options in (("batched", {"max_batch_size": 8, "max_delay_ms": args.max_delay_ms}),
                                ("unbatched", {"batching": False})):
@@ -144,7 +146,7 @@ def main() -> int:
             print(f"endpoint {label:9s}: {r['rps']:6.2f} requests/s  p50 {r['p50'] * 1000:7.1f} ms  "
                   f"p99 {r['p99'] * 1000:7.1f} ms  errors {r['errors']}  (mean forward batch {mean_batch:.2f})")
             results[label] = r
-        limits.append(pool.submit(in_process_limit, model_dir, body, args.limit_seconds).result())
+        limits.append(pool.submit(in_process_limit, model, body, args.limit_seconds).result())
         pool.shutdown()
         limit, batch = max(limits)
     print(f"in-process limit: {limit:.2f} images/s at batch {batch}")

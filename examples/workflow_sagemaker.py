@@ -271,8 +271,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results["artifact"] = artifact
 
     print(f"\n[5/6] deploy {artifact} on {args.endpoint_instance_type} (EndpointDeployer)")
-    endpoint = EndpointDeployer(instance_type=args.endpoint_instance_type,
-                                endpoint_name=f"dogclf-{run_id}").deploy(artifact, backend=backend)
+    endpoint = EndpointDeployer(instance_type=args.endpoint_instance_type, endpoint_name=f"dogclf-{run_id}",
+                                wait_poll_s=1 if args.dry_run else 15).deploy(artifact, backend=backend)
     try:
         print("\n[6/6] predict the seed's photos (BreedPredictor)")
         predictor = BreedPredictor(endpoint, k=3, labels="dogimages-133")

@@ -18,7 +18,9 @@ CASES = [
     ("stage_dataset.py", [], ["dogImages/manifest.json", "dogImages/train"], "channel train"),
     ("tune_hyperparameters.py", [], ["hpo.png", "best_params.json"], "best:"),
     ("train_with_debugger.py", [], ["report/debug-report.html"], "model artifact"),
-    ("debug_report.py", [], ["debug-report.html", "debug-report-loss.png"], "HeadWeightsTooLarge: fired"),
+    # rebuilds the report of the job the train example ran (without --job-output it trains one itself)
+    ("debug_report.py", ["--job-output", "<trained>"], ["debug-report.html", "debug-report-loss.png"],
+     "HeadWeightsTooLarge: fired"),
     ("deploy_and_predict.py", [], ["model/model.pt", "gallery"], "endpoint deleted"),
 ]
 
@@ -30,16 +32,36 @@ def test_every_example_is_covered():
     assert scripts == covered, f"examples without a test: {sorted(scripts - covered)}"
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(("script", "extra", "files", "text"), CASES, ids=[c[0] for c in CASES])
-def test_example_runs(script, extra, files, text, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DOGCLF_HOME": str(tmp_path / "home"),
-           "SAGEMAKER_SUPPRESS_V2_WARNING": "1", "SMDEBUG_LOG_LEVEL": "error"}
-    proc = subprocess.run([sys.executable, str(EXAMPLES / script), "--tiny", "--out", str(tmp_path / "out"), *extra],
+def _run(script: str, out: Path, extra: list[str], home: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DOGCLF_HOME": str(home), "SAGEMAKER_SUPPRESS_V2_WARNING": "1",
+           "SMDEBUG_LOG_LEVEL": "error"}
+    proc = subprocess.run([sys.executable, str(EXAMPLES / script), "--tiny", "--out", str(out), *extra],
                           capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The train example's run, shared with the report example (which reads the job it wrote)."""
+    out = tmp_path_factory.mktemp("train")
+    return out, _run("train_with_debugger.py", out, [], out / "home")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("script", "extra", "files", "text"), CASES, ids=[c[0] for c in CASES])
+def test_example_runs(script, extra, files, text, tmp_path, request):
+    if script == "train_with_debugger.py":
+        out, proc = request.getfixturevalue("trained")
+    else:
+        if "<trained>" in extra:
+            train_out, _ = request.getfixturevalue("trained")
+            job = next((train_out / "backend" / "jobs").iterdir())
+            extra = [str(job / "output" / "data") if a == "<trained>" else a for a in extra]
+        out = tmp_path / "out"
+        proc = _run(script, out, extra, tmp_path / "home")
     for rel in files:
-        assert (tmp_path / "out" / rel).exists(), rel
+        assert (out / rel).exists(), rel
     assert text in proc.stdout
 
 

@@ -128,9 +128,8 @@ def main() -> int:
         print(f"model: resnet50, 133 breeds, random init; image: {len(body)} bytes; {CLIENTS} clients x "
               f"{args.requests_per_client} requests; cpus={os.cpu_count()}")
         # The in-process limit is measured before and after the endpoint runs and the better one is kept: other
-        # processes on a shared machine can slow either phase. As in the server, the forwards run on a thread
-        # other than the one that loaded the model: on the loading thread the first forwards ran 5-15x slower
-        # here (allocator state left behind by torch.load), which would flatter the endpoint.
+        # processes on a shared machine can slow either phase. It runs on a worker thread, as the server's forwards
+        # do (handler.predict_fn moves main-thread forwards to a helper thread anyway: they ran 5-12x slower).
         from dogclf.serving import handler
 
         model = handler.model_fn(model_dir)

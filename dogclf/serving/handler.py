@@ -40,6 +40,8 @@ import json
 import logging
 import os
 import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -549,6 +551,9 @@ def predict_fn(data: InferenceInput, model: ServedModel) -> InferenceOutput:
         data: From :func:`input_fn` (the local endpoint may concatenate several requests' batches).
         model: From :func:`model_fn`.
 
+    Called on a process's main thread, the forward pass runs on a helper thread instead: there it was measured
+    5-12x faster (the main thread's allocator arena returns the activations' memory to the OS after every pass).
+
     Returns:
         An :class:`InferenceOutput` with the logits on CPU.
 
@@ -564,9 +569,30 @@ def predict_fn(data: InferenceInput, model: ServedModel) -> InferenceOutput:
     batch = batch.to(model.device, non_blocking=True)
     if model.device.type == "cpu":
         batch = batch.contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode():
-        logits = model.module(batch)
+    if threading.current_thread() is threading.main_thread():
+        # Forward passes on a process's main thread ran 5-12x slower than on any other thread here: glibc's main
+        # arena hands the activations' memory back to the OS after every pass, so each pass page-faults it in
+        # again. A thread of its own keeps the memory warm (the hand-off costs microseconds).
+        logits = _forward_thread().submit(_forward, model.module, batch).result()
+    else:
+        logits = _forward(model.module, batch)
     return InferenceOutput(logits=logits.float().cpu(), k=k, labels=model.labels)
+
+
+def _forward(module: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    with torch.inference_mode():  # thread-local, so set on the thread that runs the module
+        return module(batch)
+
+
+_FORWARD_THREAD: list[ThreadPoolExecutor] = []
+_FORWARD_LOCK = threading.Lock()
+
+
+def _forward_thread() -> ThreadPoolExecutor:
+    with _FORWARD_LOCK:
+        if not _FORWARD_THREAD:
+            _FORWARD_THREAD.append(ThreadPoolExecutor(1, thread_name_prefix="dogclf-forward"))
+        return _FORWARD_THREAD[0]
 
 
 def top_k(logits: torch.Tensor | np.ndarray, labels: BreedLabels, k: int) -> list[dict[str, Any]]:

@@ -157,6 +157,9 @@ def test_entry_point_trains_tests_and_saves_the_artifact(dataset, job, capsys, m
     assert saved["metrics"]["test_loss"] == pytest.approx(lines[2]["test_loss"], abs=1e-6)
     assert (job / "checkpoints" / "checkpoint.pt").is_file()
     assert list((job / "checkpoints" / "features").glob("resnet18-*-train.pt"))
+    # The entry point flushes denormals for speed during the run only: run in a caller's process, it must
+    # hand the process back with IEEE subnormals intact (hypothesis and numpy depend on them).
+    assert sys.float_info.min / 2 > 0.0
 
 
 @pytest.mark.slow

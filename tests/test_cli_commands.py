@@ -189,3 +189,34 @@ def test_parser_is_documented():
     assert set(sub.choices) == set(COMMANDS)
     for name, p in sub.choices.items():
         assert p.description, name
+
+
+@pytest.fixture
+def small_artifact(tmp_path):
+    from dogclf.models import ResNetBreedModel
+
+    model = ResNetBreedModel(["Beagle", "Pug", "Boxer"], backbone="resnet18", weights=None,
+                             preprocess={"resize": 40, "crop": 32}).build()
+    return model.save(tmp_path / "model")
+
+
+@pytest.mark.slow
+def test_deploy_serves_then_deletes_and_predict_through_a_temporary_endpoint(small_artifact, tmp_path, capsys):
+    import urllib.request
+
+    from PIL import Image
+
+    assert main(["--quiet", "deploy", str(small_artifact), "--duration", "0", "--json"]) == 0
+    out = capsys.readouterr().out
+    info = json.loads(out[: out.index("}") + 1])
+    assert info["backend"] == "local" and info["url"].startswith("http://127.0.0.1:")
+    assert f"endpoint {info['endpoint']} deleted" in out
+    with pytest.raises(OSError):  # the server is gone
+        urllib.request.urlopen(info["url"] + "/ping", timeout=2)
+
+    photo = tmp_path / "Pug_0001.jpg"
+    Image.new("RGB", (50, 40), (120, 90, 60)).save(photo)
+    assert main(["--quiet", "predict", str(small_artifact), str(photo), "--deploy", "-k", "2", "--json"]) == 0
+    pred = json.loads(capsys.readouterr().out)
+    assert pred["breed"] in ("Beagle", "Pug", "Boxer") and len(pred["top_k"]) == 2
+    assert 0 < pred["probability"] <= 1

@@ -129,7 +129,8 @@ def main() -> int:
               f"{args.requests_per_client} requests; cpus={os.cpu_count()}")
         # The in-process limit is measured before and after the endpoint runs and the better one is kept: other
         # processes on a shared machine can slow either phase. It runs on a worker thread, as the server's forwards
-        # do (handler.predict_fn moves main-thread forwards to a helper thread anyway: they ran 5-12x slower).
+        # do (handler.predict_fn moves main-thread forwards to a helper thread anyway: under CPU contention the
+        # main thread's busy-waiting OpenMP team made them 3-12x slower).
         from dogclf.serving import handler
 
         model = handler.model_fn(model_dir)

@@ -551,8 +551,9 @@ def predict_fn(data: InferenceInput, model: ServedModel) -> InferenceOutput:
         data: From :func:`input_fn` (the local endpoint may concatenate several requests' batches).
         model: From :func:`model_fn`.
 
-    Called on a process's main thread, the forward pass runs on a helper thread instead: there it was measured
-    5-12x faster (the main thread's allocator arena returns the activations' memory to the OS after every pass).
+    Called on a process's main thread, the forward pass runs on a helper thread instead: on a machine whose cores
+    are busy it was measured 3-12x faster there (the main thread's OpenMP team busy-waits; setting
+    ``OMP_WAIT_POLICY=PASSIVE`` before importing torch has the same effect).
 
     Returns:
         An :class:`InferenceOutput` with the logits on CPU.
@@ -570,9 +571,10 @@ def predict_fn(data: InferenceInput, model: ServedModel) -> InferenceOutput:
     if model.device.type == "cpu":
         batch = batch.contiguous(memory_format=torch.channels_last)
     if threading.current_thread() is threading.main_thread():
-        # Forward passes on a process's main thread ran 5-12x slower than on any other thread here: glibc's main
-        # arena hands the activations' memory back to the OS after every pass, so each pass page-faults it in
-        # again. A thread of its own keeps the memory warm (the hand-off costs microseconds).
+        # Forward passes on a process's main thread ran 3-12x slower than on any other thread on this busy 2-core
+        # machine: the main thread's OpenMP team busy-waits and fights the other processes for the cores
+        # (OMP_WAIT_POLICY=PASSIVE set before torch loads cures it too, but a library cannot set it in time).
+        # A thread of its own avoids it; the hand-off costs microseconds.
         logits = _forward_thread().submit(_forward, model.module, batch).result()
     else:
         logits = _forward(model.module, batch)

@@ -89,8 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parallel", type=int, default=1, help="trials running at once")
     p.add_argument("--backbone", default="resnet18", help="resnet18|resnet34|resnet50|resnet101|resnet152")
     p.add_argument("--weights", default=None,
-                   help="torchvision weights name such as IMAGENET1K_V2 or a checkpoint path; default None "
-                        "(random initialisation: this machine cannot download weights)")
+                   help="torchvision weights name such as IMAGENET1K_V2, a checkpoint path, or None; default None "
+                        "locally (random initialisation: an offline machine cannot download weights) and "
+                        "IMAGENET1K_V2 on SageMaker")
     p.add_argument("--seed", type=int, default=0, help="seed of the data, the tuner and training")
     p.add_argument("--backend", default="local", help="local or sagemaker")
     p.add_argument("--role", default=None, help="SageMaker: the IAM role ARN jobs and the endpoint assume")
@@ -214,7 +215,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # 3. Tune lr (log-continuous), batch size and epochs on the entry point's test loss, like the seed.
     step("tune")
     crop = args.image_size or (224 if args.data else image_size)
-    static = {"backbone": args.backbone, "weights": str(args.weights), "seed": args.seed,
+    weights = args.weights if args.weights is not None else ("IMAGENET1K_V2" if sagemaker else None)
+    static = {"backbone": args.backbone, "weights": str(weights), "seed": args.seed,
               "resize": max(crop, int(crop * 256 / 224)), "crop": crop}
     if not sagemaker:
         static["num-workers"] = 0  # the demo's images are tiny: decoding in-process beats starting workers

@@ -33,6 +33,15 @@ from pathlib import Path
 os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
 
 
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process and of its ended child processes (job processes, pool workers):
+    steadier than wall time when other work shares the cores."""
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def backbone_pass(data: Path, backbone: str, batch_size: int = 32) -> tuple[float, int]:
     """Seconds for one forward pass of the frozen backbone over every image (decode included), and the count."""
     import torch
@@ -95,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"floor: one plain backbone pass over all {n_images} images: {floor:.1f}s")
 
         dogclf_s: dict[int, float] = {}
+        dogclf_cpu: dict[int, float] = {}
+        seed_cpu: dict[int, float] = {}
         params: list[dict] = []
         within = float("nan")  # marginal trial cost inside the largest run: trial ends after the smallest size
         for n in sizes:
@@ -102,9 +113,10 @@ def main(argv: list[str] | None = None) -> int:
             spec = TrainingJobSpec(hyperparameters=static, channels={"training": str(data)})
             exp = HPOExperiment(spec, space, "test_loss", max_trials=n, max_parallel=args.parallel,
                                 strategy="bayesian", backend=backend, name=f"bench-{n}", seed=0)
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), cpu_seconds()
             exp.run()
             dogclf_s[n] = time.perf_counter() - start
+            dogclf_cpu[n] = cpu_seconds() - cpu
             df = exp.trials_
             bad = df[df["status"] != "Completed"]
             if len(bad):
@@ -119,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         # Seed-style: the largest experiment's trials, one fresh job after another, backbone on every image.
         seed_backend = LocalBackend(work / "home-seed")
         seed_s: dict[int, float] = {}
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), cpu_seconds()
         for i, hp in enumerate(params, start=1):
             spec = TrainingJobSpec(hyperparameters={**static, **hp, "feature-cache": "off"},
                                    channels={"training": str(data)}, job_name=f"seed-style-{i:03d}")
@@ -128,13 +140,16 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"WARNING: seed-style job {i} {result.status}: {result.failure_reason}")
             if i in sizes:
                 seed_s[i] = time.perf_counter() - start
+                seed_cpu[i] = cpu_seconds() - cpu
                 print(f"seed-style, {i} training jobs one after another: {seed_s[i]:.1f}s")
 
         lo, hi = sizes[0], sizes[-1]
         print()
-        print(f"{'trials':>6} {'seed-style s':>13} {'dogclf s':>9} {'ratio':>6}")
+        print(f"{'trials':>6} {'seed-style s':>13} {'dogclf s':>9} {'ratio':>6}   "
+              f"{'seed-style cpu s':>16} {'dogclf cpu s':>13} {'cpu ratio':>9}")
         for n in sizes:
-            print(f"{n:>6} {seed_s[n]:>13.1f} {dogclf_s[n]:>9.1f} {seed_s[n] / dogclf_s[n]:>6.2f}")
+            print(f"{n:>6} {seed_s[n]:>13.1f} {dogclf_s[n]:>9.1f} {seed_s[n] / dogclf_s[n]:>6.2f}   "
+                  f"{seed_cpu[n]:>16.1f} {dogclf_cpu[n]:>13.1f} {seed_cpu[n] / dogclf_cpu[n]:>9.2f}")
         if hi > lo:
             print(f"marginal cost of one more trial: dogclf {(dogclf_s[hi] - dogclf_s[lo]) / (hi - lo):.2f}s between "
                   f"runs, {within:.2f}s within the {hi}-trial run ({args.parallel} in parallel); seed-style "

@@ -263,3 +263,17 @@ def test_server_stops_when_the_process_that_started_it_is_killed(artifact):
     if _alive(pid):
         os.kill(pid, signal.SIGKILL)
         pytest.fail("the orphaned server kept running after its parent was killed")
+
+
+def test_server_command_line_options_become_a_server_config(monkeypatch, artifact):
+    from dogclf.serving import server
+
+    seen = {}
+    monkeypatch.setattr(server, "serve", lambda model_dir, config, sock=None: seen.update(dir=model_dir, config=config))
+    argv = [str(artifact), "--port", "8081", "--max-batch-size", "16", "--max-delay-ms", "2.5", "--no-batching",
+            "--request-timeout-s", "30", "--config", '{"workers": 3}']
+    assert server.main(argv) == 0
+    config = seen["config"]
+    assert seen["dir"] == str(artifact)
+    assert (config.port, config.max_batch_size, config.max_delay_ms, config.batching, config.request_timeout_s,
+            config.workers, config.host) == (8081, 16, 2.5, False, 30.0, 3, "127.0.0.1")

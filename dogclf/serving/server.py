@@ -434,8 +434,8 @@ def main(argv: list[str] | None = None) -> int:
         elif f.name == "batching":
             parser.add_argument("--no-batching", dest="batching", action="store_false", default=None)
         else:
-            parser.add_argument(f"--{f.name.replace('_', '-')}", type=float if "_s" in f.name or "ms" in f.name
-                                else int, default=None)
+            number = float if f.name in ("max_delay_ms", "request_timeout_s") else int
+            parser.add_argument(f"--{f.name.replace('_', '-')}", type=number, default=None)
     args = parser.parse_args(argv)
     options = json.loads(args.config) if args.config else {}
     options.update({f.name: getattr(args, f.name) for f in fields(ServerConfig) if getattr(args, f.name) is not None})

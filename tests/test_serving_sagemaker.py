@@ -286,3 +286,27 @@ def test_sagemaker_endpoint_requests_answered_by_the_handler(artifact):
     with pytest.raises(InvalidRequestError) as info:
         endpoint.invoke(b"not an image", "image/jpeg")
     assert info.value.status_code == 415 and info.value.code == "unsupported_image"
+
+
+@pytest.mark.slow
+def test_deploy_an_s3_training_output_repacks_it_with_the_code(aws, artifact, tmp_path):
+    import boto3
+
+    from dogclf.models import pack
+
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="dogclf-training-output")
+    s3.upload_file(str(pack(artifact, tmp_path / "model.tar.gz")), "dogclf-training-output", "job/output/model.tar.gz")
+    endpoint = EndpointDeployer(endpoint_name="dogclf-from-s3", wait_poll_s=0.2).deploy(
+        "s3://dogclf-training-output/job/output/model.tar.gz", backend="sagemaker", role=ROLE,
+        bucket="dogclf-training-output")
+    with endpoint:
+        container = boto3.client("sagemaker").describe_model(ModelName="dogclf-from-s3")["PrimaryContainer"]
+        assert container["Environment"]["SAGEMAKER_PROGRAM"] == "inference.py"
+        assert container["Environment"]["SAGEMAKER_SUBMIT_DIRECTORY"] == "/opt/ml/model/code"
+        assert container["ModelDataUrl"] != "s3://dogclf-training-output/job/output/model.tar.gz"  # a repacked copy
+        bucket, key = container["ModelDataUrl"][len("s3://"):].split("/", 1)
+        with tarfile.open(fileobj=io.BytesIO(s3.get_object(Bucket=bucket, Key=key)["Body"].read())) as archive:
+            names = set(archive.getnames())
+        assert {"model.pt", "labels.json", "config.json", "code/inference.py",
+                "code/dogclf/serving/handler.py"} <= names

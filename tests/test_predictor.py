@@ -186,3 +186,13 @@ def test_two_models_with_different_preprocessing_share_a_process(tmp_path, predi
     assert predictor.predict(body).breed in LABELS  # still 224 px for the first model, loaded earlier
     assert small_predictor.predict(body).breed in LABELS
     assert small_predictor.endpoint.model.crop == 128 and predictor.endpoint.model.crop == 224
+
+
+def test_large_batches_are_processed_in_chunks_in_order(artifact):
+    small = BreedPredictor(artifact, batch_size=2)  # chunks of 64 inputs
+    bodies = [synthetic_photo(32, 32, seed=i % 4) for i in range(70)]
+    got = small.predict_batch(bodies)
+    firsts = small.predict_batch(bodies[:4])
+    assert len(got) == 70 and [p.index for p in got[64:68]] == [p.index for p in firsts]
+    assert [p.probability for p in got[64:68]] == pytest.approx([p.probability for p in firsts], abs=1e-5)
+    assert len({round(p.probability, 6) for p in firsts}) == 4  # four different photos, four different answers

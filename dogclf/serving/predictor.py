@@ -221,8 +221,21 @@ class BreedPredictor:
     def _predict_many(self, xs: Sequence[Any], k: int | None, errors: list[Exception | None] | None = None
                       ) -> list[list[Prediction] | None]:
         """Predictions per input (a list, since an ``(N, 3, H, W)`` array holds N images). With ``errors`` given,
-        failures are recorded there (``None`` result) instead of raised."""
+        failures are recorded there (``None`` result) instead of raised. Inputs are read and decoded a chunk at a
+        time, so a large folder never sits in memory at once."""
         from dogclf.serving.endpoint import InProcessEndpoint
+
+        chunk = max(64, 4 * self.batch_size, 4 * self.concurrency)
+        if len(xs) > chunk:
+            results_all: list[list[Prediction] | None] = []
+            errors_all: list[Exception | None] = []
+            for start in range(0, len(xs), chunk):
+                part_errors: list[Exception | None] | None = [] if errors is not None else None
+                results_all += self._predict_many(xs[start:start + chunk], k, part_errors)
+                errors_all += part_errors or []
+            if errors is not None:
+                errors[:] = errors_all
+            return results_all
 
         def guarded(fn: Any, *args: Any) -> Any:
             try:

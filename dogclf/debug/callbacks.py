@@ -311,7 +311,7 @@ class TorchProfilerCallback(Callback):
         activities = [ProfilerActivity.CPU]
         if torch.cuda.is_available():
             activities.append(ProfilerActivity.CUDA)
-        self._prof = profile(activities=activities, record_shapes=True)
+        self._prof = profile(activities=activities, record_shapes=False)
         self._prof.__enter__()
 
     def on_step_end(self, ctx: TrainingContext, info: StepInfo) -> None:
@@ -395,6 +395,7 @@ class RuleCallback(Callback):
             from smdebug.trials import create_trial
 
             self._trial = create_trial(str(self.tensor_dir))
+            self._trial._training_end_delay_refresh = 0  # local files are complete once the hook has closed
             self._built = [(c, build_rule(c, self._trial)) for c in self.rules]
         from smdebug.analysis.utils import no_refresh
         from smdebug.exceptions import StepUnavailable, TensorUnavailable, TensorUnavailableForStep

@@ -289,9 +289,10 @@ class PoorWeightInitialization(TensorRule):
 class WeightUpdateRatio(TensorRule):
     """Fires when weight updates are too large or too small relative to the weights.
 
-    For each weight tensor the ratio ``||w_t - w_prev|| / (||w_prev|| + epsilon)`` is taken between the current
-    saved train step and the previous saved one (or the one ``num_steps`` before, when given and saved); it
-    fires above ``large_threshold`` or below ``small_threshold``.
+    For each trained weight tensor the ratio ``||w_t - w_prev|| / (||w_prev|| + epsilon)`` is taken between the
+    current saved train step and the previous saved one (or the one ``num_steps`` before, when given and saved);
+    it fires above ``large_threshold`` or below ``small_threshold``. Weights without saved gradients (a frozen
+    backbone) are left out when the trial holds gradients at all.
 
     Parameters (AWS's): ``num_steps`` (``None``), ``large_threshold`` (10), ``small_threshold`` (1e-8),
     ``epsilon`` (1e-9).
@@ -312,6 +313,9 @@ class WeightUpdateRatio(TensorRule):
         if self._mode(step) not in ("TRAIN", "GLOBAL"):
             return None
         names = self._names_at(step, regex=r"^(?!gradient).*weight$")
+        trained = {n[len("gradient/"):] for n in self.base_trial.tensor_names(regex="^gradient/")}
+        if trained:  # frozen weights (no saved gradient) never update; judging them would always fire
+            names = [n for n in names if n in trained]
         ratios = {}
         for name in names:
             current = self._value(name, step).astype(np.float64)

@@ -357,3 +357,29 @@ def test_findings_round_trip_through_json(runs=None):
     (f,) = evaluate_profile(data, [RuleConfig("StepOutlier", {"n_outliers": 1})])
     again = type(f).from_dict(json.loads(json.dumps(f.to_dict())))
     assert again == f
+
+
+@pytest.mark.slow
+def test_frozen_parameters_are_saved_once_and_not_judged_by_weight_update_ratio(tmp_path):
+    import torch
+
+    def frozen_first_layer():
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+        for p in model[0].parameters():
+            p.requires_grad = False
+        return model
+
+    _, once = train(tmp_path / "once", epochs=1, train_steps=16, eval_steps=2, model=frozen_first_layer())
+    _, always = train(tmp_path / "always", DebuggerConfig(profiler=None, rules=(), frozen_weights="always"),
+                      epochs=1, train_steps=16, eval_steps=2, model=frozen_first_layer())
+    from dogclf.debug import open_trial
+
+    t_once, t_always = open_trial(once / "tensors"), open_trial(always / "tensors")
+    assert t_once.tensor("Sequential_0.weight").steps() == [0]  # frozen: its first save step only
+    assert len(t_always.tensor("Sequential_0.weight").steps()) > 1
+    assert t_once.tensor("Sequential_2.weight").steps() == t_always.tensor("Sequential_2.weight").steps()
+    (f,) = evaluate_trial(t_always, ["WeightUpdateRatio"])
+    assert not f.triggered and f.datapoints > 0  # the frozen layer never updates, and is not judged
+    with pytest.raises(ConfigError, match="frozen_weights"):
+        DebuggerConfig(frozen_weights="never")

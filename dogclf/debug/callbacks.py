@@ -74,10 +74,14 @@ class HookCallback(Callback):
             ``prepared_collections`` error).
     """
 
-    def __init__(self, hook_config: dict[str, Any], out_dir: Path, config_path: Path) -> None:
+    def __init__(self, hook_config: dict[str, Any], out_dir: Path, config_path: Path,
+                 frozen_weights: str = "once") -> None:
+        if frozen_weights not in ("once", "always"):
+            raise ConfigError(f"frozen_weights must be 'once' or 'always'; got {frozen_weights!r}")
         self.hook_config = dict(hook_config)
         self.out_dir = Path(out_dir)
         self.config_path = Path(config_path)
+        self.frozen_weights = frozen_weights
         self.hook: Any = None
         self._mode: str | None = None
 
@@ -100,11 +104,37 @@ class HookCallback(Callback):
             if "prepared_collections" in str(exc):
                 raise OutputExistsError(f"Debugger output folder {str(self.out_dir)!r} already exists") from exc
             raise
+        if self.frozen_weights == "once" and hasattr(self.hook, "_log_params"):
+            self._save_frozen_once(self.hook)
         self.hook.register_module(ctx.model)
         if ctx.loss_fn is not None:
             self.hook.register_loss(ctx.loss_fn)
         ctx.state["smdebug_hook"] = self.hook
         ctx.state["tensor_dir"] = str(self.out_dir)
+
+    @staticmethod
+    def _save_frozen_once(hook: Any) -> None:
+        """Save parameters that do not train (a frozen backbone) at their first save step only.
+
+        smdebug saves every matching parameter at every save step; frozen ones never change, and on a ResNet
+        they are nearly all of the bytes written. smdebug 1.0.34 (the last release) saves them in
+        ``Hook._log_params``, which this replaces for this hook only, with the same tensor names.
+        """
+        saved: set[str] = set()
+
+        def log_params(module: Any) -> None:
+            prefix = module._get_name()
+            for name, param in module.named_parameters():
+                tensor_name = f"{prefix}_{name}"
+                if not param.requires_grad:
+                    if tensor_name in saved:
+                        continue
+                    if not hook._is_tensor_saved_for_step(tensor_name):
+                        continue
+                    saved.add(tensor_name)
+                hook._save_for_tensor(tensor_name=tensor_name, tensor_value=param.data)
+
+        hook._log_params = log_params
 
     def on_step_begin(self, ctx: TrainingContext, mode: str, step: int) -> None:
         """Switch the hook's mode (TRAIN/EVAL) when the loop switches."""
@@ -555,7 +585,8 @@ def make_callbacks(hyperparameters: dict[str, Any], output_data_dir: Path) -> li
         local = hook_config.get("LocalPath")
         tensor_dir = Path(local) if local else output_data_dir / "tensors"
         _check_fresh(tensor_dir)
-        callbacks.append(HookCallback(hook_config, tensor_dir, debug_dir / "debughookconfig.json"))
+        frozen = (settings or {}).get("frozen_weights", "once")
+        callbacks.append(HookCallback(hook_config, tensor_dir, debug_dir / "debughookconfig.json", frozen))
 
     if settings is not None:
         from .rules import validate_rules

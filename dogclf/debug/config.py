@@ -298,6 +298,9 @@ class DebuggerConfig:
         s3_output_path: Where SageMaker uploads tensors (``DebuggerHookConfig.s3_output_path``).
         sagemaker_rules: Which tensor rules also run as SageMaker rule jobs when ``sagemaker_debugger`` is on
             (each is a processing job billed separately; the seed ran ``LossNotDecreasing``).
+        frozen_weights: ``"once"`` (default) saves parameters that do not train (a frozen backbone) at their first
+            save step only, since they never change; ``"always"`` saves them at every save step, as SageMaker's
+            own hook does. Applies to dogclf's in-job hook.
 
     Raises:
         ConfigError: duplicate collection names, ``rule_interval < 1``, or entries of the wrong type.
@@ -314,6 +317,7 @@ class DebuggerConfig:
     sagemaker_debugger: bool = False
     s3_output_path: str | None = None
     sagemaker_rules: tuple[str, ...] = ("LossNotDecreasing",)
+    frozen_weights: str = "once"
 
     def __post_init__(self) -> None:
         colls = tuple(self.collections)
@@ -336,6 +340,8 @@ class DebuggerConfig:
         if isinstance(self.sagemaker_rules, str) or not all(isinstance(r, str) for r in self.sagemaker_rules):
             raise ConfigError(f"sagemaker_rules must be a tuple of rule names; got {self.sagemaker_rules!r}")
         object.__setattr__(self, "sagemaker_rules", tuple(self.sagemaker_rules))
+        if self.frozen_weights not in ("once", "always"):
+            raise ConfigError(f"frozen_weights must be 'once' or 'always'; got {self.frozen_weights!r}")
 
     def effective_collections(self) -> tuple[CollectionConfig, ...]:
         """The collections to save, plus ``loss_inputs`` when ``ClassImbalance`` needs the loss's inputs."""
@@ -365,5 +371,5 @@ class DebuggerConfig:
         """The ``DOGCLF_DEBUG`` environment value: which rules the entry point evaluates in-process."""
         return {"rules": [r.to_json() for r in self.rules],
                 "profiler_rules": [r.to_json() for r in self.profiler_rules],
-                "rule_interval": self.rule_interval}
+                "rule_interval": self.rule_interval, "frozen_weights": self.frozen_weights}
 

@@ -3,8 +3,8 @@
 The training is the seed's: a ResNet with a frozen backbone and a trainable 133-way head, images through the
 network every step, CrossEntropyLoss, SGD. "With Debugger" attaches exactly what the training entry point gets
 from :func:`dogclf.debug.make_callbacks` for the default :class:`~dogclf.debug.DebuggerConfig`: smdebug's hook
-saving the seed's collections (weights, gradients, biases every 5 train steps; the loss every step; the loss
-inputs for ClassImbalance), the seven tensor rules evaluated in-process every 10 steps, the 500 ms system monitor,
+saving the seed's collections (weights, gradients, biases every 5 train steps, the frozen backbone's parameters
+once since they never change; the loss every step; the loss inputs for ClassImbalance), the seven tensor rules evaluated in-process every 10 steps, the 500 ms system monitor,
 per-step timings and ``torch.profiler`` over 3 steps. Both runs see the same batches; throughput is train
 images per second over the timed steps (after warm-up steps), both per wall-clock second and per CPU-second of
 this process (all its threads, so the Debugger's writer and monitor threads count). The ``ratio=`` line is the
@@ -12,7 +12,8 @@ wall-clock images/s ratio; the CPU-time ratio is printed beside it (it is lower:
 the monitor run beside training). PyTorch runs on one thread, as the tests do.
 
 A second, informational measurement uses dogclf's cached-feature fast path (the head alone on precomputed
-backbone features), where a step costs well under a millisecond and smdebug's per-step file writes dominate.
+backbone features), where a step costs well under a millisecond and smdebug's per-step file writes dominate
+(smdebug opens and closes an event file for every saved step).
 
 Run: ``.venv/bin/python benchmarks/bench_debugger.py [--steps 100] [--image-size 64] [--repeats 1]``; last line ``ratio=``.
 """

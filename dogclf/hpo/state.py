@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,7 +161,7 @@ class ExperimentState:
         if target is None:
             raise ConfigError("ExperimentState.save needs a path the first time")
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{threading.get_ident()}")
         tmp.write_text(json.dumps(self.to_dict(), indent=1, default=_json_default))
         os.replace(tmp, target)
         self.path = target

@@ -391,7 +391,7 @@ def test_bad_model_objective_and_space_raise_at_construction(tmp_path: Path) -> 
 
 
 def test_run_records_trials_and_best(tmp_path: Path) -> None:
-    backend = FakeBackend(tmp_path, delay=0.02)
+    backend = FakeBackend(tmp_path, delay=0.1)
     exp = make(tmp_path, backend=backend, max_trials=6, max_parallel=2, strategy="random")
     assert exp.run() is exp
     df = exp.trials_
@@ -461,16 +461,16 @@ def test_no_scored_trial_means_no_best(tmp_path: Path) -> None:
 
 def test_median_pruning_stops_clearly_worse_trials(tmp_path: Path) -> None:
     good = {"lr": 0.01, "epochs": 4, "delay": 0.0}
-    plan = [good, dict(good, lr=0.012), dict(good, lr=0.009), {"lr": 0.1, "epochs": 4, "delay": 0.3}]
+    plan = [good, dict(good, lr=0.012), dict(good, lr=0.009), {"lr": 0.1, "epochs": 4, "delay": 1.0}]
     backend = FakeBackend(tmp_path)
-    exp = HPOExperiment(FakeSpec(), {"lr": Continuous(0.001, 0.1), "epochs": [4], "delay": [0.0, 0.3]},
+    exp = HPOExperiment(FakeSpec(), {"lr": Continuous(0.001, 0.1), "epochs": [4], "delay": [0.0, 1.0]},
                         backend=backend, strategy=Scripted(plan), max_trials=4, name="prune",
                         early_stopping=MedianStopping(min_trials=3, warmup_epochs=1)).run()
     df = exp.trials_
     assert df["status"].tolist() == ["Completed", "Completed", "Completed", "Pruned"]
     assert "worse than the median" in df.loc[3, "failure_reason"]
     assert len(exp.state_.trial(3).history) < 4  # it did not run all its epochs
-    assert df.loc[3, "duration_s"] < 4 * 0.3
+    assert df.loc[3, "duration_s"] < 4 * 1.0
 
 
 def test_interrupted_run_resumes_without_redoing_finished_trials(tmp_path: Path) -> None:

@@ -112,7 +112,7 @@ class HPOExperiment:
         early_stopping: ``"off"``, ``"auto"`` (the median rule, like SageMaker's ``early_stopping_type="Auto"``)
             or a :class:`~dogclf.hpo.MedianStopping`.
         backend: ``None`` (the default backend), a registered backend name or a backend object.
-        name: The experiment's name (1-32 letters, digits, hyphens); default ``hpo-<UTC timestamp>-<4 hex>``.
+        name: The experiment's name (1-32 letters, digits, hyphens); default ``hpo-<UTC timestamp>-<6 hex>``.
         seed: Seed of the strategy's draws; the same seed reproduces the same trials (run sequentially).
             ``None`` picks one and records it in the state.
         data: The data channels: a dataset folder or ``s3://`` URI holding ``train/``, ``valid/`` and ``test/``,
@@ -166,7 +166,7 @@ class HPOExperiment:
         self.early_stopping = get_early_stopping(early_stopping)
         self.backend = backend
         self.name = validate_name(name) if name is not None else (
-            f"hpo-{time.strftime('%y%m%d-%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:4]}")
+            f"hpo-{time.strftime('%y%m%d-%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:6]}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise ConfigError(f"seed must be an int or None, got {seed!r}")
         self.seed = seed

@@ -14,7 +14,6 @@ from dogclf.backends.sagemaker import SageMakerBackend
 from dogclf.backends.sagemaker.tuning import build_tuner, list_trials, parameter_ranges
 from dogclf.errors import ConfigError
 from dogclf.hpo import Categorical, Continuous, HPOExperiment, Integer, SearchSpace
-from dogclf.hpo.state import ExperimentState
 from dogclf.training import TrainingJobSpec
 
 SEED_SPACE = {"lr": Continuous(0.001, 0.1), "batch-size": Categorical([32, 64, 128]), "epochs": Categorical([1, 2])}

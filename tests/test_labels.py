@@ -1,11 +1,10 @@
 from __future__ import annotations
 
 import json
-import os
 import string
 
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from dogclf.errors import ConfigError, DogclfError, DuplicateError, UnknownBreedError, UnknownLabelSetError

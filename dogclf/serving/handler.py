@@ -42,7 +42,6 @@ import os
 import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from dogclf._source import copy_package_source
 from dogclf.errors import ArtifactError
 
 __all__ = ["INFERENCE_PY", "write_code_dir", "pack_artifact", "resolve_model_dir"]
@@ -34,8 +35,6 @@ from dogclf.serving.handler import input_fn, model_fn, output_fn, predict_fn
 __all__ = ["model_fn", "input_fn", "predict_fn", "output_fn"]
 '''
 
-_VENDOR_SUFFIXES = (".py", ".json", ".txt", ".typed")
-_SKIP_DIRS = ("__pycache__", ".pytest_cache")
 
 
 def write_code_dir(dest: str | os.PathLike[str]) -> Path:
@@ -57,13 +56,7 @@ def write_code_dir(dest: str | os.PathLike[str]) -> Path:
     for name in ("inference.py", "dogclf"):
         if (out / name).exists():
             raise ArtifactError(f"code folder {str(out)!r} already has {name!r}; pass an empty folder")
-    package = Path(dogclf.__file__).resolve().parent
-
-    def ignore(folder: str, names: list[str]) -> list[str]:
-        return [n for n in names if n in _SKIP_DIRS or n.startswith(".")
-                or (not os.path.isdir(os.path.join(folder, n)) and not n.endswith(_VENDOR_SUFFIXES))]
-
-    shutil.copytree(package, out / "dogclf", ignore=ignore)
+    copy_package_source(out)
     (out / "inference.py").write_text(INFERENCE_PY.format(version=dogclf.__version__), encoding="utf-8")
     logger.debug("wrote SageMaker code folder with vendored dogclf %s to %s", dogclf.__version__, out)
     return out

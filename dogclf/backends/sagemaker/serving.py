@@ -17,27 +17,18 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from dogclf.backends.sagemaker.session import make_session
 from dogclf.errors import ConfigError, EndpointError
-from dogclf.serving.endpoint import CostWarning, Endpoint, new_endpoint_name, raise_for_error
+from dogclf.serving.endpoint import (
+    CostWarning,
+    Endpoint,
+    new_endpoint_name,
+    raise_for_error,
+)
 
 __all__ = ["SageMakerEndpoint", "deploy", "make_session"]
 
 logger = logging.getLogger(__name__)
-
-
-def make_session(backend: Any) -> Any:
-    """The ``sagemaker.Session`` for ``backend``: its ``session`` if given, else one for its region and bucket.
-
-    ``AWS_ENDPOINT_URL`` (e.g. a moto server in tests) is honoured by the boto3 clients underneath.
-    """
-    if getattr(backend, "session", None) is not None:
-        return backend.session
-    import boto3
-    import sagemaker
-
-    region = backend.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    boto_session = boto3.Session(region_name=region)
-    return sagemaker.Session(boto_session=boto_session, default_bucket=backend.bucket)
 
 
 class SageMakerEndpoint(Endpoint):

@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from dogclf._source import copy_package_source
+from dogclf.backends.sagemaker.session import make_session as _session
 from dogclf.errors import BackendError, ConfigError, JobError
 from dogclf.training.spec import TrainingJobResult, TrainingJobSpec
 
@@ -44,16 +46,6 @@ ENTRY_POINT = "dogclf/training/train.py"
 _TERMINAL = ("Completed", "Failed", "Stopped")
 
 
-def _session(backend: Any) -> Any:
-    import sagemaker
-
-    if backend.session is not None:
-        return backend.session
-    import boto3
-
-    return sagemaker.Session(boto_session=boto3.Session(region_name=backend.region))
-
-
 def _bucket(backend: Any, session: Any) -> str:
     return backend.bucket or session.default_bucket()
 
@@ -69,13 +61,9 @@ def stage_source_dir(dest: str | Path | None = None, requirements: list[str] | N
     Returns:
         The folder, holding ``dogclf/`` (and ``requirements.txt`` when given).
     """
-    import dogclf
-
     out = Path(dest) if dest is not None else Path(tempfile.mkdtemp(prefix="dogclf-source-"))
     out.mkdir(parents=True, exist_ok=True)
-    package = Path(dogclf.__file__).resolve().parent
-    shutil.copytree(package, out / "dogclf", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
-                    dirs_exist_ok=True)
+    copy_package_source(out)
     if requirements:
         (out / "requirements.txt").write_text("\n".join(requirements) + "\n", encoding="utf-8")
     return out

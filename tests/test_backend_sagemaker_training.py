@@ -106,3 +106,17 @@ def test_bad_specs_for_sagemaker(aws):
     with pytest.raises(ConfigError, match="neither"):
         backend.train(TrainingJobSpec(HP, {"training": "/no/such/folder"}))
     assert issubclass(JobError, Exception)
+
+
+def test_debugger_jobs_ship_smdebug_requirements_and_plain_jobs_ship_none(backend):
+    from pathlib import Path
+
+    debug = TrainingJobSpec({**HP, "dogclf-debug": "packed"}, {"training": "s3://dogclf-test/d"})
+    est = build_estimator(backend, debug)
+    lines = (Path(est.source_dir) / "requirements.txt").read_text().split()
+    assert "smdebug==1.0.34" in lines and "protobuf>=3.20,<=3.20.3" in lines and "psutil" in lines
+    assert (Path(est.source_dir) / "dogclf" / "training" / "train.py").is_file()
+    plain = build_estimator(backend, TrainingJobSpec(HP, {"training": "s3://dogclf-test/d"}))
+    assert not (Path(plain.source_dir) / "requirements.txt").exists()
+    custom = build_estimator(backend, debug, requirements=["smdebug==1.0.34"])
+    assert (Path(custom.source_dir) / "requirements.txt").read_text().split() == ["smdebug==1.0.34"]

@@ -90,6 +90,19 @@ def _debugger_kwargs(spec: TrainingJobSpec) -> dict[str, Any]:
     return kwargs
 
 
+# What a Debugger-enabled job installs in the PyTorch container (which has torch, torchvision, numpy and Pillow):
+# smdebug 1.0.34 with the pins it needs and the modules it imports without declaring them.
+DEBUG_REQUIREMENTS = ("smdebug==1.0.34", "protobuf>=3.20,<=3.20.3", "numpy>=1.26,<2.3", "psutil", "pandas",
+                      "requests")
+
+
+def default_requirements(spec: TrainingJobSpec) -> list[str] | None:
+    """The container requirements a spec needs: :data:`DEBUG_REQUIREMENTS` when it configures Debugger tensors or
+    profiling (by hook/profiler config or the ``dogclf-debug`` hyperparameter), otherwise none."""
+    debug = (spec.debugger_hook_config or spec.profiler_config or "dogclf-debug" in spec.hyperparameters)
+    return list(DEBUG_REQUIREMENTS) if debug else None
+
+
 def build_estimator(backend: Any, spec: TrainingJobSpec, *, source_dir: str | Path | None = None,
                     framework_version: str = DEFAULT_FRAMEWORK_VERSION, py_version: str = DEFAULT_PY_VERSION,
                     output_path: str | None = None, requirements: list[str] | None = None,
@@ -103,7 +116,8 @@ def build_estimator(backend: Any, spec: TrainingJobSpec, *, source_dir: str | Pa
         framework_version: PyTorch container version.
         py_version: Python version of the container.
         output_path: Where ``model.tar.gz`` goes; default ``s3://<bucket>/dogclf/training``.
-        requirements: Extra pip requirements for the container (see :func:`stage_source_dir`).
+        requirements: Extra pip requirements for the container (see :func:`stage_source_dir`); default
+            :func:`default_requirements` of the spec.
         **estimator_kwargs: More ``PyTorch`` keyword arguments (they win over the spec's).
 
     Raises:
@@ -117,6 +131,8 @@ def build_estimator(backend: Any, spec: TrainingJobSpec, *, source_dir: str | Pa
     session = _session(backend)
     bucket = _bucket(backend, session)
     output_path = output_path or f"s3://{bucket}/dogclf/training"
+    if requirements is None:
+        requirements = default_requirements(spec)
     source = Path(source_dir) if source_dir is not None else stage_source_dir(requirements=requirements)
     kwargs: dict[str, Any] = dict(
         entry_point=ENTRY_POINT, source_dir=str(source), role=backend.role, sagemaker_session=session,
@@ -252,7 +268,8 @@ def train(backend: Any, spec: TrainingJobSpec, *, wait: bool = True, logs: bool 
         raise ConfigError(f"spec must be a dogclf.training.TrainingJobSpec, got {type(spec).__name__}")
     staged = None
     if "source_dir" not in estimator_kwargs:
-        staged = stage_source_dir(requirements=estimator_kwargs.pop("requirements", None))
+        requirements = estimator_kwargs.pop("requirements", None)
+        staged = stage_source_dir(requirements=default_requirements(spec) if requirements is None else requirements)
         estimator_kwargs["source_dir"] = staged
     try:
         estimator = build_estimator(backend, spec, **estimator_kwargs)

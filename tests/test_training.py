@@ -379,3 +379,33 @@ def test_corrupt_image_is_named(tmp_path, job, capsys, dataset):
     victim.write_bytes(b"\xff\xd8\xff garbage")
     code, out = run_main(capsys, *SMALL, "--weights", "None", "--training", str(copy))
     assert code == 2 and "CorruptImageError" in out and victim.name in out
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_fold_batchnorm_computes_the_same_features_without_batchnorm(arch):
+    import torchvision
+
+    from dogclf.models import forward_features
+    from dogclf.training.train import fold_batchnorm
+
+    torch.manual_seed(0)
+    module = getattr(torchvision.models, arch)(weights=None)
+    for m in module.modules():  # non-trivial running statistics and affine parameters
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    module.eval()
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        expected = forward_features(module, x)
+        for channels_last in (False, True):
+            folded = fold_batchnorm(module, channels_last=channels_last)
+            assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+            inp = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+            got = forward_features(folded, inp)
+            assert torch.allclose(got, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
+    assert all(torch.equal(v, before[k]) for k, v in module.state_dict().items())  # the original is untouched
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in module.modules())

@@ -66,7 +66,7 @@ FEATURE_CACHE_MODES = ("auto", "on", "off")
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 CHECKPOINT_FILE = "checkpoint.pt"
-FEATURE_CACHE_VERSION = 1
+FEATURE_CACHE_VERSION = 2
 _VALID_NAMES = ("valid", "validation", "val")
 
 
@@ -451,6 +451,7 @@ def feature_cache_key(model: Any, split: Split, seed: int) -> str:
 
     doc = {"version": FEATURE_CACHE_VERSION, "backbone": model.backbone, "weights": weights_identity(model, seed),
            "preprocess": model.config.preprocess.to_dict(), "decoder": "pil-draft+bilinear+centre-crop",
+           "backbone_run": "batchnorm-folded",
            "torch": torch.__version__.split("+")[0], "manifest": manifest_digest(split)}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
@@ -461,12 +462,45 @@ def feature_cache_dir(checkpoint_dir: Path) -> Path:
     return Path(shared) if shared else checkpoint_dir / "features"
 
 
+def fold_batchnorm(module: Any, channels_last: bool = False) -> Any:
+    """An inference-only copy of a torchvision ResNet whose BatchNorm layers are folded into the convolutions.
+
+    In eval mode a BatchNorm after a convolution is an affine map per channel, so it can be merged into the
+    convolution's weight and bias: the copy computes the same features (up to float rounding, ~1e-6 relative)
+    with one pass over each activation less, about 10-15% faster for ResNet50 on CPU. ``module`` is not changed.
+    """
+    import copy
+
+    import torch
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    folded = copy.deepcopy(module).eval()
+
+    def fold(parent: Any, conv: str, bn: str) -> None:
+        setattr(parent, conv, fuse_conv_bn_eval(getattr(parent, conv), getattr(parent, bn)))
+        setattr(parent, bn, torch.nn.Identity())
+
+    fold(folded, "conv1", "bn1")
+    for layer in (folded.layer1, folded.layer2, folded.layer3, folded.layer4):
+        for block in layer:
+            for i in (1, 2, 3):
+                if hasattr(block, f"conv{i}"):
+                    fold(block, f"conv{i}", f"bn{i}")
+            if block.downsample is not None:
+                fold(block.downsample, "0", "1")
+    if channels_last:
+        folded.to(memory_format=torch.channels_last)
+    return folded
+
+
 def cached_features(model: Any, split: Split, cache_dir: Path, *, seed: int, batch_size: int, workers: int,
-                    normalizer: Normalizer, prepare: Any = None) -> tuple[Any, Any]:
+                    normalizer: Normalizer, backbone: Any = None) -> tuple[Any, Any]:
     """The split's backbone features and labels, from the cache or computed once and stored there.
 
-    ``prepare`` (optional, no arguments) is called before the backbone runs, i.e. only on a cache miss: the entry
-    point converts the network to channels-last there, a cost a cache hit does not need to pay.
+    On a miss the backbone runs with its BatchNorm layers folded into the convolutions (:func:`fold_batchnorm`),
+    channels-last when the normalizer produces channels-last batches. ``backbone`` (optional, no arguments)
+    returns that folded copy, so a caller filling several splits folds the network once; it is called only on a
+    miss.
     """
     import torch
 
@@ -484,10 +518,8 @@ def cached_features(model: Any, split: Split, cache_dir: Path, *, seed: int, bat
         except Exception as exc:  # a damaged cache file is recomputed, never trusted
             logger.warning("feature cache file %s is unreadable (%s); recomputing", path, exc)
     start = time.perf_counter()
-    if prepare is not None:
-        prepare()
-    module = model.module_
-    module.eval()
+    model.module_.eval()
+    module = backbone() if backbone is not None else fold_batchnorm(model.module_, normalizer.channels_last)
     feats, labels = [], []
     with torch.inference_mode():
         for images, y in decode_batches(split, model.config.preprocess.resize, model.config.preprocess.crop,
@@ -634,16 +666,11 @@ def run(args: argparse.Namespace, extra_hyperparameters: dict[str, Any] | None =
     use_cache = args.feature_cache == "on" or (args.feature_cache == "auto" and args.freeze == "head"
                                                and args.augment == "none")
     # Converting ResNet50 to channels-last (and back before saving) copies every conv weight: about 0.5 s each way
-    # on 2 busy cores. Done only when the backbone will run: always without the cache, on a cache miss with it.
-    layout = {"channels_last": False}
-
-    def to_channels_last() -> None:
-        if channels_last and not layout["channels_last"]:
-            module.to(memory_format=torch.channels_last)
-            layout["channels_last"] = True
-
-    if not use_cache:
-        to_channels_last()
+    # on 2 busy cores. Done only when the network runs on images: without the cache (on a cache miss the features
+    # come from a BatchNorm-folded copy, made channels-last itself).
+    converted = channels_last and not use_cache
+    if converted:
+        module.to(memory_format=torch.channels_last)
     logger.info("data: %s; labels: %d breeds; device %s; %d decode workers; channels-last %s",
                 ", ".join(f"{n}={len(s)} images" for n, s in splits.items()), len(labels), device, workers,
                 "on" if channels_last else "off")
@@ -654,9 +681,16 @@ def run(args: argparse.Namespace, extra_hyperparameters: dict[str, Any] | None =
         cache_dir = feature_cache_dir(ckpt_dir)
         logger.info("feature cache: ON (freeze=head, augment=none): the frozen backbone runs once per image and the "
                     "head trains on cached features; cache folder %s", cache_dir)
+        folded: list[Any] = []
+
+        def backbone() -> Any:  # folded once, on the first cache miss
+            if not folded:
+                folded.append(fold_batchnorm(module, channels_last))
+            return folded[0]
+
         data = {name: cached_features(model, split, cache_dir, seed=args.seed, batch_size=eval_bs, workers=workers,
-                                      normalizer=normalizer, prepare=to_channels_last)
-                for name, split in splits.items()}
+                                      normalizer=normalizer, backbone=backbone) for name, split in splits.items()}
+        folded.clear()
         train_module = module.fc
     else:
         logger.info("feature cache: OFF (freeze=%s, augment=%s, feature-cache=%s): the network runs on images every "
@@ -813,7 +847,7 @@ def run(args: argparse.Namespace, extra_hyperparameters: dict[str, Any] | None =
     call("on_train_end", dict(final))
 
     module.to("cpu")
-    if layout["channels_last"]:
+    if converted:
         module.to(memory_format=torch.contiguous_format)
     model.save(model_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torchvision weights name such as IMAGENET1K_V2, a checkpoint path, or None; default None "
                         "locally (random initialisation: an offline machine cannot download weights) and "
                         "IMAGENET1K_V2 on SageMaker")
+    p.add_argument("--freeze", choices=["head", "last-block", "full"], default="head",
+                   help="what trains: the head on a frozen backbone (the seed's), layer4 + head, or everything")
     p.add_argument("--seed", type=int, default=0, help="seed of the data, the tuner and training")
     p.add_argument("--backend", default="local", help="local or sagemaker")
     p.add_argument("--role", default=None, help="SageMaker: the IAM role ARN jobs and the endpoint assume")
@@ -217,7 +219,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     crop = args.image_size or (224 if args.data else image_size)
     weights = args.weights if args.weights is not None else ("IMAGENET1K_V2" if sagemaker else None)
     static = {"backbone": args.backbone, "weights": str(weights), "seed": args.seed,
-              "resize": max(crop, int(crop * 256 / 224)), "crop": crop}
+              "resize": max(crop, int(crop * 256 / 224)), "crop": crop,
+              # The seed's policy: train the head on a frozen backbone. Offline there are no pretrained weights,
+              # so the demo's model stays near chance; --freeze full fine-tunes everything (slower, and the
+              # seed's weight collections then save the whole network every 5 steps).
+              "freeze": args.freeze}
     if not sagemaker:
         static["num-workers"] = 0  # the demo's images are tiny: decoding in-process beats starting workers
     spec = TrainingJobSpec(hyperparameters=static, channels=dict(staged.channels),

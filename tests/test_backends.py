@@ -90,3 +90,12 @@ def test_broken_plugins_give_clear_errors(tmp_path, monkeypatch):
     assert isinstance(info.value, DogclfError) and isinstance(info.value, ImportError)
     with pytest.raises(BackendLoadError, match="could not be created"):
         get_backend("local", no_such_option=1)
+
+
+def test_local_root_is_made_absolute_at_construction(tmp_path, monkeypatch):
+    # Jobs run in other working directories (the toolkit's SAGEMAKER_BASE_DIR, child processes): a relative
+    # root must keep meaning the folder it named when the backend was made.
+    monkeypatch.chdir(tmp_path)
+    backend = LocalBackend("backend-root")
+    assert backend.root == tmp_path / "backend-root" and backend.root.is_absolute()
+    assert not (tmp_path / "backend-root").exists()

@@ -29,7 +29,8 @@ class LocalBackend:
     name = "local"
 
     def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
-        self.root = Path(root) if root is not None else default_root()
+        # Absolute from the start: jobs run in other working directories (SAGEMAKER_BASE_DIR, child processes).
+        self.root = (Path(root).expanduser() if root is not None else default_root()).absolute()
 
     def __repr__(self) -> str:
         return f"LocalBackend(root={str(self.root)!r})"

@@ -40,7 +40,7 @@ def uses_feature_cache(spec: Any, space: Any = ()) -> bool:
 
 
 def tune(backend: Any, spec: Any, *, state: Any = None, launch: bool = True, wait: bool = True,
-         poll_interval: float | None = None, warm_pool: bool | None = None, **kwargs: Any) -> Any:
+         poll_interval: float = 0.2, warm_pool: bool | None = None, **kwargs: Any) -> Any:
     """Run (or, with ``launch=False``, only look at) a tuning experiment on the local backend.
 
     Args:
@@ -51,9 +51,7 @@ def tune(backend: Any, spec: Any, *, state: Any = None, launch: bool = True, wai
         launch: ``False`` only reports: the local state file already is the whole truth.
         wait: Accepted for symmetry with SageMaker; local tuning always runs to the end in the calling thread
             (:meth:`HPOExperiment.run(wait=False) <dogclf.hpo.HPOExperiment.run>` runs it in a thread).
-        poll_interval: Seconds between looks at the running jobs (a look only reads each job's status in memory).
-            ``None`` (default): 0.05 s with the warm pool, whose head-only trials take well under a second each
-            (0.2 s there left a worker idle for up to half a trial), 0.2 s otherwise.
+        poll_interval: Seconds between looks at the running jobs.
         warm_pool: Run the trial jobs in reused worker processes (:class:`WarmPoolBackend`), like SageMaker's
             warm pools: each trial still has its own job folder and runs the entry point under the container
             environment, without paying a new interpreter and the torch import. ``None`` (default) uses the pool
@@ -77,13 +75,11 @@ def tune(backend: Any, spec: Any, *, state: Any = None, launch: bool = True, wai
     # With a shared feature cache, let the first job fill it before the others start reading it.
     warm = cached and state.max_parallel > 1
     if not (cached if warm_pool is None else warm_pool):
-        return run_trials(backend, spec, state, poll_interval=0.2 if poll_interval is None else poll_interval,
-                          warm_up_first=warm)
+        return run_trials(backend, spec, state, poll_interval=poll_interval, warm_up_first=warm)
     remaining = state.max_trials - sum(t.finished for t in state.trials)
     pool = WarmPoolBackend(backend, max(1, min(state.max_parallel, remaining)))
     try:
-        return run_trials(pool, spec, state, poll_interval=0.05 if poll_interval is None else poll_interval,
-                          warm_up_first=warm)
+        return run_trials(pool, spec, state, poll_interval=poll_interval, warm_up_first=warm)
     finally:
         pool.close()
 

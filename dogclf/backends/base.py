@@ -7,9 +7,10 @@ the SageMaker backend knows AWS request shapes; user code talks to the protocol.
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+import importlib
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
-__all__ = ["Backend"]
+__all__ = ["Backend", "PackageBackend"]
 
 
 @runtime_checkable
@@ -33,3 +34,35 @@ class Backend(Protocol):
     def deploy(self, artifact: Any, **kwargs: Any) -> Any:
         """Serve a model artifact through the shared inference handler and return an endpoint handle."""
         ...
+
+
+class PackageBackend:
+    """Base for a backend laid out as a package with one module per capability, imported on first use.
+
+    The package named by :attr:`capability_package` holds ``training`` (functions ``train(backend, spec, **kw)``
+    and ``attach(backend, job_name)``), ``tuning`` (``tune(backend, spec, **kw)``) and ``serving``
+    (``deploy(backend, artifact, **kw)``). The built-in ``local`` and ``sagemaker`` backends are built this way;
+    a plug-in may be too, or implement :class:`Backend` directly.
+    """
+
+    capability_package: ClassVar[str]
+    """Dotted name of the package holding the capability modules (the backend's own package)."""
+
+    def _capability(self, module: str, function: str) -> Any:
+        return getattr(importlib.import_module(f"{self.capability_package}.{module}"), function)
+
+    def train(self, spec: Any, **kwargs: Any) -> Any:
+        """Run one training job of the shared entry point (``<package>.training.train``)."""
+        return self._capability("training", "train")(self, spec, **kwargs)
+
+    def attach(self, job_name: str) -> Any:
+        """The result of an earlier training job, read back by name (``<package>.training.attach``)."""
+        return self._capability("training", "attach")(self, job_name)
+
+    def tune(self, spec: Any, **kwargs: Any) -> Any:
+        """Run a hyperparameter-tuning experiment (``<package>.tuning.tune``)."""
+        return self._capability("tuning", "tune")(self, spec, **kwargs)
+
+    def deploy(self, artifact: Any, **kwargs: Any) -> Any:
+        """Serve a model artifact through the shared inference handler (``<package>.serving.deploy``)."""
+        return self._capability("serving", "deploy")(self, artifact, **kwargs)

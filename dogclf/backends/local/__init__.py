@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+
+from dogclf.backends.base import PackageBackend
 
 __all__ = ["LocalBackend"]
 
@@ -18,7 +19,7 @@ def default_root() -> Path:
     return Path(os.environ.get("DOGCLF_HOME") or Path.home() / ".dogclf")
 
 
-class LocalBackend:
+class LocalBackend(PackageBackend):
     """Run dogclf's jobs on this machine.
 
     Args:
@@ -27,6 +28,7 @@ class LocalBackend:
     """
 
     name = "local"
+    capability_package = __name__
 
     def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
         # Absolute from the start: jobs run in other working directories (SAGEMAKER_BASE_DIR, child processes).
@@ -35,27 +37,3 @@ class LocalBackend:
     def __repr__(self) -> str:
         return f"LocalBackend(root={str(self.root)!r})"
 
-    # Each capability lives in its own module of this package and is imported when first used.
-    def train(self, spec: Any, **kwargs: Any) -> Any:
-        """Run one training job of the shared entry point; see :mod:`.training`."""
-        from .training import train
-
-        return train(self, spec, **kwargs)
-
-    def attach(self, job_name: str) -> Any:
-        """The result of an earlier training job, read back by name; see :mod:`.training`."""
-        from .training import attach
-
-        return attach(self, job_name)
-
-    def tune(self, spec: Any, **kwargs: Any) -> Any:
-        """Run a hyperparameter-tuning experiment; see :mod:`.tuning`."""
-        from .tuning import tune
-
-        return tune(self, spec, **kwargs)
-
-    def deploy(self, artifact: Any, **kwargs: Any) -> Any:
-        """Serve a model artifact through the shared inference handler; see :mod:`.serving`."""
-        from .serving import deploy
-
-        return deploy(self, artifact, **kwargs)

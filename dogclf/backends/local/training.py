@@ -35,7 +35,14 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
-from dogclf.errors import ConfigError, DataError, DataNotFoundError, DuplicateError, JobError, NotFoundError
+from dogclf.errors import (
+    ConfigError,
+    DataError,
+    DataNotFoundError,
+    DuplicateError,
+    JobError,
+    NotFoundError,
+)
 from dogclf.training.metrics import parse_metric_line
 from dogclf.training.spec import TrainingJobResult, TrainingJobSpec
 

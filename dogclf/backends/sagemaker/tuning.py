@@ -40,7 +40,11 @@ def parameter_ranges(space: Any) -> dict[str, Any]:
     ``scale="log"`` maps to ``scaling_type="Logarithmic"``, ``"linear"`` to ``"Linear"``; categorical values are
     sent as strings, as SageMaker passes every hyperparameter.
     """
-    from sagemaker.parameter import CategoricalParameter, ContinuousParameter, IntegerParameter
+    from sagemaker.parameter import (
+        CategoricalParameter,
+        ContinuousParameter,
+        IntegerParameter,
+    )
 
     from dogclf.hpo.space import Categorical, Continuous, Integer
 

@@ -8,10 +8,9 @@ Importing :mod:`dogclf` is cheap: the heavy parts (torch, the SageMaker SDK) loa
 
 from __future__ import annotations
 
-import importlib
 import logging
-from typing import Any
 
+from dogclf._lazy import lazy_exports
 from dogclf.errors import DogclfError
 
 __version__ = "0.1.0"
@@ -38,14 +37,4 @@ _LAZY = {
 __all__ = ["DogclfError", "__version__", *_LAZY]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'dogclf' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

@@ -7,10 +7,14 @@ validated ``train``/``valid``/``test`` splits, on local disk or in S3, ready to 
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
 
-from dogclf.data.synthetic import SPLITS, SyntheticDataset, make_synthetic_dataset, synthetic_image
+from dogclf._lazy import lazy_exports
+from dogclf.data.synthetic import (
+    SPLITS,
+    SyntheticDataset,
+    make_synthetic_dataset,
+    synthetic_image,
+)
 
 # The stager pulls in more (boto3 on use, PIL); it is imported on first access.
 _LAZY = {
@@ -27,14 +31,4 @@ _LAZY = {
 __all__ = ["SPLITS", "SyntheticDataset", "make_synthetic_dataset", "synthetic_image", *_LAZY]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'dogclf.data' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

@@ -13,11 +13,18 @@ Heavy imports (torch, smdebug, matplotlib) happen on first use.
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any
 
-from .config import CollectionConfig, DebuggerConfig, ProfilerConfig, RuleConfig, seed_collections
+from dogclf._lazy import lazy_exports
+
+from .config import (
+    CollectionConfig,
+    DebuggerConfig,
+    ProfilerConfig,
+    RuleConfig,
+    seed_collections,
+)
 
 __all__ = [
     "CollectionConfig",
@@ -70,14 +77,4 @@ def make_callbacks(hyperparameters: dict[str, Any], output_data_dir: Path) -> li
     return _make(hyperparameters, output_data_dir)
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'dogclf.debug' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

@@ -29,6 +29,7 @@ __all__ = [
     "NotFittedError",
     "BackendError",
     "BackendLoadError",
+    "PluginLoadError",
     "JobError",
     "DataError",
     "DataNotFoundError",
@@ -89,7 +90,11 @@ class BackendError(DogclfError, RuntimeError):
     """A backend could not do what was asked of it."""
 
 
-class BackendLoadError(BackendError, ImportError):
+class PluginLoadError(DogclfError, ImportError):
+    """A plug-in (an entry point of a ``dogclf.*`` group, or a lazily loaded built-in) failed to import or load."""
+
+
+class BackendLoadError(BackendError, PluginLoadError):
     """A backend is registered but its entry point failed to import or does not implement :class:`Backend`."""
 
 

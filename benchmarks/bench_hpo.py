@@ -47,7 +47,7 @@ def backbone_pass(data: Path, backbone: str, batch_size: int = 32) -> tuple[floa
     import torch
 
     from dogclf.models import ResNetBreedModel, forward_features
-    from dogclf.training.train import Normalizer, decode_batches, resolve_data_labels, scan_split
+    from dogclf.training.data import Normalizer, decode_batches, resolve_data_labels, scan_split
 
     labels = resolve_data_labels("auto", data / "train")
     model = ResNetBreedModel(labels, backbone=backbone, weights="IMAGENET1K_V2").build()

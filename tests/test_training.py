@@ -25,6 +25,7 @@ from dogclf.models.testing import place_fake_weights
 from dogclf.training import (
     METRIC_DEFINITIONS,
     Callback,
+    TrainingConfig,
     TrainingJobResult,
     TrainingJobSpec,
     format_metric_line,
@@ -107,7 +108,7 @@ def test_metric_regexes_do_not_confuse_names():
 ])
 def test_spec_rejects_bad_hyperparameters(hp, match):
     with pytest.raises(ConfigError, match=match):
-        TrainingJobSpec(hp, {"training": "/data"})
+        TrainingJobSpec.from_hyperparameters(hp, {"training": "/data"})
 
 
 @pytest.mark.parametrize("kw,match", [
@@ -125,12 +126,22 @@ def test_spec_rejects_bad_fields(kw, match):
         TrainingJobSpec({}, **kw)
 
 
-def test_spec_normalises_and_stringifies_hyperparameters():
-    spec = TrainingJobSpec({"batch_size": 64, "lr": 0.001, "weights": None, "deterministic": True},
-                           {"train": "/t", "test": "/t2"}, job_name="trial-1")
-    assert spec.hyperparameters == {"batch-size": 64, "lr": 0.001, "weights": None, "deterministic": True}
-    assert spec.hyperparameters_as_strings() == {"batch-size": "64", "lr": "0.001", "weights": "None",
-                                                 "deterministic": "true"}
+def test_spec_is_typed_and_encodes_once_for_the_wire():
+    spec = TrainingJobSpec({"weights": None}, {"train": "/t", "test": "/t2"},
+                           {"batch_size": 64, "lr": 0.001, "deterministic": True}, job_name="trial-1")
+    assert spec.training == TrainingConfig(batch_size=64, lr=0.001, deterministic=True)
+    assert spec.model.weights is None and spec.params["batch_size"] == 64
+    wire = spec.hyperparameters
+    assert {k: wire[k] for k in ("batch-size", "lr", "weights", "deterministic")} == {
+        "batch-size": "64", "lr": "0.001", "weights": "None", "deterministic": "true"}
+    assert all(isinstance(v, str) for v in wire.values())
+    # The wire decodes back to the same typed job: one encoder, one decoder.
+    assert TrainingJobSpec.from_hyperparameters(wire, spec.channels, job_name="trial-1") == spec
+    # The same spec from the CLI's spelling, a dict of typed values, or with_params: equal.
+    assert spec.with_params({"batch-size": "32"}).training.batch_size == 32
+    assert spec.with_params({"crop": 200}).model.preprocess.crop == 200
+    with pytest.raises(ConfigError, match="unknown hyperparameter.*'bogus'"):
+        spec.with_params({"bogus": 1})
     assert spec.metric_definitions == METRIC_DEFINITIONS and spec.metric_definitions is not METRIC_DEFINITIONS
     with pytest.raises(Exception):
         spec.job_name = "x"  # type: ignore[misc]
@@ -206,7 +217,7 @@ class Recorder(Callback):
         self.calls.append(("train_begin",))
         assert isinstance(ctx.loss_fn, torch.nn.CrossEntropyLoss)
         ctx.loss_fn.register_forward_hook(lambda m, i, o: self.loss_outputs.append(o.detach()))
-        self.model = ctx.model
+        self.model, self.ctx = ctx.model, ctx
 
     def on_step_begin(self, ctx, mode, step):
         self.calls.append(("begin", mode, step))
@@ -226,7 +237,7 @@ class Recorder(Callback):
 
 @pytest.mark.parametrize("feature_cache", ["on", "off"])
 def test_callbacks_see_the_loop_in_order_and_can_stop_it(dataset, job, capsys, monkeypatch, feature_cache):
-    import dogclf.debug
+    from dogclf.training.callbacks import callback_factories
 
     recorder = Recorder(stop_after_epoch=1)
     seen_hp = {}
@@ -235,11 +246,16 @@ def test_callbacks_see_the_loop_in_order_and_can_stop_it(dataset, job, capsys, m
         seen_hp.update(hyperparameters, output=output_data_dir)
         return [recorder]
 
-    monkeypatch.setattr(dogclf.debug, "make_callbacks", make_callbacks)
-    code, out = run_main(capsys, *SMALL, "--weights", "None", "--epochs", "3", "--training", str(dataset),
-                         "--feature-cache", feature_cache, "--my-debug-option", "5")
+    original = callback_factories.get("debug")
+    callback_factories.register("debug", make_callbacks, overwrite=True)  # as a plug-in registers
+    try:
+        code, out = run_main(capsys, *SMALL, "--weights", "None", "--epochs", "3", "--training", str(dataset),
+                             "--feature-cache", feature_cache, "--my-debug-option", "5")
+    finally:
+        callback_factories.register("debug", original, overwrite=True)
     assert code == 0, out
-    assert seen_hp["my-debug-option"] == "5" and seen_hp["lr"] == 0.001
+    assert seen_hp["my-debug-option"] == "5" and seen_hp["lr"] == "0.001" and seen_hp["batch-size"] == "8"
+    assert recorder.ctx.training.batch_size == 8 and recorder.ctx.model_config.backbone == "resnet18"
     kinds = [c[0] for c in recorder.calls]
     assert kinds[0] == "train_begin" and kinds[-1] == "train_end"
     assert kinds.count("epoch_end") == 1  # stopped after epoch 1; test still ran
@@ -270,9 +286,9 @@ def test_callbacks_see_the_loop_in_order_and_can_stop_it(dataset, job, capsys, m
     (["--backbone", "resnet51"], "unknown backbone 'resnet51'"),
     (["--freeze", "some"], "unknown freeze policy 'some'"),
     (["--lr", "0"], "'lr' must be > 0"),
-    (["--batch-size", "-1"], "'batch-size' must be > 0"),
+    (["--batch-size", "-1"], "'batch_size' (--batch-size) must be >= 1"),
     (["--optimizer", "rmsprop"], "'optimizer' is 'rmsprop'"),
-    (["--feature-cache", "on", "--freeze", "full"], "feature-cache 'on' needs freeze='head'"),
+    (["--feature-cache", "on", "--freeze", "full"], "feature_cache (--feature-cache) 'on' needs freeze='head'"),
 ])
 def test_bad_input_fails_fast_with_a_clear_reason(dataset, job, capsys, argv, match):
     start = time.perf_counter()
@@ -386,7 +402,7 @@ def test_fold_batchnorm_computes_the_same_features_without_batchnorm(arch):
     import torchvision
 
     from dogclf.models import forward_features
-    from dogclf.training.train import fold_batchnorm
+    from dogclf.training.features import fold_batchnorm
 
     torch.manual_seed(0)
     module = getattr(torchvision.models, arch)(weights=None)

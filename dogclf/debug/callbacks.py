@@ -182,15 +182,11 @@ class StepTimer(Callback):
             process_start = psutil.Process().create_time()
         except Exception:  # noqa: BLE001
             process_start = None
-        hp = ctx.hyperparameters or {}
-        workers = ctx.state.get("num_workers", hp.get("num_workers", hp.get("num-workers")))
-        try:
-            workers = int(workers) if workers is not None else None
-        except (TypeError, ValueError):  # "auto": the entry point decides; it may put the number in ctx.state
-            workers = None
+        workers = ctx.state.get("num_workers")
+        training = ctx.training
         self.meta = {"process_start": process_start, "train_begin": time.time(), "first_step": None,
                      "cpu_count": os.cpu_count(), "num_workers": workers,
-                     "gpu_count": 0, "batch_size": hp.get("batch_size"),
+                     "gpu_count": 0, "batch_size": training.batch_size if training is not None else None,
                      "feature_cache": bool(ctx.state.get("feature_cache", False))}
         try:
             import torch

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
+from dogclf._contract import hyperparameter, nested
 from dogclf.errors import ConfigError
 
 __all__ = [
@@ -49,8 +50,8 @@ class Preprocess:
         std: Per-channel standard deviation divided by.
     """
 
-    resize: int = 256
-    crop: int = 224
+    resize: int = hyperparameter(256, "short side images are resized to", ge=1)
+    crop: int = hyperparameter(224, "side of the centre crop fed to the network", ge=1)
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 
@@ -112,11 +113,12 @@ class ModelConfig:
         ConfigError: a value is invalid; the message names it and the allowed choices.
     """
 
-    backbone: str = "resnet50"
-    weights: str | None = "IMAGENET1K_V2"
-    freeze: str = "head"
-    dropout: float = 0.0
-    preprocess: Preprocess = field(default_factory=Preprocess)
+    backbone: str = hyperparameter("resnet50", "the backbone network")
+    weights: str | None = hyperparameter("DEFAULT", "pretrained weights: a name such as IMAGENET1K_V2 or "
+                                                          "DEFAULT, a checkpoint path, or None (random)")
+    freeze: str = hyperparameter("head", "what trains: head, last-block or full")
+    dropout: float = hyperparameter(0.0, "dropout before the head's linear layer", ge=0, lt=1)
+    preprocess: Preprocess = nested(Preprocess)
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:

@@ -1,16 +1,21 @@
-"""Training: the one entry point that runs unchanged on the local backend and on SageMaker, and its callbacks.
+"""Training: the one entry point that runs unchanged on the local backend and on SageMaker, its job contract and
+its callbacks.
 
+* :class:`TrainingConfig` (how a network is trained) and :class:`~dogclf.models.ModelConfig` (what it is) are the
+  typed job contract; :class:`TrainingJobSpec` holds them with the data channels for any backend;
+  :class:`TrainingJobResult` is what a job produced.
 * :mod:`dogclf.training.train` is the entry point script (``python -m dogclf.training.train``, or the file as
-  SageMaker's ``user_entry_point``).
-* :class:`TrainingJobSpec` describes a job for any backend; :class:`TrainingJobResult` is what it produced.
-* :data:`METRIC_DEFINITIONS` are the regexes that read the entry point's metric lines.
+  SageMaker's ``user_entry_point``); the loop is :class:`~dogclf.training.loop.Trainer`.
+* :data:`METRIC_DEFINITIONS` are the regexes that read the entry point's metric lines on SageMaker; locally a
+  job's metrics come from its metrics file (:mod:`dogclf.training.metrics`).
 * :class:`Callback` / :class:`TrainingContext` / :class:`StepInfo` are how Debugger, profilers and tuners observe
-  the loop.
+  the loop; callback factories register in the ``dogclf.callbacks`` entry-point group.
 """
 
 from dogclf.training.callbacks import Callback, StepInfo, TrainingContext
+from dogclf.training.config import TrainingConfig
 from dogclf.training.metrics import METRIC_DEFINITIONS, METRIC_NAMES, format_metric_line, parse_metric_line
-from dogclf.training.spec import JOB_STATUSES, TrainingJobResult, TrainingJobSpec, normalize_hyperparameters
+from dogclf.training.spec import JOB_STATUSES, TrainingJobResult, TrainingJobSpec
 
 __all__ = [
     "Callback",
@@ -18,10 +23,10 @@ __all__ = [
     "METRIC_DEFINITIONS",
     "METRIC_NAMES",
     "StepInfo",
+    "TrainingConfig",
     "TrainingContext",
     "TrainingJobResult",
     "TrainingJobSpec",
     "format_metric_line",
-    "normalize_hyperparameters",
     "parse_metric_line",
 ]

@@ -18,6 +18,15 @@ backbone features; otherwise it is the whole network.
 A callback asks the loop to stop by setting ``ctx.stop_training = True`` (with a reason in
 ``ctx.stop_reason``); the loop finishes the current step, skips the remaining epochs, still evaluates on test
 and saves the model.
+
+The entry point finds callbacks through the ``dogclf.callbacks`` entry-point group: each entry is a factory
+``factory(hyperparameters, output_data_dir) -> list[Callback]`` that returns the callbacks the job's settings ask
+for (none when they ask for nothing). dogclf's Debugger support registers there like any plug-in::
+
+    [project.entry-points."dogclf.callbacks"]
+    debug = "dogclf.debug.callbacks:make_callbacks"
+
+so training never imports the packages that observe it.
 """
 
 from __future__ import annotations
@@ -26,7 +35,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["Callback", "StepInfo", "TrainingContext"]
+from dogclf._registry import Registry
+
+__all__ = ["CALLBACK_GROUP", "Callback", "StepInfo", "TrainingContext", "callback_factories", "make_callbacks"]
+
+CALLBACK_GROUP = "dogclf.callbacks"
+"""The entry-point group of callback factories."""
+
+callback_factories: Registry[Any] = Registry("callback factory", group=CALLBACK_GROUP)
+"""The registered callback factories (``callback_factories.register("name", factory)`` adds one in-process)."""
 
 Mode = Literal["train", "eval"]
 
@@ -39,14 +56,18 @@ class TrainingContext:
         model: The ``torch.nn.Module`` being trained (with a cached-feature fast path, the head that runs).
         loss_fn: The loss module (``torch.nn.CrossEntropyLoss``).
         optimizer: The optimizer.
-        hyperparameters: The job's hyperparameters as parsed.
+        hyperparameters: The job's hyperparameters on the wire (``{"batch-size": "64", ...}``), with the options
+            the entry point does not know itself (a plug-in's settings) as given.
         output_data_dir: Where the job writes extra outputs (``SM_OUTPUT_DATA_DIR``): tensors, reports, traces.
         model_dir: Where the model artifact goes (``SM_MODEL_DIR``).
         epochs: The number of epochs requested.
         global_step: Train steps done so far across epochs.
         stop_training: Set to ``True`` to end training early.
         stop_reason: Why a callback stopped training.
-        state: Free space for callbacks to share values.
+        state: Free space for callbacks to share values (the entry point puts ``num_workers``,
+            ``feature_cache``, ``device``, ``labels`` and ``breed_model`` there).
+        training: The job's typed :class:`~dogclf.training.TrainingConfig` (``None`` outside the entry point).
+        model_config: The job's typed :class:`~dogclf.models.ModelConfig` (``None`` outside the entry point).
     """
 
     model: Any
@@ -60,6 +81,8 @@ class TrainingContext:
     stop_training: bool = False
     stop_reason: str | None = None
     state: dict[str, Any] = field(default_factory=dict)
+    training: Any = None
+    model_config: Any = None
 
 
 @dataclass(frozen=True)
@@ -103,3 +126,16 @@ class Callback:
 
     def on_train_end(self, ctx: TrainingContext, metrics: dict[str, float]) -> None:
         """Called once after the test evaluation, before the model is saved."""
+
+
+def make_callbacks(hyperparameters: dict[str, Any], output_data_dir: Path) -> list[Callback]:
+    """The callbacks every registered factory returns for this job, factories in name order.
+
+    Raises:
+        DogclfError: a factory refuses the job's settings (e.g. an unknown rule); a factory that fails to import
+            raises :class:`~dogclf.errors.PluginLoadError` naming it.
+    """
+    callbacks: list[Callback] = []
+    for name in callback_factories.names():
+        callbacks.extend(callback_factories.get(name)(hyperparameters, output_data_dir))
+    return callbacks

@@ -7,16 +7,20 @@ folder, the SageMaker backend turns it into a ``sagemaker.pytorch.PyTorch`` esti
 from __future__ import annotations
 
 import json
-import math
+import os
 import re
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from dogclf._contract import decode, encode, names, split_known, values, wire_value
+from dogclf._io import atomic_write_json
 from dogclf.errors import ConfigError
+from dogclf.training.config import TrainingConfig
 from dogclf.training.metrics import METRIC_DEFINITIONS
 
-__all__ = ["TrainingJobSpec", "TrainingJobResult", "JOB_STATUSES", "normalize_hyperparameters"]
+__all__ = ["TrainingJobSpec", "TrainingJobResult", "JOB_STATUSES", "check_job"]
 
 JOB_STATUSES = ("InProgress", "Completed", "Failed", "Stopping", "Stopped")
 """Training-job statuses, as SageMaker names them."""
@@ -25,103 +29,104 @@ _JOB_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
 _CHANNEL = re.compile(r"^[A-Za-z0-9\.\-_]{1,64}$")
 _INSTANCE = re.compile(r"^(ml\.[a-z0-9]+\.[a-z0-9]+|local|local_gpu)$")
 
-_POSITIVE_FLOAT = ("lr",)
-_POSITIVE_INT = ("batch-size", "epochs")
-_NON_NEGATIVE_FLOAT = ("weight-decay",)
+def _model_config(model: Any) -> tuple[Any, str | None]:
+    """``(ModelConfig, registered label-set name or None)`` from a config, a model object or a dict."""
+    from dogclf.models import ModelConfig
+
+    if isinstance(model, ModelConfig):
+        return model, None
+    if isinstance(model, Mapping):
+        return decode(ModelConfig, model), None
+    config = getattr(model, "config", None)
+    if isinstance(config, ModelConfig):
+        labels = getattr(model, "labels", None)
+        named = labels if isinstance(labels, str) and "/" not in labels and os.sep not in labels else None
+        return config, named
+    raise ConfigError(f"model must be a dogclf.models.ModelConfig, a model (ResNetBreedModel, BreedModel) or a dict "
+                      f"of model hyperparameters, got {type(model).__name__}: {model!r:.80}")
 
 
-def normalize_hyperparameters(hyperparameters: dict[str, Any]) -> dict[str, Any]:
-    """The hyperparameters with ``_`` in names spelled ``-`` (``batch_size`` becomes ``batch-size``).
-
-    The entry point accepts both spellings; the spec stores one so both backends send the same thing.
-
-    Raises:
-        ConfigError: a name is not a non-empty string, or two spellings of one name are given.
-    """
-    out: dict[str, Any] = {}
-    for key, value in hyperparameters.items():
-        if not isinstance(key, str) or not key.strip("-_"):
-            raise ConfigError(f"hyperparameter names must be non-empty strings, got {key!r}")
-        name = key.lstrip("-").replace("_", "-")
-        if name.startswith("sagemaker-"):  # SageMaker's own keys keep their spelling
-            name = key
-        if name in out:
-            raise ConfigError(f"hyperparameter {name!r} is given twice (as {key!r} and another spelling)")
-        out[name] = value
+def _channels(channels: Any) -> dict[str, str]:
+    if isinstance(channels, (str, os.PathLike)):
+        channels = {"training": os.fspath(channels)}
+    if not isinstance(channels, Mapping) or not channels:
+        raise ConfigError("channels must be a dataset folder or URI holding train/, valid/ and test/, or a non-empty "
+                          "dict of name -> local path or s3:// URI, e.g. {'training': 's3://bucket/dogImages'} or "
+                          "{'train': ..., 'valid': ..., 'test': ...}")
+    out: dict[str, str] = {}
+    for name, uri in channels.items():
+        if not isinstance(name, str) or not _CHANNEL.match(name):
+            raise ConfigError(f"channel name {name!r} is invalid: use letters, digits, '.', '-', '_' (<= 64)")
+        if hasattr(uri, "__fspath__"):
+            uri = os.fspath(uri)
+        if not isinstance(uri, str) or not uri:
+            raise ConfigError(f"channel {name!r} must be a local path or an s3:// URI, got {uri!r}")
+        out[name] = uri
+    if "train" not in out and "training" not in out:
+        raise ConfigError(f"channels {sorted(out)} have no 'train' (or 'training' root) channel")
     return out
 
 
-def _number(name: str, value: Any, kind: type) -> float:
-    try:
-        number = kind(value) if not isinstance(value, bool) else math.nan
-        if kind is int and isinstance(value, (float, str)) and float(value) != number:
-            raise ValueError
-    except (TypeError, ValueError):
-        raise ConfigError(f"hyperparameter {name!r} must be {'an integer' if kind is int else 'a number'}, "
-                          f"got {value!r}") from None
-    if isinstance(number, float) and not math.isfinite(number):
-        raise ConfigError(f"hyperparameter {name!r} must be a finite number, got {value!r}")
-    return number
-
-
-def check_hyperparameters(hp: dict[str, Any]) -> None:
-    """Check the values dogclf knows before a job starts (the entry point checks them again).
+def check_job(model: Any, training: TrainingConfig) -> None:
+    """The checks that span the model and training configs (each config checks its own fields).
 
     Raises:
-        ConfigError: a non-positive ``lr``, ``batch-size`` or ``epochs``, a negative ``weight-decay``, an unknown
-            ``backbone``, ``freeze`` or ``optimizer``; the message names the value and what was expected.
+        ConfigError: ``feature_cache='on'`` without ``freeze='head'`` and ``augment='none'``.
     """
-    from dogclf.models import BACKBONES, FREEZE_POLICIES
-
-    for name in _POSITIVE_FLOAT:
-        if name in hp and _number(name, hp[name], float) <= 0:
-            raise ConfigError(f"hyperparameter {name!r} must be > 0, got {hp[name]!r}")
-    for name in _POSITIVE_INT:
-        if name in hp and _number(name, hp[name], int) <= 0:
-            raise ConfigError(f"hyperparameter {name!r} must be a positive integer, got {hp[name]!r}")
-    for name in _NON_NEGATIVE_FLOAT:
-        if name in hp and _number(name, hp[name], float) < 0:
-            raise ConfigError(f"hyperparameter {name!r} must be >= 0, got {hp[name]!r}")
-    from dogclf.training.train import OPTIMIZERS
-
-    for name, choices in (("backbone", BACKBONES), ("freeze", FREEZE_POLICIES), ("optimizer", OPTIMIZERS)):
-        if name in hp and hp[name] not in choices:
-            raise ConfigError(f"hyperparameter {name!r} is {hp[name]!r}; choose one of "
-                              f"{', '.join(repr(c) for c in choices)}")
+    if training.feature_cache == "on" and (model.freeze != "head" or training.augment != "none"):
+        raise ConfigError(f"feature_cache (--feature-cache) 'on' needs freeze='head' and augment='none' (got "
+                          f"freeze={model.freeze!r}, "
+                          f"augment={training.augment!r}): cached features only fit a frozen backbone and fixed "
+                          "inputs")
 
 
 @dataclass(frozen=True)
 class TrainingJobSpec:
     """One training job of the shared entry point (:mod:`dogclf.training.train`), for any backend.
 
+    The job contract is typed: ``model`` (:class:`~dogclf.models.ModelConfig`) says what the network is,
+    ``training`` (:class:`~dogclf.training.TrainingConfig`) how it is trained. Both are validated when made;
+    :attr:`hyperparameters` is their one encoding on the wire, which both backends send unchanged.
+
     Attributes:
-        hyperparameters: Entry-point hyperparameters (``{"lr": 0.001, "batch-size": 64, "epochs": 2, ...}``);
-            ``batch_size`` and ``batch-size`` spellings are both accepted and stored with ``-``. Values are sent as
-            strings, as SageMaker does.
-        channels: Data channels, name to a local folder or an ``s3://`` URI: ``"train"``, ``"valid"``, ``"test"``,
-            or one ``"training"`` root holding ``train/``, ``valid/`` and ``test/``.
+        model: The model: a :class:`~dogclf.models.ModelConfig`, a model object (``ResNetBreedModel(...)``; a
+            registered label-set name it carries becomes ``training.labels``) or a dict of model hyperparameters.
+        channels: Data channels: a dataset folder or ``s3://`` URI holding ``train/``, ``valid/`` and ``test/``
+            (becomes the ``"training"`` channel), or a dict of name to a local folder or ``s3://`` URI
+            (``"train"``, ``"valid"``, ``"test"``).
+        training: The training hyperparameters: a :class:`~dogclf.training.TrainingConfig` or a dict of them in
+            any spelling (``{"lr": 0.01, "batch_size": 32}``).
         job_name: The job's name (SageMaker rules: letters, digits and ``-``, up to 63); ``None`` lets the
             backend make one.
         instance_type: SageMaker instance type (``"ml.c5.2xlarge"``, the seed's); ignored locally.
         instance_count: Number of instances.
-        metric_definitions: ``[{"Name", "Regex"}]`` with one capture group each; defaults to the entry point's.
+        metric_definitions: ``[{"Name", "Regex"}]`` with one capture group each, for SageMaker's metric capture;
+            defaults to the entry point's.
         checkpoint_uri: Where checkpoints are synced (an ``s3://`` URI on SageMaker; a folder locally, default
             the job folder's ``checkpoints``). A job started again with the same URI resumes.
         use_spot: Run on managed spot capacity (SageMaker).
         max_run_s: Longest the job may run, in seconds.
         max_wait_s: With spot, longest to wait for capacity plus run (default twice ``max_run_s``).
         environment: Extra environment variables for the training process.
+        extra_hyperparameters: Hyperparameters the entry point passes on to callbacks (e.g. a plug-in's
+            settings), sent as they are.
         debugger_hook_config: smdebug's JSON hook config, as SageMaker writes ``debughookconfig.json``.
         profiler_config: Profiler JSON config, as SageMaker writes ``profilerconfig.json``.
-        sagemaker_debugger: Extra keyword arguments for the SageMaker estimator (``debugger_hook_config``,
-            ``rules``, ``profiler_config`` objects); only the SageMaker backend reads them.
+        debugger: The :class:`~dogclf.debug.DebuggerConfig` of a Debugger job, for backends with a Debugger
+            service of their own (SageMaker builds its Debugger objects from it); ``None`` otherwise.
 
     Raises:
         ConfigError: a value is invalid (the message names it and what was expected).
+
+    Example:
+        >>> spec = TrainingJobSpec({"backbone": "resnet18", "weights": None}, "dogImages", {"lr": 0.01})
+        >>> spec.hyperparameters["lr"], spec.training.batch_size, spec.channels
+        ('0.01', 64, {'training': 'dogImages'})
     """
 
-    hyperparameters: dict[str, Any] = field(default_factory=dict)
-    channels: dict[str, str] = field(default_factory=dict)
+    model: Any = field(default_factory=dict)
+    channels: Any = field(default_factory=dict)
+    training: Any = field(default_factory=TrainingConfig)
     job_name: str | None = None
     instance_type: str = "ml.c5.2xlarge"
     instance_count: int = 1
@@ -131,36 +136,40 @@ class TrainingJobSpec:
     max_run_s: int = 24 * 3600
     max_wait_s: int | None = None
     environment: dict[str, str] = field(default_factory=dict)
+    extra_hyperparameters: dict[str, str] = field(default_factory=dict)
     debugger_hook_config: dict[str, Any] | None = None
     profiler_config: dict[str, Any] | None = None
-    sagemaker_debugger: dict[str, Any] | None = None
+    debugger: Any = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.hyperparameters, dict):
-            raise ConfigError(f"hyperparameters must be a dict, got {type(self.hyperparameters).__name__}")
-        hp = normalize_hyperparameters(self.hyperparameters)
-        for key, value in hp.items():
+        model, labels = _model_config(self.model)
+        training = self.training
+        if isinstance(training, Mapping):
+            training = decode(TrainingConfig, training)
+        if not isinstance(training, TrainingConfig):
+            raise ConfigError(f"training must be a dogclf.training.TrainingConfig or a dict of training "
+                              f"hyperparameters, got {type(training).__name__}: {training!r:.80}")
+        if labels is not None and training.labels == "auto":
+            training = replace(training, labels=labels)
+        check_job(model, training)
+        object.__setattr__(self, "model", model)
+        object.__setattr__(self, "training", training)
+        object.__setattr__(self, "channels", _channels(self.channels))
+        if not isinstance(self.extra_hyperparameters, Mapping):
+            raise ConfigError(f"extra_hyperparameters must be a dict, got {type(self.extra_hyperparameters).__name__}")
+        extra: dict[str, str] = {}
+        for key, value in self.extra_hyperparameters.items():
+            if not isinstance(key, str) or not key:
+                raise ConfigError(f"hyperparameter names must be non-empty strings, got {key!r}")
             if not isinstance(value, (str, int, float, bool)) and value is not None:
                 raise ConfigError(f"hyperparameter {key!r} must be a str, number, bool or None, got "
                                   f"{type(value).__name__}: {value!r:.80}")
-        check_hyperparameters(hp)
-        object.__setattr__(self, "hyperparameters", hp)
-
-        if not isinstance(self.channels, dict) or not self.channels:
-            raise ConfigError("channels must be a non-empty dict of name -> local path or s3:// URI, e.g. "
-                              "{'training': 's3://bucket/dogImages'} or {'train': ..., 'valid': ..., 'test': ...}")
-        channels: dict[str, str] = {}
-        for name, uri in self.channels.items():
-            if not isinstance(name, str) or not _CHANNEL.match(name):
-                raise ConfigError(f"channel name {name!r} is invalid: use letters, digits, '.', '-', '_' (<= 64)")
-            if hasattr(uri, "__fspath__"):
-                uri = str(uri.__fspath__())
-            if not isinstance(uri, str) or not uri:
-                raise ConfigError(f"channel {name!r} must be a local path or an s3:// URI, got {uri!r}")
-            channels[name] = uri
-        if "train" not in channels and "training" not in channels:
-            raise ConfigError(f"channels {sorted(channels)} have no 'train' (or 'training' root) channel")
-        object.__setattr__(self, "channels", channels)
+            extra[key] = wire_value(value)
+        clash = sorted(set(extra) & set(encode(model, training)))
+        if clash:
+            raise ConfigError(f"extra_hyperparameters {clash} are model or training hyperparameters: set them in "
+                              "model= or training=")
+        object.__setattr__(self, "extra_hyperparameters", extra)
 
         if self.job_name is not None and (not isinstance(self.job_name, str) or not _JOB_NAME.match(self.job_name)):
             raise ConfigError(f"job_name {self.job_name!r} is invalid: 1-63 letters, digits and '-', starting with "
@@ -182,38 +191,69 @@ class TrainingJobSpec:
                 raise ConfigError(f"metric {d['Name']!r} regex {d['Regex']!r} does not compile: {exc}") from None
             if groups != 1:
                 raise ConfigError(f"metric {d['Name']!r} regex {d['Regex']!r} must have exactly one capture group")
-        for name in ("max_run_s",):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be a positive int (seconds), got {value!r}")
+        if isinstance(self.max_run_s, bool) or not isinstance(self.max_run_s, int) or self.max_run_s < 1:
+            raise ConfigError(f"max_run_s must be a positive int (seconds), got {self.max_run_s!r}")
         if self.max_wait_s is not None and (not isinstance(self.max_wait_s, int) or self.max_wait_s < self.max_run_s):
             raise ConfigError(f"max_wait_s must be an int >= max_run_s ({self.max_run_s}), got {self.max_wait_s!r}")
         if not isinstance(self.environment, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in self.environment.items()):
             raise ConfigError("environment must be a dict of str -> str")
-        for name in ("debugger_hook_config", "profiler_config", "sagemaker_debugger"):
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, dict):
-                raise ConfigError(f"{name} must be a dict or None, got {type(value).__name__}")
         for name in ("debugger_hook_config", "profiler_config"):
             value = getattr(self, name)
             if value is not None:
+                if not isinstance(value, dict):
+                    raise ConfigError(f"{name} must be a dict or None, got {type(value).__name__}")
                 try:
                     json.dumps(value)
                 except (TypeError, ValueError) as exc:
                     raise ConfigError(f"{name} must be JSON-serialisable: {exc}") from None
 
-    def hyperparameters_as_strings(self) -> dict[str, str]:
-        """The hyperparameters as SageMaker sends them: every value a string (``None`` and bools spelled out)."""
-        out = {}
-        for key, value in self.hyperparameters.items():
-            if value is None:
-                out[key] = "None"
-            elif isinstance(value, bool):
-                out[key] = "true" if value else "false"
-            else:
-                out[key] = str(value)
-        return out
+    # -- the wire ----------------------------------------------------------------------------------------------
+    @property
+    def hyperparameters(self) -> dict[str, str]:
+        """The job's hyperparameters on the wire, as both backends send them (``{"batch-size": "64", ...}``)."""
+        return {**encode(self.model, self.training), **self.extra_hyperparameters}
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """Every model and training hyperparameter by Python name, typed (``{"batch_size": 64, ...}``)."""
+        return {**values(self.model), **values(self.training)}
+
+    @classmethod
+    def tunable(cls) -> dict[str, str]:
+        """Python name -> wire name of every hyperparameter a search space may tune (model and training)."""
+        from dogclf.models import ModelConfig
+
+        return {**names(ModelConfig), **names(TrainingConfig)}
+
+    def with_params(self, params: Mapping[str, Any], **changes: Any) -> TrainingJobSpec:
+        """This spec with some hyperparameters changed (any spelling; typed values or wire strings), and other
+        fields (``job_name=...``) replaced; the new values are validated.
+
+        Raises:
+            ConfigError: an unknown hyperparameter name (the known ones are listed) or an invalid value.
+        """
+        model_values, rest = split_known(type(self.model), params)
+        training_values, rest = split_known(TrainingConfig, rest)
+        if rest:
+            known = ", ".join(sorted(self.tunable()))
+            raise ConfigError(f"unknown hyperparameter(s) {sorted(rest)}; the entry point has: {known}")
+        model = decode(type(self.model), model_values, base=self.model) if model_values else self.model
+        training = decode(TrainingConfig, training_values, base=self.training) if training_values else self.training
+        return replace(self, model=model, training=training, **changes)
+
+    @classmethod
+    def from_hyperparameters(cls, hyperparameters: Mapping[str, Any], channels: Any, **fields: Any) -> TrainingJobSpec:
+        """A spec from a flat dict of hyperparameters in any spelling (wire strings or typed values), as a tuning
+        job or ``hyperparameters.json`` holds them; names that are neither model nor training hyperparameters go
+        to ``extra_hyperparameters``."""
+        from dogclf.models import ModelConfig
+
+        model_values, rest = split_known(ModelConfig, hyperparameters)
+        training_values, rest = split_known(TrainingConfig, rest)
+        extra = {k: v for k, v in rest.items() if not k.startswith("sagemaker_")}
+        return cls(decode(ModelConfig, model_values), channels, decode(TrainingConfig, training_values),
+                   extra_hyperparameters={**extra, **dict(fields.pop("extra_hyperparameters", {}) or {})}, **fields)
 
 
 @dataclass
@@ -261,10 +301,4 @@ class TrainingJobResult:
 
     def save(self, path: str | Path) -> Path:
         """Write the result as JSON atomically; returns the path."""
-        import os
-
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1), encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+        return atomic_write_json(path, self.to_dict())

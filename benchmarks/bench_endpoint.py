@@ -139,7 +139,7 @@ def main() -> int:
         results = {}
         for label, options in (("batched", {"max_batch_size": 8, "max_delay_ms": args.max_delay_ms}),
                                ("unbatched", {"batching": False})):
-            with EndpointDeployer(workers=2, **options).deploy(model_dir, backend="local") as endpoint:
+            with EndpointDeployer(workers=2, backend="local", **options).deploy(model_dir) as endpoint:
                 r = load(endpoint, body, args.requests_per_client)
                 stats = endpoint.stats()
             mean_batch = stats["images"] / max(1, stats["batches"])

@@ -47,7 +47,7 @@ __all__ = ["main", "build_parser", "parse_space", "parse_assignments"]
 
 logger = logging.getLogger(__name__)
 
-_SEED_SPACE = ("lr=0.001..0.1:log", "batch-size=32,64,128", "epochs=1,2")
+_SEED_SPACE = ("lr=0.001..0.1:log", "batch_size=32,64,128", "epochs=1,2")
 
 
 # -- small parsers ---------------------------------------------------------------------------------------------
@@ -144,13 +144,21 @@ def _backend(args: argparse.Namespace) -> Any:
     return get_backend(name)
 
 
-def _static_hyperparameters(args: argparse.Namespace) -> dict[str, Any]:
+def _spec(args: argparse.Namespace, params: dict[str, Any] | None = None) -> Any:
+    """The job from the model options, a parameter file's hyperparameters and ``--set`` (each over the one before;
+    any spelling, decoded by the one job contract)."""
+    from dogclf.training import TrainingJobSpec
+
     hp: dict[str, Any] = {"backbone": args.backbone, "weights": str(args.weights)}
     for name in ("resize", "crop"):
         if getattr(args, name) is not None:
             hp[name] = getattr(args, name)
-    hp.update(parse_assignments(args.set or []))
-    return hp
+    for key, value in {**(params or {}), **parse_assignments(args.set or [])}.items():
+        hp.pop(key.replace("_", "-"), None)
+        hp.pop(key.replace("-", "_"), None)
+        hp[key] = value
+    return TrainingJobSpec.from_hyperparameters(hp, _channels(args.data), instance_type=args.instance_type,
+                                                job_name=getattr(args, "job_name", None))
 
 
 def _emit(args: argparse.Namespace, data: dict[str, Any], lines: Sequence[str]) -> None:
@@ -168,10 +176,11 @@ def _tqdm() -> Any:
 
 
 class _EpochProgress:
-    """A backend wrapper whose ``train`` shows a progress bar over the job's epochs (from its metric lines).
+    """A backend wrapper whose ``train`` shows a progress bar over the job's epochs (from its published metrics).
 
-    :class:`~dogclf.debug.DebugTrainer` calls ``backend.train(spec)``; the local backend accepts ``on_log_line``,
-    which this wrapper adds. Other backends are used as they are.
+    :class:`~dogclf.debug.DebugTrainer` calls ``backend.train(spec)``; this wrapper starts the job with
+    ``wait=False`` and follows the handle's ``metric_history`` (the local backend's jobs have one). Other backends
+    are used as they are.
     """
 
     def __init__(self, backend: Any, epochs: int | None) -> None:
@@ -180,25 +189,19 @@ class _EpochProgress:
         self.name = backend.name
 
     def train(self, spec: Any, **kwargs: Any) -> Any:
-        from dogclf.training import parse_metric_line
+        import time
 
-        if self.name != "local" or "on_log_line" in kwargs:
+        if self.name != "local" or "wait" in kwargs:
             return self._backend.train(spec, **kwargs)
-        bar = _tqdm()(total=self._epochs, desc=f"train {spec.job_name or ''}".strip(), unit="epoch")
-
-        def on_line(line: str) -> None:
-            parsed = parse_metric_line(line)
-            if parsed and "epoch" in parsed:
-                bar.update(1)
-                bar.set_postfix({k: f"{v:.3f}" for k, v in parsed.items() if k.endswith("loss")})
-
-        try:
-            return self._backend.train(spec, on_log_line=on_line, **kwargs)
-        finally:
-            bar.close()
-
-    def tune(self, spec: Any, **kwargs: Any) -> Any:
-        return self._backend.tune(spec, **kwargs)
+        handle = self._backend.train(spec, wait=False, **kwargs)
+        with _tqdm()(total=self._epochs, desc=f"train {handle.job_name}", unit="epoch") as bar:
+            while not handle.done():
+                epochs = [e for e in handle.metric_history if "epoch" in e]
+                if len(epochs) > bar.n:
+                    bar.update(len(epochs) - bar.n)
+                    bar.set_postfix({k: f"{v:.3f}" for k, v in epochs[-1].items() if k.endswith("loss")})
+                time.sleep(0.5)
+        return handle.wait()
 
     def deploy(self, artifact: Any, **kwargs: Any) -> Any:
         return self._backend.deploy(artifact, **kwargs)
@@ -305,15 +308,13 @@ def _run_with_progress(experiment: Any, bar: Any) -> None:
 
 def _cmd_tune(args: argparse.Namespace) -> int:
     from dogclf.hpo import HPOExperiment
-    from dogclf.training import TrainingJobSpec
 
     backend = _backend(args)
     space = parse_space(args.space or _SEED_SPACE)
     if args.attach:
         experiment = HPOExperiment.attach(args.attach, backend=backend)
     else:
-        spec = TrainingJobSpec(hyperparameters=_static_hyperparameters(args), channels=_channels(args.data),
-                               instance_type=args.instance_type)
+        spec = _spec(args)
         experiment = HPOExperiment(spec, space, args.objective, max_trials=args.trials, max_parallel=args.parallel,
                                    strategy=args.strategy, early_stopping=args.early_stopping, backend=backend,
                                    name=args.name, seed=args.seed)
@@ -324,11 +325,9 @@ def _cmd_tune(args: argparse.Namespace) -> int:
             "best_objective": best.objective, "best_job": best.job_name, "best_params": experiment.best_params_,
             "best_hyperparameters": experiment.best_hyperparameters_, "space": experiment.space.to_dict()}
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(data, indent=1, default=str), encoding="utf-8")
-        os.replace(tmp, out)
+        from dogclf._io import atomic_write_json
+
+        atomic_write_json(args.out, data, default=str)
     if args.plot:
         experiment.plot(args.plot)
     lines = [experiment.format_jobs_table(), "",
@@ -364,14 +363,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     backend = _backend(args)
     # --set overrides the --params file, which overrides --backbone/--weights/--resize/--crop.
-    hp = {**_static_hyperparameters(args), **(_load_params(args.params) if args.params else {}),
-          **parse_assignments(args.set or [])}
+    spec = _spec(args, _load_params(args.params) if args.params else None)
     rules = tuple(args.rule) if args.rule else DebuggerConfig().rules
     profiler = None if args.no_profiler else ProfilerConfig(system_monitor_interval_millis=args.monitor_ms)
     config = DebuggerConfig(rules=rules, profiler=profiler)
-    epochs = int(hp.get("epochs", 2))
-    trainer = DebugTrainer(hp, _channels(args.data), config=config, backend=_EpochProgress(backend, epochs),
-                           job_name=args.job_name, report_path=args.report, instance_type=args.instance_type)
+    trainer = DebugTrainer(spec, config, backend=_EpochProgress(backend, spec.training.epochs),
+                           report_path=args.report)
     trainer.fit()
     result, report = trainer.result_, trainer.report_
     data = {"job_name": result.job_name, "status": result.status, "metrics": result.metrics,
@@ -392,10 +389,10 @@ def _job_output_dir(job: str, args: argparse.Namespace) -> Path:
         if (path / "output" / "data").is_dir():
             return path / "output" / "data"
         return path
-    from dogclf.backends.local import default_root
+    from dogclf._paths import home
     from dogclf.errors import NotFoundError
 
-    root = Path(args.root) if args.root else default_root()
+    root = Path(args.root) if args.root else home()
     candidate = root / "jobs" / job / "output" / "data"
     if candidate.is_dir():
         return candidate
@@ -426,7 +423,7 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
         options["endpoint_name"] = args.endpoint_name
     if args.instance_type:
         options["instance_type"] = args.instance_type
-    endpoint = EndpointDeployer(**options).deploy(args.artifact, backend=backend)
+    endpoint = EndpointDeployer(backend=backend, **options).deploy(args.artifact)
     url = getattr(endpoint, "url", None)
     data = {"endpoint": endpoint.name, "url": url, "backend": backend.name}
     _emit(args, data, [f"endpoint {endpoint.name} in service" + (f" at {url}" if url else "")])
@@ -463,7 +460,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         source: Any = SageMakerEndpoint.attach(args.endpoint, make_session(_backend(args)), labels=args.labels)
         cleanup = None
     elif args.deploy:
-        source = EndpointDeployer().deploy(args.model, backend=_backend(args))
+        source = EndpointDeployer(backend=_backend(args)).deploy(args.model)
         cleanup = source.delete
     else:
         source, cleanup = args.model, None
@@ -518,8 +515,9 @@ def _model_options() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("model and entry point")
     g.add_argument("--backbone", default="resnet50", help="resnet18|resnet34|resnet50|resnet101|resnet152")
-    g.add_argument("--weights", default="IMAGENET1K_V2",
-                   help="torchvision weights (IMAGENET1K_V2, IMAGENET1K_V1, DEFAULT), a checkpoint path, or None")
+    g.add_argument("--weights", default="DEFAULT",
+                   help="pretrained weights: DEFAULT (the backbone's), a name such as IMAGENET1K_V1, a checkpoint "
+                        "path, or None")
     g.add_argument("--resize", type=int, default=None, help="short side images are resized to (default 256)")
     g.add_argument("--crop", type=int, default=None, help="centre crop the network sees (default 224)")
     g.add_argument("--set", action="append", metavar="NAME=VALUE",

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     first = sorted(f for f in photos.iterdir() if f.suffix.lower() in (".jpg", ".jpeg", ".png"))[0]
 
     deployer = EndpointDeployer(max_batch_size=8, max_delay_ms=5)
-    with deployer.deploy(artifact, backend="local") as endpoint:     # deleted when the block ends
+    with deployer.deploy(artifact) as endpoint:     # deleted when the block ends
         print(f"endpoint {endpoint.name} at {endpoint.url}")
         predictor = BreedPredictor(endpoint, k=3)
 

@@ -118,7 +118,7 @@ def test_profiler_config_round_trips_and_reads_sagemakers_format():
 
 
 def test_sagemaker_debugger_objects_have_the_seeds_request_shape():
-    from dogclf.debug import sagemaker_debugger_kwargs
+    from dogclf.backends.sagemaker.debugger import sagemaker_debugger_kwargs
 
     kw = sagemaker_debugger_kwargs(DebuggerConfig(s3_output_path="s3://bucket/debug"))
     hook = kw["debugger_hook_config"]._to_request_dict()
@@ -139,7 +139,7 @@ def test_sagemaker_debugger_objects_have_the_seeds_request_shape():
 
 
 def test_sagemaker_rule_parameters_pass_through_and_unknown_rules_fail():
-    from dogclf.debug import sagemaker_debugger_kwargs
+    from dogclf.backends.sagemaker.debugger import sagemaker_debugger_kwargs
 
     cfg = DebuggerConfig(rules=(RuleConfig("Overfit", {"patience": 3}),), sagemaker_rules=("Overfit",), profiler=None)
     kw = sagemaker_debugger_kwargs(cfg)

@@ -146,7 +146,7 @@ def test_predictor_through_a_local_endpoint_matches_in_process(artifact, predict
     from dogclf.serving import EndpointDeployer
 
     bodies = [synthetic_photo(80, 60, seed=i) for i in range(6)]
-    with EndpointDeployer(max_batch_size=4, max_delay_ms=20).deploy(artifact, backend="local") as endpoint:
+    with EndpointDeployer(max_batch_size=4, max_delay_ms=20, backend="local").deploy(artifact) as endpoint:
         remote = BreedPredictor(endpoint, k=2, concurrency=3)
         got = remote.predict_batch(bodies)
         assert remote.predict(bodies[0]).breed == got[0].breed

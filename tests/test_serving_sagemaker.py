@@ -17,6 +17,7 @@ import pytest
 import requests
 import torch
 
+from dogclf.backends import get_backend
 from dogclf.errors import ConfigError, InvalidRequestError
 from dogclf.serving import BreedPredictor, CostWarning, EndpointDeployer, handler, pack_artifact
 from dogclf.serving.server import _Context
@@ -160,8 +161,9 @@ def test_deploy_on_moto_sends_the_expected_requests_and_delete_removes_everythin
     requests.post(f"{aws}/moto-api/recorder/reset-recording", timeout=10)
     requests.post(f"{aws}/moto-api/recorder/start-recording", timeout=10)
     try:
-        deployer = EndpointDeployer(endpoint_name="dogclf-test-endpoint", wait_poll_s=0.2)
-        endpoint = deployer.deploy(artifact, backend="sagemaker", role=ROLE, bucket="dogclf-serving-test")
+        backend = get_backend("sagemaker", role=ROLE, bucket="dogclf-serving-test")
+        deployer = EndpointDeployer(endpoint_name="dogclf-test-endpoint", wait_poll_s=0.2, backend=backend)
+        endpoint = deployer.deploy(artifact)
     finally:
         requests.post(f"{aws}/moto-api/recorder/stop-recording", timeout=10)
     calls = _recorded(aws)
@@ -218,7 +220,7 @@ def test_deploy_on_moto_sends_the_expected_requests_and_delete_removes_everythin
 
 def test_deploy_without_a_role_is_refused(artifact):
     with pytest.raises(ConfigError, match="role"):
-        EndpointDeployer().deploy(artifact, backend="sagemaker")
+        EndpointDeployer(backend="sagemaker").deploy(artifact)
 
 
 def test_cost_warning_when_a_live_endpoint_handle_is_collected():
@@ -297,9 +299,9 @@ def test_deploy_an_s3_training_output_repacks_it_with_the_code(aws, artifact, tm
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket="dogclf-training-output")
     s3.upload_file(str(pack(artifact, tmp_path / "model.tar.gz")), "dogclf-training-output", "job/output/model.tar.gz")
-    endpoint = EndpointDeployer(endpoint_name="dogclf-from-s3", wait_poll_s=0.2).deploy(
-        "s3://dogclf-training-output/job/output/model.tar.gz", backend="sagemaker", role=ROLE,
-        bucket="dogclf-training-output")
+    backend = get_backend("sagemaker", role=ROLE, bucket="dogclf-training-output")
+    endpoint = EndpointDeployer(endpoint_name="dogclf-from-s3", wait_poll_s=0.2, backend=backend).deploy(
+        "s3://dogclf-training-output/job/output/model.tar.gz")
     with endpoint:
         container = boto3.client("sagemaker").describe_model(ModelName="dogclf-from-s3")["PrimaryContainer"]
         assert container["Environment"]["SAGEMAKER_PROGRAM"] == "inference.py"

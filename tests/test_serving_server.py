@@ -30,7 +30,7 @@ def artifact(tmp_path_factory):
 def endpoint(artifact):
     deployer = EndpointDeployer(max_batch_size=8, max_delay_ms=40, max_request_bytes=2_000_000, workers=2,
                                 torch_threads=1)
-    ep = deployer.deploy(artifact, backend="local")
+    ep = deployer.deploy(artifact)
     yield ep
     ep.delete()
 
@@ -146,7 +146,7 @@ def test_deploy_stop_and_idempotent_delete(artifact, tmp_path):
     deployer = EndpointDeployer(port=0)
     with pytest.raises(NotFittedError):
         deployer.endpoint_
-    with deployer.deploy(tar, backend="local") as ep:
+    with deployer.deploy(tar) as ep:
         assert deployer.endpoint_ is ep and ep.is_running and ep.ping()
         proc = ep._proc
         assert ep.invoke(synthetic_photo(), "image/png")[1] == "application/json"
@@ -253,7 +253,7 @@ def test_server_stops_when_the_process_that_started_it_is_killed(artifact):
     import sys
 
     script = (f"import os\nfrom dogclf.serving import EndpointDeployer\n"
-              f"ep = EndpointDeployer().deploy({str(artifact)!r}, backend='local')\n"
+              f"ep = EndpointDeployer(backend='local').deploy({str(artifact)!r})\n"
               f"print(ep.pid, flush=True)\nos.kill(os.getpid(), 9)\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
     pid = int(done.stdout.split()[0])

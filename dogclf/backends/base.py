@@ -8,7 +8,10 @@ the SageMaker backend knows AWS request shapes; user code talks to the protocol.
 from __future__ import annotations
 
 import importlib
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from dogclf.training import TrainingJobSpec
 
 __all__ = ["Backend", "PackageBackend"]
 
@@ -21,14 +24,29 @@ class Backend(Protocol):
     group (see :func:`dogclf.backends.get_backend`). The built-ins are :class:`~dogclf.backends.local.LocalBackend`
     and :class:`~dogclf.backends.sagemaker.SageMakerBackend`.
 
+    Optional members, used where present:
+
+    * ``attach(job_name)``: an earlier job's result, read back by name;
+    * ``tune(spec, state=..., launch=..., wait=...)``: a tuning service of its own (SageMaker's); without it
+      :class:`~dogclf.hpo.HPOExperiment` runs the trials as jobs;
+    * ``trial_pool(spec, space, size)``: reused workers for an experiment's trial jobs, or ``None``;
+    * ``fetch_output(result, dest=None)``: a finished job's output data folder (metrics, tensors, profiling) as a
+      local folder (without it, the result's ``output_dir`` must be one);
+    * ``debugger_tensors(result)``: where the platform's own Debugger hook wrote a job's tensors;
+    * ``delivers_debugger_config``: ``True`` when the spec's ``debugger_hook_config`` / ``profiler_config``
+      reach the job as ``debughookconfig.json`` / ``profilerconfig.json``; otherwise
+      :class:`~dogclf.debug.DebugTrainer` packs them into a hyperparameter.
+
     Attributes:
         name: The name the backend is registered under (``"local"``, ``"sagemaker"``).
     """
 
     name: str
 
-    def train(self, spec: Any, **kwargs: Any) -> Any:
-        """Run one training job of the shared training entry point and return its result."""
+    def train(self, spec: TrainingJobSpec, **kwargs: Any) -> Any:
+        """Run one training job of the shared training entry point; return its
+        :class:`~dogclf.training.TrainingJobResult` (or, with ``wait=False``, a handle with ``status``,
+        ``metric_history``, ``wait()`` and ``stop()``)."""
         ...
 
     def deploy(self, artifact: Any, **kwargs: Any) -> Any:
@@ -36,13 +54,14 @@ class Backend(Protocol):
         ...
 
 
+
 class PackageBackend:
     """Base for a backend laid out as a package with one module per capability, imported on first use.
 
     The package named by :attr:`capability_package` holds ``training`` (functions ``train(backend, spec, **kw)``
-    and ``attach(backend, job_name)``), ``tuning`` (``tune(backend, spec, **kw)``) and ``serving``
-    (``deploy(backend, artifact, **kw)``). The built-in ``local`` and ``sagemaker`` backends are built this way;
-    a plug-in may be too, or implement :class:`Backend` directly.
+    and ``attach(backend, job_name)``) and ``serving`` (``deploy(backend, artifact, **kw)``). The built-in
+    ``local`` and ``sagemaker`` backends are built this way; a plug-in may be too, or implement :class:`Backend`
+    directly.
     """
 
     capability_package: ClassVar[str]
@@ -58,10 +77,6 @@ class PackageBackend:
     def attach(self, job_name: str) -> Any:
         """The result of an earlier training job, read back by name (``<package>.training.attach``)."""
         return self._capability("training", "attach")(self, job_name)
-
-    def tune(self, spec: Any, **kwargs: Any) -> Any:
-        """Run a hyperparameter-tuning experiment (``<package>.tuning.tune``)."""
-        return self._capability("tuning", "tune")(self, spec, **kwargs)
 
     def deploy(self, artifact: Any, **kwargs: Any) -> Any:
         """Serve a model artifact through the shared inference handler (``<package>.serving.deploy``)."""

@@ -118,6 +118,21 @@ def list_objects(client: Any, loc: S3Location) -> dict[str, tuple[int, str]]:
     return out
 
 
+def has_objects(uri: str) -> bool:
+    """Whether anything is stored under the ``s3://`` prefix ``uri`` (one ``ListObjectsV2`` of one key).
+
+    Raises:
+        BackendError: the bucket cannot be listed (missing, no access); the message names the URI.
+    """
+    loc = parse_s3_uri(uri)
+    prefix = f"{loc.prefix}/" if loc.prefix else ""
+    try:
+        listing = make_client().list_objects_v2(Bucket=loc.bucket, Prefix=prefix, MaxKeys=1)
+    except Exception as exc:  # noqa: BLE001 - botocore's errors: say which URI
+        raise BackendError(f"cannot list {uri!r}: {type(exc).__name__}: {exc}") from exc
+    return bool(listing.get("KeyCount") or listing.get("Contents"))
+
+
 def _adjusted_chunksize(chunksize: int, size: int) -> int:
     from s3transfer.utils import ChunksizeAdjuster
 

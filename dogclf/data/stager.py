@@ -180,9 +180,9 @@ class StagerConfig:
         """The target, with the default filled in (``<local backend root>/data/<name>``)."""
         if self.target is not None:
             return self.target if self.target_is_s3 else str(Path(self.target).expanduser().absolute())
-        from dogclf.backends.local import default_root
+        from dogclf._paths import home
 
-        return str(default_root() / "data" / self.name)
+        return str(home() / "data" / self.name)
 
     def options(self) -> dict[str, Any]:
         """The options that shape the staged result (recorded in the manifest; a change restages)."""
@@ -440,9 +440,9 @@ class DatasetStager:
     def _downloads(self) -> Path:
         if self.config.download_dir:
             return Path(self.config.download_dir)
-        from dogclf.backends.local import default_root
+        from dogclf._paths import home
 
-        return default_root() / "downloads"
+        return home() / "downloads"
 
     def _report(self, phase: str, done: int, total: int | None) -> None:
         if self.progress is not None:

@@ -6,7 +6,8 @@
   :func:`seed_collections` are the seed notebook's collections.
 * Rules are plug-ins: :func:`register_rule`, :func:`get_rule`, :func:`list_rules` (entry-point group
   ``dogclf.rules``); :func:`evaluate_trial` runs tensor rules on any smdebug trial.
-* :func:`make_callbacks` is what the training entry point calls to attach the hook, rules and profilers.
+* :func:`make_callbacks` attaches the hook, rules and profilers to a training run; it is registered in the
+  ``dogclf.callbacks`` entry-point group, through which the training entry point finds it.
 
 Heavy imports (torch, smdebug, matplotlib) happen on first use.
 """
@@ -45,7 +46,6 @@ __all__ = [
     "make_callbacks",
     "open_trial",
     "register_rule",
-    "sagemaker_debugger_kwargs",
     "seed_collections",
 ]
 
@@ -63,7 +63,6 @@ _LAZY = {
     "list_rules": "dogclf.debug.rules",
     "register_rule": "dogclf.debug.rules",
     "open_trial": "dogclf.debug.trial",
-    "sagemaker_debugger_kwargs": "dogclf.debug.sagemaker",
 }
 
 

@@ -15,15 +15,13 @@ logger = logging.getLogger(__name__)
 
 
 def _s3_has_collections(uri: str) -> bool:
-    import boto3
+    from dogclf.data.s3 import has_objects
+    from dogclf.errors import BackendError
 
-    bucket, _, prefix = uri[len("s3://"):].partition("/")
-    prefix = prefix.rstrip("/") + "/collections/" if prefix else "collections/"
     try:
-        listing = boto3.client("s3").list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
-    except Exception as exc:  # noqa: BLE001 - missing bucket, no access: say which URI
-        raise EmptyTrialError(f"cannot read Debugger trial at {uri!r}: {type(exc).__name__}: {exc}") from exc
-    return bool(listing.get("KeyCount") or listing.get("Contents"))
+        return has_objects(uri.rstrip("/") + "/collections")
+    except BackendError as exc:  # missing bucket, no access: say which trial
+        raise EmptyTrialError(f"cannot read Debugger trial at {uri!r}: {exc}") from exc
 
 
 def has_tensors(path: str | os.PathLike[str]) -> bool:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import importlib
 import logging
 import math
 import os
@@ -36,73 +34,47 @@ def _positive_int(name: str, value: Any) -> int:
 
 
 def _is_spec(obj: Any) -> bool:
-    return (dataclasses.is_dataclass(obj) and not isinstance(obj, type)
-            and {"hyperparameters", "job_name"} <= {f.name for f in dataclasses.fields(obj)})
+    from dogclf.training import TrainingJobSpec
+
+    return isinstance(obj, TrainingJobSpec)
 
 
 def _is_model(obj: Any) -> bool:
-    config = getattr(obj, "config", None)
-    return all(hasattr(config, a) for a in ("backbone", "weights", "freeze", "dropout", "preprocess"))
+    from dogclf.models import ModelConfig
+
+    return isinstance(getattr(obj, "config", None), ModelConfig) or isinstance(obj, ModelConfig)
 
 
-def _channels(data: Any) -> dict[str, str]:
-    if isinstance(data, Mapping):
-        return {str(k): str(v) for k, v in data.items()}
-    if isinstance(data, (str, os.PathLike)):
-        return {"training": os.fspath(data)}
-    raise ConfigError(f"data must be a dataset folder or URI (with train/, valid/, test/) or a dict of channels, "
-                      f"got {type(data).__name__}: {data!r:.80}")
-
-
-def _model_spec(model: Any, data: Any, hyperparameters: Mapping[str, Any]) -> Any:
-    """A ``TrainingJobSpec`` that trains ``model``'s configuration on ``data``."""
+def _check_space(space: SearchSpace) -> None:
+    """Every tuned name is a hyperparameter of the entry point (checked when the experiment is built)."""
     from dogclf.training import TrainingJobSpec
 
-    cfg = model.config
-    labels = getattr(model, "labels", None)
-    hp = {"backbone": cfg.backbone, "weights": "None" if cfg.weights is None else str(cfg.weights),
-          "freeze": cfg.freeze, "dropout": cfg.dropout, "resize": cfg.preprocess.resize, "crop": cfg.preprocess.crop,
-          # a registered label set keeps the model's breed order; otherwise the data's class folders decide
-          "labels": labels if isinstance(labels, str) and os.path.sep not in labels else "auto"}
-    return TrainingJobSpec(hyperparameters={**hp, **dict(hyperparameters)}, channels=_channels(data))
-
-
-def _spec_to_dict(spec: Any) -> dict[str, Any]:
-    cls = type(spec)
-    return {"class": f"{cls.__module__}:{cls.__qualname__}",
-            "fields": {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec) if f.init}}
-
-
-def _spec_from_dict(data: Mapping[str, Any]) -> Any:
-    module, _, qualname = str(data.get("class", "")).partition(":")
-    try:
-        cls: Any = importlib.import_module(module)
-        for part in qualname.split("."):
-            cls = getattr(cls, part)
-        return cls(**dict(data.get("fields") or {}))
-    except Exception as exc:
-        raise ConfigError(f"cannot rebuild the experiment's training spec ({data.get('class')}): "
-                          f"{type(exc).__name__}: {exc}") from exc
+    tunable = TrainingJobSpec.tunable()
+    unknown = [name for name in space if name not in tunable]
+    if unknown:
+        raise ConfigError(f"search space names {unknown} are not hyperparameters of the training entry point; it has: "
+                          f"{', '.join(sorted(tunable))}")
 
 
 class HPOExperiment:
     """Tune the training entry point's hyperparameters: the seed's SageMaker tuning job as a few lines of code,
     on the local backend or on SageMaker.
 
-    Each trial is one training job of the shared entry point with the trial's hyperparameters merged over the
-    spec's static ones. On the local backend trials run as separate processes, up to ``max_parallel`` at once,
+    Each trial is one training job of the shared entry point: the spec with the trial's hyperparameters
+    (``spec.with_params(params)``). On the local backend trials run as separate processes, up to ``max_parallel`` at once,
     each in its own job directory; on SageMaker the experiment is a hyperparameter-tuning job. The experiment's
     state is kept on disk (``<root>/experiments/<name>/experiment.json``): running :meth:`run` again after an
     interruption continues where it stopped and never repeats a finished trial, and :meth:`attach` reconnects to
     an earlier or still-running experiment by name.
 
     Args:
-        model_or_entry_point: The training job every trial starts from: a ``dogclf.training.TrainingJobSpec``
-            (its hyperparameters are the static ones, its channels the data); a
-            :class:`~dogclf.models.ResNetBreedModel` (its backbone, weights, freeze policy, dropout and
-            preprocessing become static hyperparameters; give ``data``); or an object with a ``training_spec()``
-            method returning a spec.
-        space: ``{name: Continuous | Integer | Categorical}`` or a :class:`~dogclf.hpo.SearchSpace`.
+        model_or_entry_point: The training job every trial starts from: a :class:`~dogclf.training.TrainingJobSpec`
+            (its hyperparameters are the static ones, its channels the data); a model
+            (:class:`~dogclf.models.ResNetBreedModel` or a :class:`~dogclf.models.ModelConfig`; give ``data``); or
+            an object with a ``training_spec()`` method returning a spec.
+        space: ``{name: Continuous | Integer | Categorical}`` or a :class:`~dogclf.hpo.SearchSpace`; names are
+            the entry point's hyperparameters (``"lr"``, ``"batch_size"``; the wire spelling ``"batch-size"`` is
+            accepted too) and are checked against them here.
         objective: An :class:`~dogclf.hpo.Objective`, or a metric name (``"test_loss"``; names ending in
             ``acc``/``accuracy`` are maximised, others minimised).
         max_trials: Trials to run in all (a grid stops earlier when it has fewer combinations).
@@ -119,6 +91,13 @@ class HPOExperiment:
             or a dict of channels. Needed with a model; with a spec it replaces the spec's channels.
         hyperparameters: More static hyperparameters (e.g. ``{"optimizer": "sgd"}``), over the spec's or model's.
 
+    Attributes:
+        trials_: Every trial as a :class:`pandas.DataFrame` (set by :meth:`run` or :meth:`attach`).
+        best_trial_: The best :class:`~dogclf.hpo.Trial`.
+        best_params_: The best trial's tuned hyperparameters (Python names).
+        best_spec_: The base spec with the best trial's hyperparameters: what to train next
+            (``DebugTrainer(exp.best_spec_)``).
+
     Raises:
         ConfigError: an invalid space, objective, strategy (e.g. grid over a numeric range), early-stopping
             value, name, ``max_trials < 1`` or ``max_parallel < 1``, or a ``model_or_entry_point`` that is no
@@ -127,10 +106,10 @@ class HPOExperiment:
     Example:
         >>> from dogclf.hpo import HPOExperiment, Continuous, Categorical
         >>> exp = HPOExperiment(spec, {"lr": Continuous(1e-3, 0.1, scale="log"),
-        ...                            "batch-size": Categorical([32, 64, 128]), "epochs": Categorical([1, 2])},
+        ...                            "batch_size": Categorical([32, 64, 128]), "epochs": Categorical([1, 2])},
         ...                     "test_loss", max_trials=3, max_parallel=2, backend="local")  # doctest: +SKIP
         >>> exp.run().best_params_  # doctest: +SKIP
-        {'lr': 0.0011, 'batch-size': 64, 'epochs': 2}
+        {'lr': 0.0011, 'batch_size': 64, 'epochs': 2}
     """
 
     def __init__(self, model_or_entry_point: Any, space: Mapping[str, Any] | SearchSpace,
@@ -141,8 +120,8 @@ class HPOExperiment:
         src = model_or_entry_point
         if not (_is_spec(src) or _is_model(src) or callable(getattr(src, "training_spec", None))):
             raise ConfigError(
-                f"model_or_entry_point must be a dogclf.training.TrainingJobSpec, a ResNetBreedModel or have a "
-                f"training_spec() method, got {type(src).__name__}: {src!r:.80}")
+                f"model_or_entry_point must be a dogclf.training.TrainingJobSpec, a model (ResNetBreedModel, "
+                f"ModelConfig) or have a training_spec() method, got {type(src).__name__}: {src!r:.80}")
         if _is_model(src) and not _is_spec(src) and data is None:
             raise ConfigError("HPOExperiment with a model needs data= (a dataset folder or URI, or channels)")
         if data is not None:
@@ -153,6 +132,7 @@ class HPOExperiment:
         self.data = data
         self.hyperparameters = dict(hyperparameters or {})
         self.space = SearchSpace(space)
+        _check_space(self.space)
         if isinstance(objective, str):
             maximize = objective.endswith(("acc", "accuracy"))
             objective = Objective(objective, direction="maximize" if maximize else "minimize")
@@ -189,11 +169,13 @@ class HPOExperiment:
 
     def _base_spec(self) -> Any:
         if self._spec is None:
+            from dogclf.training import TrainingJobSpec
+
             src = self.model_or_entry_point
             if _is_spec(src):
                 spec = src
             elif _is_model(src):
-                spec = _model_spec(src, self.data, self.hyperparameters)
+                spec = TrainingJobSpec(src, _channels(self.data))
             else:
                 spec = src.training_spec()
                 if not _is_spec(spec):
@@ -202,9 +184,7 @@ class HPOExperiment:
             changes: dict[str, Any] = {}
             if self.data is not None and not _is_model(src):
                 changes["channels"] = _channels(self.data)
-            if self.hyperparameters and not _is_model(src):
-                changes["hyperparameters"] = {**dict(spec.hyperparameters), **self.hyperparameters}
-            self._spec = dataclasses.replace(spec, **changes) if changes else spec
+            self._spec = spec.with_params(self.hyperparameters, **changes)
         return self._spec
 
     @property
@@ -218,7 +198,7 @@ class HPOExperiment:
             name=self.name, backend=str(getattr(backend, "name", type(backend).__name__)), space=self.space,
             objective=self.objective, strategy=self.strategy, max_trials=self.max_trials,
             max_parallel=self.max_parallel, early_stopping=self.early_stopping, seed=seed,
-            base_spec=_spec_to_dict(spec))
+            base_spec=spec.to_dict())
 
     def _load_or_create(self) -> ExperimentState:
         backend, spec = self._resolve_backend(), self._base_spec()
@@ -247,14 +227,28 @@ class HPOExperiment:
         return state
 
     def _tune(self, state: ExperimentState, *, launch: bool, wait: bool) -> None:
+        """On a backend with a tuning service of its own (``backend.tune``, SageMaker's), that service runs the
+        trials; otherwise :func:`~dogclf.hpo.runner.run_trials` runs them as jobs, through the backend's trial pool
+        when it offers one (``backend.trial_pool``, the local backend's warm worker processes)."""
         backend, spec = self._resolve_backend(), self._base_spec()
         tune = getattr(backend, "tune", None)
         if callable(tune):
             tune(spec, state=state, launch=launch, wait=wait)
-        elif launch:
-            from dogclf.hpo.runner import run_trials
+            return
+        if not launch:
+            return
+        from dogclf.hpo.runner import run_trials
 
-            run_trials(backend, spec, state)
+        remaining = state.max_trials - sum(t.finished for t in state.trials)
+        make_pool = getattr(backend, "trial_pool", None)
+        pool = make_pool(spec, state.space, max(1, min(state.max_parallel, remaining))) if callable(make_pool) \
+            else None
+        try:
+            run_trials(pool if pool is not None else backend, spec, state,
+                       warm_up_first=bool(getattr(pool, "warm_up_first", False)))
+        finally:
+            if pool is not None:
+                pool.close()
 
     def run(self, wait: bool = True) -> HPOExperiment:
         """Run the experiment (or the trials an earlier, interrupted run left) and return ``self``.
@@ -340,7 +334,9 @@ class HPOExperiment:
                 raise
             state = rebuild(name)
             state.save(path)
-        spec = _spec_from_dict(state.base_spec)
+        from dogclf.training import TrainingJobSpec
+
+        spec = TrainingJobSpec.from_dict(state.base_spec)
         exp = cls(spec, state.space, state.objective, max_trials=state.max_trials, max_parallel=state.max_parallel,
                   strategy=state.strategy, early_stopping=state.early_stopping, backend=backend_obj, name=name,
                   seed=state.seed)
@@ -405,9 +401,14 @@ class HPOExperiment:
         return dict(self.best_trial_.params)
 
     @property
-    def best_hyperparameters_(self) -> dict[str, Any]:
-        """Every hyperparameter of the best trial's job: the spec's static ones with the tuned ones over them."""
-        return {**dict(self._base_spec().hyperparameters), **self.best_params_}
+    def best_spec_(self) -> Any:
+        """The base :class:`~dogclf.training.TrainingJobSpec` with the best trial's hyperparameters (no job name)."""
+        return self._base_spec().with_params(self.best_params_)
+
+    @property
+    def best_hyperparameters_(self) -> dict[str, str]:
+        """Every hyperparameter of the best trial's job, on the wire (:attr:`best_spec_`'s)."""
+        return self.best_spec_.hyperparameters
 
     def train_best(self, job_name: str | None = None, wait: bool = True, **train_kwargs: Any) -> Any:
         """Train the final model from the best hyperparameters: one training job on the same backend.
@@ -423,10 +424,8 @@ class HPOExperiment:
         Raises:
             NotFittedError: no trial has an objective value yet.
         """
-        from dogclf.hpo.runner import trial_spec
-
         params = self.best_params_
-        spec = trial_spec(self._base_spec(), params, job_name or f"{self.name}-best")
+        spec = self._base_spec().with_params(params, job_name=job_name or f"{self.name}-best")
         logger.info("training the final model of %r with %s", self.name, params)
         return self._resolve_backend().train(spec, wait=wait, **train_kwargs)
 

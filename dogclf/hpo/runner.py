@@ -1,18 +1,18 @@
 """The trial runner: runs an experiment's trials as separate training jobs on any backend that can start one.
 
-This is how the local backend tunes (:func:`dogclf.backends.local.tuning.tune` calls :func:`run_trials`), and how
-an experiment runs on a third-party backend that has ``train`` but no ``tune`` of its own. It needs only this of
-the backend::
+This is how :class:`~dogclf.hpo.HPOExperiment` tunes on a backend without a tuning service of its own (the local
+backend, a third-party one). It needs only this of the backend (or of the trial pool the backend offers, see
+:meth:`LocalBackend.trial_pool <dogclf.backends.local.LocalBackend.trial_pool>`)::
 
-    handle = backend.train(spec, wait=False, on_log_line=callback)
-    handle.status        # "InProgress" until it ends, then "Completed" / "Failed" / "Stopped"
-    handle.stop()        # ask the job to stop
-    result = handle.wait(raise_on_failure=False)   # (or wait()) a TrainingJobResult-like object: status, metrics, metric_history,
-                             # model_artifact, output_dir, failure_reason, duration_s, log_path
+    handle = backend.train(spec, wait=False)
+    handle.status          # "InProgress" until it ends, then "Completed" / "Failed" / "Stopped"
+    handle.metric_history  # the metric events the job has published so far (optional: no pruning without it)
+    handle.stop()          # ask the job to stop
+    result = handle.wait(raise_on_failure=False)   # a TrainingJobResult: status, metrics, metric_history, ...
 
-It keeps up to ``max_parallel`` jobs running, asks the strategy for each new trial's hyperparameters, watches each
-job's log lines for per-epoch metrics and stops those the pruner calls clearly worse, records every ending (a
-failed job is recorded with its reason and does not stop the others) and saves the experiment's state after every
+It keeps up to ``max_parallel`` jobs running, asks the strategy for each new trial's hyperparameters, reads each
+job's published per-epoch metrics and stops those the pruner calls clearly worse, records every ending (a failed
+job is recorded with its reason and does not stop the others) and saves the experiment's state after every
 event. Trials a previous, interrupted run left "InProgress" are read back with the backend's ``attach(job_name)``
 when it has one (a job that completed meanwhile is recorded, not rerun) and otherwise started again with the same
 hyperparameters.
@@ -20,16 +20,13 @@ hyperparameters.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from dogclf.errors import DogclfError
-from dogclf.hpo.objective import metric_definitions, parse_metrics
 from dogclf.hpo.state import ExperimentState
 from dogclf.hpo.trial import Trial
 
@@ -48,39 +45,23 @@ def trial_job_name(experiment: str, number: int, attempt: int = 1) -> str:
 
 
 def trial_spec(base: Any, params: dict[str, Any], job_name: str) -> Any:
-    """``base`` (a frozen ``TrainingJobSpec``) with the trial's hyperparameters merged over the static ones."""
-    return dataclasses.replace(base, hyperparameters={**dict(base.hyperparameters), **params}, job_name=job_name)
+    """``base`` (a ``TrainingJobSpec``) with the trial's hyperparameters and job name (validated)."""
+    return base.with_params(params, job_name=job_name)
 
 
-class _Monitor:
-    """Collects one job's metrics from its log lines (called from the backend's log thread)."""
-
-    def __init__(self, objective: Any) -> None:
-        self._objective = objective
-        self._definitions = metric_definitions()
-        self._lock = threading.Lock()
-        self.history: list[dict[str, float]] = []
-        self.objective_value: float | None = None
-
-    def __call__(self, line: str) -> None:
-        found = parse_metrics(line, self._definitions)
-        value = self._objective.extract(line)
-        with self._lock:
-            if value is not None:
-                self.objective_value = value
-            if "epoch" in found:
-                self.history.append(found)
-
-    def snapshot(self) -> list[dict[str, float]]:
-        with self._lock:
-            return [dict(r) for r in self.history]
+def _epochs(handle: Any) -> list[dict[str, float]]:
+    """The per-epoch metric events a running job has published (none where the handle cannot tell)."""
+    try:
+        return [dict(e) for e in (getattr(handle, "metric_history", None) or []) if "epoch" in e]
+    except Exception as exc:  # the events file is being replaced: try again at the next look
+        logger.debug("could not read the metrics of %s: %s", getattr(handle, "job_name", handle), exc)
+        return []
 
 
 class _Running:
-    def __init__(self, trial: Trial, handle: Any, monitor: _Monitor) -> None:
+    def __init__(self, trial: Trial, handle: Any) -> None:
         self.trial = trial
         self.handle = handle
-        self.monitor = monitor
         self.prune_reason: str | None = None
         self.started = time.time()
 
@@ -128,12 +109,12 @@ def _recover(backend: Any, trials: list[Trial], objective: Any) -> None:
         if getattr(result, "status", None) == "Completed":
             logger.info("trial %d (%s) completed while the experiment was not watching; recorded, not rerun",
                         trial.number, trial.job_name)
-            _finish(_Running(trial, _Ended(result), _Monitor(objective)), objective)
+            _finish(_Running(trial, _Ended(result)), objective)
 
 
 def _finish(run: _Running, objective: Any) -> None:
     """Wait for an ended job and copy its outcome into the trial record."""
-    trial, monitor = run.trial, run.monitor
+    trial = run.trial
     result, error = None, None
     try:
         try:
@@ -150,27 +131,19 @@ def _finish(run: _Running, objective: Any) -> None:
         status = str(getattr(result, "status", "Failed"))
         trial.metrics = {k: float(v) for k, v in (getattr(result, "metrics", None) or {}).items()
                          if isinstance(v, (int, float))}
-        history = getattr(result, "metric_history", None)
-        trial.history = [dict(r) for r in history if "epoch" in r] if history else monitor.snapshot()
+        trial.history = [dict(r) for r in getattr(result, "metric_history", None) or [] if "epoch" in r]
         trial.duration_s = getattr(result, "duration_s", None)
         out = getattr(result, "output_dir", None)
         trial.output_dir = str(out) if out is not None else None
         art = getattr(result, "model_artifact", None)
         trial.model_artifact = str(art) if art is not None else None
         trial.failure_reason = getattr(result, "failure_reason", None)
-        value = monitor.objective_value
-        if value is None:
-            value = trial.metrics.get(objective.metric)
-        if value is None and getattr(result, "log_path", None):
-            try:
-                value = objective.extract(Path(result.log_path).read_text(errors="replace"))
-            except OSError:
-                value = None
+        value = trial.metrics.get(objective.metric)
     else:
         status = str(getattr(error, "status", None) or "Failed")
-        trial.history = monitor.snapshot()
+        trial.history = _epochs(run.handle)
         trial.failure_reason = str(getattr(error, "reason", None) or error)
-        value = monitor.objective_value
+        value = None
         trial.duration_s = trial.ended - run.started
     if trial.duration_s is None:
         trial.duration_s = trial.ended - run.started
@@ -180,8 +153,8 @@ def _finish(run: _Running, objective: Any) -> None:
         status, trial.failure_reason = "Pruned", run.prune_reason
     elif status == "Completed" and (value is None or not math.isfinite(value)):
         status = "Failed"
-        trial.failure_reason = (f"the job completed but never logged the objective metric "
-                                f"{objective.metric!r} (regex {objective.regex!r})" if value is None
+        trial.failure_reason = (f"the job completed but never published the objective metric "
+                                f"{objective.metric!r}" if value is None
                                 else f"the objective {objective.metric!r} is {value}")
     trial.objective = value if value is not None and math.isfinite(value) else None
     trial.status = status
@@ -224,15 +197,14 @@ def run_trials(backend: Any, spec: Any, state: ExperimentState, *, poll_interval
     exhausted = False
 
     def launch(trial: Trial) -> None:
-        monitor = _Monitor(objective)
         try:
-            handle = backend.train(trial_spec(spec, trial.params, trial.job_name), wait=False, on_log_line=monitor)
+            handle = backend.train(trial_spec(spec, trial.params, trial.job_name), wait=False)
         except DogclfError as exc:
             trial.status, trial.failure_reason = "Failed", f"the job could not start: {exc}"
             trial.ended, trial.duration_s = time.time(), 0.0
             logger.warning("trial %d (%s) could not start: %s", trial.number, trial.job_name, exc)
             return
-        running[trial.number] = _Running(trial, handle, monitor)
+        running[trial.number] = _Running(trial, handle)
         logger.info("trial %d (%s) started: %s", trial.number, trial.job_name, trial.params)
 
     def may_launch() -> bool:
@@ -268,9 +240,8 @@ def run_trials(backend: Any, spec: Any, state: ExperimentState, *, poll_interval
             changed = False
             for number, run in list(running.items()):
                 if pruner is not None and run.prune_reason is None:
-                    history = {int(r.get("epoch", i)): r[pruner.metric_for(objective)]
-                               for i, r in enumerate(run.monitor.snapshot(), start=1)
-                               if pruner.metric_for(objective) in r}
+                    metric = pruner.metric_for(objective)
+                    history = {int(r["epoch"]): r[metric] for r in _epochs(run.handle) if metric in r}
                     reason = pruner.should_stop(history, state.trials, objective)
                     if reason is not None:
                         run.prune_reason = reason

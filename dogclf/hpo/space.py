@@ -28,6 +28,7 @@ from typing import Any, ClassVar, Union
 
 import numpy as np
 
+from dogclf._contract import python_name
 from dogclf.errors import ConfigError
 
 __all__ = ["Continuous", "Integer", "Categorical", "Range", "SearchSpace", "SCALES"]
@@ -233,7 +234,8 @@ def _range_from_dict(name: str, data: Any) -> Range:
 class SearchSpace(Mapping[str, Range]):
     """An immutable mapping from hyperparameter name to its range.
 
-    Names are the entry point's hyperparameter names as the backends pass them (``"lr"``, ``"batch-size"``).
+    Names are the entry point's hyperparameters by their Python names (``"lr"``, ``"batch_size"``); the wire
+    spelling (``"batch-size"``) is accepted and stored as the Python name.
 
     Args:
         ranges: ``{name: Continuous | Integer | Categorical}``; a plain list or tuple is taken as
@@ -264,6 +266,9 @@ class SearchSpace(Mapping[str, Range]):
                 raise ConfigError(f"hyperparameter name {name!r} is not valid: use letters, digits, '_', '-', '.'")
             if isinstance(rng, (list, tuple)):
                 rng = Categorical(tuple(rng))
+            name = python_name(name)
+            if name in out:
+                raise ConfigError(f"hyperparameter {name!r} is in the search space twice (in two spellings)")
             if not isinstance(rng, (Continuous, Integer, Categorical)):
                 raise ConfigError(f"range for {name!r} must be Continuous, Integer or Categorical, "
                                   f"got {type(rng).__name__}: {rng!r:.80}")

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dogclf._paths import home
 from dogclf.errors import ConfigError, NotFoundError
 from dogclf.hpo.objective import Objective
 from dogclf.hpo.pruning import MedianStopping
@@ -51,11 +52,9 @@ def validate_name(name: str) -> str:
 
 def experiments_root(backend: Any) -> Path:
     """Where experiment states are kept for ``backend``: ``<backend.root>/experiments`` when it has a ``root``,
-    else ``$DOGCLF_HOME/experiments`` (``~/.dogclf/experiments``)."""
+    else :func:`dogclf._paths.home`'s ``experiments``."""
     root = getattr(backend, "root", None)
-    if root is None:
-        root = os.environ.get("DOGCLF_HOME") or Path.home() / ".dogclf"
-    return Path(root) / "experiments"
+    return Path(root if root is not None else home()) / "experiments"
 
 
 def strategy_to_dict(strategy: Strategy) -> dict[str, Any]:

@@ -88,19 +88,25 @@ class EndpointDeployer:
         config: A :class:`DeployConfig`; keyword options override its fields, and the
             :class:`~dogclf.serving.server.ServerConfig` fields (``max_batch_size``, ``max_delay_ms``, ``port``,
             ``workers``, ...) may be given directly too.
+        backend: ``None`` (the default backend: ``local``, or ``$DOGCLF_BACKEND``), a registered name, or a backend
+            object (``get_backend("sagemaker", role=..., bucket=...)``).
         **options: Field overrides, e.g. ``instance_type="ml.c5.xlarge"`` or ``max_batch_size=16``.
+
+    Attributes:
+        endpoint_: The handle of the last :meth:`deploy`.
 
     Nothing starts until :meth:`deploy`.
 
     Example::
 
-        deployer = EndpointDeployer(max_batch_size=8)
-        with deployer.deploy("model.tar.gz", backend="local") as endpoint:
+        deployer = EndpointDeployer(max_batch_size=8, backend="local")
+        with deployer.deploy("model.tar.gz") as endpoint:
             print(BreedPredictor(endpoint).predict("dog.jpg").breed)
     """
 
-    def __init__(self, config: DeployConfig | None = None, **options: Any) -> None:
+    def __init__(self, config: DeployConfig | None = None, *, backend: Any = None, **options: Any) -> None:
         self.config = config
+        self.backend = backend
         self.options = options
         self._endpoint: Any = None
 
@@ -114,14 +120,13 @@ class EndpointDeployer:
             deploy["server"] = replace(deploy.get("server", base.server), **server)
         return replace(base, **deploy)
 
-    def deploy(self, artifact: Any, backend: Any = None, **backend_options: Any) -> Any:
-        """Deploy ``artifact`` and return its endpoint handle (a context manager; leaving it deletes the endpoint).
+    def deploy(self, artifact: Any) -> Any:
+        """Deploy ``artifact`` on the deployer's backend and return its endpoint handle (a context manager; leaving
+        it deletes the endpoint).
 
         Args:
             artifact: An artifact folder, a ``model.tar.gz`` (local path, or ``s3://`` for SageMaker) or a built
                 :class:`~dogclf.models.ResNetBreedModel`.
-            backend: ``"local"`` (default, or ``$DOGCLF_BACKEND``), ``"sagemaker"``, or a backend object.
-            **backend_options: Constructor options when ``backend`` is a name (``role=``, ``bucket=``, ...).
 
         Returns:
             A :class:`~dogclf.serving.endpoint.LocalEndpoint` serving on 127.0.0.1 and answering ``/ping``, or a
@@ -130,7 +135,7 @@ class EndpointDeployer:
         from dogclf.backends import get_backend
 
         config = self.resolved_config()
-        target = get_backend(backend, **backend_options)
+        target = get_backend(self.backend)
         endpoint = target.deploy(artifact, config=config)
         self._endpoint = endpoint
         logger.info("deployed %s on %s as %s", artifact, getattr(target, "name", target), endpoint.name)

@@ -10,7 +10,7 @@ import json
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -241,6 +241,27 @@ class TrainingJobSpec:
         model = decode(type(self.model), model_values, base=self.model) if model_values else self.model
         training = decode(TrainingConfig, training_values, base=self.training) if training_values else self.training
         return replace(self, model=model, training=training, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready form (hyperparameters on the wire; ``debugger`` is not kept), for state files."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("model", "training", "debugger",
+                                                                                  "extra_hyperparameters")}
+        out["hyperparameters"] = self.hyperparameters
+        return json.loads(json.dumps(out))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainingJobSpec:
+        """Inverse of :meth:`to_dict`.
+
+        Raises:
+            ConfigError: not a spec document, or a value is invalid.
+        """
+        if not isinstance(data, Mapping) or "hyperparameters" not in data or "channels" not in data:
+            raise ConfigError(f"not a training-spec document: {str(data)[:100]}")
+        known = {f.name for f in fields(cls)} - {"model", "training", "debugger", "extra_hyperparameters",
+                                                  "channels"}
+        return cls.from_hyperparameters(data["hyperparameters"], data["channels"],
+                                        **{k: v for k, v in data.items() if k in known})
 
     @classmethod
     def from_hyperparameters(cls, hyperparameters: Mapping[str, Any], channels: Any, **fields: Any) -> TrainingJobSpec:

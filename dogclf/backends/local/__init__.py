@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
+from dogclf._paths import home
 from dogclf.backends.base import PackageBackend
 
 __all__ = ["LocalBackend"]
@@ -16,7 +18,7 @@ __all__ = ["LocalBackend"]
 
 def default_root() -> Path:
     """Where the local backend keeps job folders and staged data: ``$DOGCLF_HOME`` or ``~/.dogclf``."""
-    return Path(os.environ.get("DOGCLF_HOME") or Path.home() / ".dogclf")
+    return home()
 
 
 class LocalBackend(PackageBackend):
@@ -29,6 +31,9 @@ class LocalBackend(PackageBackend):
 
     name = "local"
     capability_package = __name__
+    delivers_debugger_config = True
+    """Jobs get ``debughookconfig.json`` / ``profilerconfig.json`` written from the spec, as SageMaker's Debugger
+    service does."""
 
     def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
         # Absolute from the start: jobs run in other working directories (SAGEMAKER_BASE_DIR, child processes).
@@ -36,4 +41,16 @@ class LocalBackend(PackageBackend):
 
     def __repr__(self) -> str:
         return f"LocalBackend(root={str(self.root)!r})"
+
+    def fetch_output(self, result: Any, dest: Any = None) -> Path:
+        """A job's output data folder: on this machine already (``dest`` is not used)."""
+        return Path(result.output_dir)
+
+    def debugger_tensors(self, result: Any) -> str | None:
+        """``None``: local jobs keep their Debugger tensors in their output folder."""
+        return None
+
+    def trial_pool(self, spec: Any, space: Any, size: int) -> Any:
+        """Worker processes for a tuning experiment's trials, or ``None``; see :func:`.tuning.trial_pool`."""
+        return self._capability("tuning", "trial_pool")(self, spec, space, size)
 

@@ -16,8 +16,9 @@ Each job gets a folder laid out like a container's ``/opt/ml``::
 The job runs in a separate process through the ``sagemaker-training`` toolkit with ``SAGEMAKER_BASE_DIR`` set to
 the job folder, i.e. the same code path SageMaker's PyTorch containers use: ``environment.Environment()`` reads the
 config files, ``entry_point.run`` starts ``dogclf/training/train.py`` with the hyperparameters as command-line
-options and the ``SM_*`` environment. Its output streams to a logger and to ``on_log_line``; metrics are parsed
-with the spec's ``metric_definitions`` (the regexes SageMaker would use).
+options and the ``SM_*`` environment. Its output streams to a logger and to ``on_log_line``; its metrics are the
+events the entry point publishes in ``output/data/metrics.jsonl`` (:mod:`dogclf.training.metrics`), read as they
+come, never parsed from the log.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
+from dogclf._io import atomic_write_json
+from dogclf._source import copy_package_source
 from dogclf.errors import (
     ConfigError,
     DataError,
@@ -43,7 +46,8 @@ from dogclf.errors import (
     JobError,
     NotFoundError,
 )
-from dogclf.training.metrics import parse_metric_line
+from dogclf.training.data import IMAGE_EXTENSIONS
+from dogclf.training.metrics import last_values, read_metric_events
 from dogclf.training.spec import TrainingJobResult, TrainingJobSpec
 
 __all__ = ["train", "attach", "LocalTrainingJob", "job_dir", "ENTRY_POINT"]
@@ -53,8 +57,6 @@ logger = logging.getLogger(__name__)
 ENTRY_POINT = "dogclf/training/train.py"
 """The entry point, relative to the job's code folder (``sagemaker_program``)."""
 
-_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-
 
 def job_dir(backend: Any, job_name: str) -> Path:
     """The folder of job ``job_name`` under the backend's root."""
@@ -62,21 +64,14 @@ def job_dir(backend: Any, job_name: str) -> Path:
 
 
 def _new_job_name(spec: TrainingJobSpec) -> str:
-    backbone = str(spec.hyperparameters.get("backbone", "resnet50"))
+    backbone = spec.model.backbone
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     return f"dogclf-{backbone}-{stamp}-{uuid.uuid4().hex[:6]}"[:63]
 
 
-def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _has_images(path: Path) -> bool:
     for _root, _dirs, files in os.walk(path, followlinks=True):
-        if any(f.lower().endswith(_IMAGE_SUFFIXES) for f in files):
+        if any(os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS for f in files):
             return True
     return False
 
@@ -95,14 +90,6 @@ def _check_channels(spec: TrainingJobSpec) -> dict[str, Path]:
             raise DataError(f"channel {name!r} folder {uri!r} is empty: no images in it")
         out[name] = path
     return out
-
-
-def _copy_code(dest: Path) -> None:
-    import dogclf
-
-    package = Path(dogclf.__file__).resolve().parent
-    shutil.copytree(package, dest / "dogclf", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
-                    dirs_exist_ok=True)
 
 
 def _rewrite_opt_ml(value: Any, base: Path) -> Any:
@@ -166,10 +153,11 @@ def prepare_job(backend: Any, spec: TrainingJobSpec, job_name: str) -> tuple[Pat
     if code.exists():
         shutil.rmtree(code)
     code.mkdir()
-    _copy_code(code)
+    copy_package_source(code)
 
-    hyperparameters = {k: json.dumps(v) if not isinstance(v, str) else v
-                       for k, v in spec.hyperparameters_as_strings().items()}
+    # As on SageMaker: the SDK sends each hyperparameter JSON-encoded (json.dumps of the spec's wire string) and
+    # the container's toolkit decodes it back into the entry point's command-line option.
+    hyperparameters = {k: json.dumps(v) for k, v in spec.hyperparameters.items()}
     hyperparameters.update({
         "sagemaker_program": json.dumps(ENTRY_POINT),
         "sagemaker_submit_directory": json.dumps(str(code)),
@@ -177,11 +165,11 @@ def prepare_job(backend: Any, spec: TrainingJobSpec, job_name: str) -> tuple[Pat
         "sagemaker_container_log_level": "20",
         "sagemaker_region": json.dumps("local"),
     })
-    _write_json(config / "hyperparameters.json", hyperparameters)
-    _write_json(config / "inputdataconfig.json", {
+    atomic_write_json(config / "hyperparameters.json", hyperparameters)
+    atomic_write_json(config / "inputdataconfig.json", {
         name: {"ContentType": "application/x-image", "TrainingInputMode": "File",
                "S3DistributionType": "FullyReplicated", "RecordWrapperType": "None"} for name in channels})
-    _write_json(config / "resourceconfig.json", {"current_host": "localhost", "hosts": ["localhost"],
+    atomic_write_json(config / "resourceconfig.json", {"current_host": "localhost", "hosts": ["localhost"],
                                                  "current_group_name": "homogeneousCluster",
                                                  "network_interface_name": "lo"})
 
@@ -198,12 +186,12 @@ def prepare_job(backend: Any, spec: TrainingJobSpec, job_name: str) -> tuple[Pat
                 "SM_OUTPUT_DATA_DIR", "SM_OUTPUT_DIR"):
         env.pop(var, None)  # the toolkit sets these for this job; a caller's own must not leak in
     if spec.debugger_hook_config is not None:
-        _write_json(config / "debughookconfig.json", _rewrite_opt_ml(spec.debugger_hook_config, base))
+        atomic_write_json(config / "debughookconfig.json", _rewrite_opt_ml(spec.debugger_hook_config, base))
         env["SMDEBUG_CONFIG_FILE_PATH"] = str(config / "debughookconfig.json")
     else:
         env.pop("SMDEBUG_CONFIG_FILE_PATH", None)
     if spec.profiler_config is not None:
-        _write_json(config / "profilerconfig.json", _rewrite_opt_ml(spec.profiler_config, base))
+        atomic_write_json(config / "profilerconfig.json", _rewrite_opt_ml(spec.profiler_config, base))
         env["SMPROFILER_CONFIG_PATH"] = str(config / "profilerconfig.json")
     else:
         env.pop("SMPROFILER_CONFIG_PATH", None)
@@ -264,8 +252,6 @@ class LocalTrainingJob:
         self._on_log_line = on_log_line
         self._log = log
         self._lock = threading.Lock()
-        self._metrics: dict[str, float] = {}
-        self._history: list[dict[str, Any]] = []
         self._tail: list[str] = []
         self._status = "InProgress"
         self._stop_requested = False
@@ -290,16 +276,19 @@ class LocalTrainingJob:
             return self._status
 
     @property
-    def metrics(self) -> dict[str, float]:
-        """The last value of each metric seen so far."""
-        with self._lock:
-            return dict(self._metrics)
+    def output_dir(self) -> Path:
+        """The job's output data folder (``SM_OUTPUT_DATA_DIR``): metrics, tensors, reports."""
+        return self.job_dir / "output" / "data"
 
     @property
     def metric_history(self) -> list[dict[str, Any]]:
-        """Every metric line seen so far, parsed."""
-        with self._lock:
-            return [dict(m) for m in self._history]
+        """Every metric event the job has published so far (``metrics.jsonl``), in order."""
+        return read_metric_events(self.output_dir)
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """The last value of each metric published so far."""
+        return last_values(self.metric_history)
 
     @property
     def pid(self) -> int:
@@ -312,7 +301,7 @@ class LocalTrainingJob:
                "channels": self.spec.channels}
         if result is not None:
             doc["result"] = result.to_dict()
-        _write_json(self.job_dir / "job.json", doc)
+        atomic_write_json(self.job_dir / "job.json", doc)
 
     def _read(self) -> None:
         assert self._process.stdout is not None
@@ -322,12 +311,8 @@ class LocalTrainingJob:
                 log_file.write(line + "\n")
                 log_file.flush()
                 self._log.info("[%s] %s", self.job_name, line)
-                parsed = parse_metric_line(line, self.spec.metric_definitions)
                 with self._lock:
                     self._tail = (self._tail + [line])[-40:]
-                    if parsed:
-                        self._history.append(parsed)
-                        self._metrics.update({k: v for k, v in parsed.items() if k != "epoch"})
                 if self._on_log_line is not None:
                     try:
                         self._on_log_line(line)
@@ -351,11 +336,11 @@ class LocalTrainingJob:
                     errors = [t for t in self._tail if "Error" in t or "error" in t]
                     reason = (errors[-1] if errors else f"the job process exited with status {code}")[:1024]
             self._status = status
+            history = self.metric_history
             self._result = TrainingJobResult(
-                job_name=self.job_name, status=status, metrics=dict(self._metrics),
-                metric_history=[dict(m) for m in self._history],
+                job_name=self.job_name, status=status, metrics=last_values(history), metric_history=history,
                 model_artifact=str(model) if status == "Completed" else None,
-                output_dir=str(self.job_dir / "output" / "data"), failure_reason=reason,
+                output_dir=str(self.output_dir), failure_reason=reason,
                 duration_s=time.time() - self._started, log_path=str(self.log_path),
                 hyperparameters=dict(self.spec.hyperparameters))
             self._save_state(self._result)
@@ -475,17 +460,11 @@ def attach(backend: Any, job_name: str) -> TrainingJobResult:
     if "result" in state:
         return TrainingJobResult.from_dict(state["result"])
     log_path = base / "logs" / "train.log"
-    metrics: dict[str, float] = {}
-    history: list[dict[str, Any]] = []
-    if log_path.is_file():
-        for line in log_path.read_text(encoding="utf-8", errors="replace").splitlines():
-            parsed = parse_metric_line(line)
-            if parsed:
-                history.append(parsed)
-                metrics.update({k: v for k, v in parsed.items() if k != "epoch"})
+    history = read_metric_events(base / "output" / "data")
     running = _alive(state.get("pid"))
     return TrainingJobResult(
-        job_name=job_name, status="InProgress" if running else "Failed", metrics=metrics, metric_history=history,
+        job_name=job_name, status="InProgress" if running else "Failed", metrics=last_values(history),
+        metric_history=history,
         output_dir=str(base / "output" / "data"),
         failure_reason=None if running else "the job process ended without a result (killed?)",
         log_path=str(log_path), hyperparameters=state.get("spec_hyperparameters", {}))

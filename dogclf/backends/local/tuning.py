@@ -1,9 +1,11 @@
-"""Local backend: hyperparameter tuning, each trial a separate training job of the shared entry point.
+"""Local backend: the trial pool for tuning, trial jobs in reused worker processes (SageMaker's warm pools).
 
-:class:`~dogclf.hpo.HPOExperiment` calls :meth:`LocalBackend.tune <dogclf.backends.local.LocalBackend.tune>`, which
-runs the experiment's remaining trials with :func:`dogclf.hpo.runner.run_trials`: up to ``max_parallel`` jobs at
-once through :meth:`LocalBackend.train <dogclf.backends.local.LocalBackend.train>` (each in its own job
-directory), pruned trials stopped, failures recorded with their reason, the state saved after every event.
+:class:`~dogclf.hpo.HPOExperiment` runs a local experiment's trials as training jobs of the shared entry point
+through :func:`dogclf.hpo.runner.run_trials`. For head-only experiments on the shared feature cache, where a
+trial's own work is a fraction of a second, the interpreter start, the torch import and the toolkit's process per
+job would dominate: :meth:`LocalBackend.trial_pool <dogclf.backends.local.LocalBackend.trial_pool>` then offers a
+:class:`WarmPoolBackend`, whose workers run one job after another, each in its own job folder under the
+training-container environment.
 """
 
 from __future__ import annotations
@@ -18,70 +20,38 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from dogclf.errors import BackendError, ConfigError
+from dogclf.errors import BackendError
 
-__all__ = ["tune", "uses_feature_cache", "WarmPoolBackend"]
+__all__ = ["trial_pool", "uses_feature_cache", "WarmPoolBackend"]
 
 logger = logging.getLogger(__name__)
+
 
 def uses_feature_cache(spec: Any, space: Any = ()) -> bool:
     """Whether the spec's jobs fit only the head on the shared backbone feature cache.
 
-    The entry point uses the cache with ``--feature-cache on``, or ``auto`` (its default) when ``freeze`` is
-    ``head`` and ``augment`` is ``none`` (their defaults). When the space tunes one of these, not every trial
+    The entry point uses the cache with ``feature_cache="on"``, or ``"auto"`` (its default) when ``freeze`` is
+    ``"head"`` and ``augment`` is ``"none"`` (their defaults). When the space tunes one of these, not every trial
     does, and the answer is ``False``.
     """
-    hp = dict(getattr(spec, "hyperparameters", {}) or {})
-    if any(name in space for name in ("feature-cache", "freeze", "augment")):
+    if any(name in space for name in ("feature_cache", "freeze", "augment")):
         return False
-    mode = str(hp.get("feature-cache", "auto")).strip().lower()
-    return mode == "on" or (mode == "auto" and str(hp.get("freeze", "head")) == "head"
-                            and str(hp.get("augment", "none")) == "none")
+    mode = spec.training.feature_cache
+    return mode == "on" or (mode == "auto" and spec.model.freeze == "head" and spec.training.augment == "none")
 
 
-def tune(backend: Any, spec: Any, *, state: Any = None, launch: bool = True, wait: bool = True,
-         poll_interval: float = 0.2, warm_pool: bool | None = None, **kwargs: Any) -> Any:
-    """Run (or, with ``launch=False``, only look at) a tuning experiment on the local backend.
+def trial_pool(backend: Any, spec: Any, space: Any, size: int) -> WarmPoolBackend | None:
+    """A warm pool of ``size`` workers for an experiment's trials when they are head-only fits on the shared
+    feature cache (where start-up dominates), else ``None`` (each trial is a fresh job process).
 
-    Args:
-        backend: The :class:`~dogclf.backends.local.LocalBackend`.
-        spec: The base ``TrainingJobSpec`` every trial starts from.
-        state: The experiment's :class:`~dogclf.hpo.ExperimentState` (created by
-            :class:`~dogclf.hpo.HPOExperiment`); updated in place and saved after every trial event.
-        launch: ``False`` only reports: the local state file already is the whole truth.
-        wait: Accepted for symmetry with SageMaker; local tuning always runs to the end in the calling thread
-            (:meth:`HPOExperiment.run(wait=False) <dogclf.hpo.HPOExperiment.run>` runs it in a thread).
-        poll_interval: Seconds between looks at the running jobs.
-        warm_pool: Run the trial jobs in reused worker processes (:class:`WarmPoolBackend`), like SageMaker's
-            warm pools: each trial still has its own job folder and runs the entry point under the container
-            environment, without paying a new interpreter and the torch import. ``None`` (default) uses the pool
-            for head-only experiments on the shared feature cache, where that start-up dominates a trial.
-
-    Returns:
-        ``state``.
-
-    Raises:
-        ConfigError: no ``state`` was given, or unknown keyword arguments.
+    The pool's ``warm_up_first`` asks the runner to let the first trial fill the feature cache before the others
+    start reading it.
     """
-    if state is None:
-        raise ConfigError("LocalBackend.tune needs state= (an ExperimentState); use dogclf.hpo.HPOExperiment")
-    if kwargs:
-        raise ConfigError(f"LocalBackend.tune got unknown arguments {sorted(kwargs)}")
-    if not launch:
-        return state
-    from dogclf.hpo.runner import run_trials
-
-    cached = uses_feature_cache(spec, state.space)
-    # With a shared feature cache, let the first job fill it before the others start reading it.
-    warm = cached and state.max_parallel > 1
-    if not (cached if warm_pool is None else warm_pool):
-        return run_trials(backend, spec, state, poll_interval=poll_interval, warm_up_first=warm)
-    remaining = state.max_trials - sum(t.finished for t in state.trials)
-    pool = WarmPoolBackend(backend, max(1, min(state.max_parallel, remaining)))
-    try:
-        return run_trials(pool, spec, state, poll_interval=poll_interval, warm_up_first=warm)
-    finally:
-        pool.close()
+    if not uses_feature_cache(spec, space):
+        return None
+    pool = WarmPoolBackend(backend, size)
+    pool.warm_up_first = size > 1
+    return pool
 
 
 # -- warm pool: trial jobs in reused worker processes ---------------------------------------------------------------
@@ -159,7 +129,7 @@ class _PoolJobProcess:
 
 
 class WarmPoolBackend:
-    """Runs the local backend's training jobs in reused worker processes; used by :func:`tune` for trials.
+    """Runs the local backend's training jobs in reused worker processes (see :func:`trial_pool`).
 
     It implements ``train(spec, wait=False, on_log_line=...)`` like
     :class:`~dogclf.backends.local.LocalBackend` (same job folders under the same root, same
@@ -178,6 +148,7 @@ class WarmPoolBackend:
         self.size = size
         self._workers: list[_PoolWorker] = []
         self._lock = threading.Lock()
+        self.warm_up_first = False
 
     def _worker(self) -> _PoolWorker:
         with self._lock:

@@ -27,6 +27,9 @@ class SageMakerBackend(PackageBackend):
 
     name = "sagemaker"
     capability_package = __name__
+    delivers_debugger_config = False
+    """SageMaker writes ``debughookconfig.json`` only for accounts that have Debugger: dogclf's Debugger settings
+    travel packed in a hyperparameter instead (see :class:`~dogclf.debug.DebugTrainer`)."""
 
     def __init__(self, role: str | None = None, bucket: str | None = None, region: str | None = None,
                  session: Any = None) -> None:
@@ -37,6 +40,18 @@ class SageMakerBackend(PackageBackend):
 
     def __repr__(self) -> str:
         return f"SageMakerBackend(role={self.role!r}, bucket={self.bucket!r}, region={self.region!r})"
+
+    def tune(self, spec: Any, **kwargs: Any) -> Any:
+        """Run a tuning experiment as a SageMaker hyperparameter-tuning job (:func:`.tuning.tune`)."""
+        return self._capability("tuning", "tune")(self, spec, **kwargs)
+
+    def fetch_output(self, result: Any, dest: Any = None) -> Any:
+        """A finished job's output data folder on this machine (downloaded); see :func:`.outputs.fetch_output`."""
+        return self._capability("outputs", "fetch_output")(self, result, dest)
+
+    def debugger_tensors(self, result: Any) -> str | None:
+        """Where SageMaker's own Debugger hook wrote a job's tensors; see :func:`.outputs.debugger_tensors`."""
+        return self._capability("outputs", "debugger_tensors")(self, result)
 
     def tuning_state(self, name: str) -> Any:
         """Rebuild a tuning experiment's state from a SageMaker tuning job by name; see :mod:`.tuning`."""

@@ -69,11 +69,6 @@ def stage_source_dir(dest: str | Path | None = None, requirements: list[str] | N
     return out
 
 
-def _hyperparameters(spec: TrainingJobSpec) -> dict[str, Any]:
-    # Native numbers and strings (the SDK JSON-encodes them for the training toolkit); None is spelled out.
-    return {k: ("None" if v is None else v) for k, v in spec.hyperparameters.items()}
-
-
 def _debugger_kwargs(spec: TrainingJobSpec) -> dict[str, Any]:
     """Estimator Debugger/profiler options: off unless the spec asks (Debugger is closed to new AWS accounts)."""
     kwargs: dict[str, Any] = {"debugger_hook_config": False, "disable_profiler": True}
@@ -86,7 +81,10 @@ def _debugger_kwargs(spec: TrainingJobSpec) -> dict[str, Any]:
         kwargs["debugger_hook_config"] = DebuggerHookConfig(
             s3_output_path=cfg.get("S3OutputPath"), container_local_output_path=cfg.get("LocalPath"),
             hook_parameters=cfg.get("HookParameters"), collection_configs=collections or None)
-    kwargs.update(spec.sagemaker_debugger or {})
+    if spec.debugger is not None and getattr(spec.debugger, "sagemaker_debugger", False):
+        from dogclf.backends.sagemaker.debugger import sagemaker_debugger_kwargs
+
+        kwargs.update(sagemaker_debugger_kwargs(spec.debugger))
     return kwargs
 
 
@@ -99,25 +97,28 @@ DEBUG_REQUIREMENTS = ("smdebug==1.0.34", "protobuf>=3.20,<=3.20.3", "numpy>=1.26
 def default_requirements(spec: TrainingJobSpec) -> list[str] | None:
     """The container requirements a spec needs: :data:`DEBUG_REQUIREMENTS` when it configures Debugger tensors or
     profiling (by hook/profiler config or the ``dogclf-debug`` hyperparameter), otherwise none."""
-    debug = (spec.debugger_hook_config or spec.profiler_config or "dogclf-debug" in spec.hyperparameters)
+    debug = (spec.debugger_hook_config or spec.profiler_config or "dogclf-debug" in spec.extra_hyperparameters)
     return list(DEBUG_REQUIREMENTS) if debug else None
 
 
 def build_estimator(backend: Any, spec: TrainingJobSpec, *, source_dir: str | Path | None = None,
                     framework_version: str = DEFAULT_FRAMEWORK_VERSION, py_version: str = DEFAULT_PY_VERSION,
                     output_path: str | None = None, requirements: list[str] | None = None,
-                    **estimator_kwargs: Any) -> Any:
+                    tuned: list[str] | tuple[str, ...] = (), **estimator_kwargs: Any) -> Any:
     """A ``sagemaker.pytorch.PyTorch`` estimator for ``spec``, not started.
 
     Args:
         backend: The :class:`~dogclf.backends.sagemaker.SageMakerBackend` (role, bucket, region, session).
-        spec: The job. ``spec.sagemaker_debugger`` entries are passed to the estimator as they are.
+        spec: The job: its hyperparameters go on the wire as the spec encodes them (the SDK JSON-encodes each
+            string for the container's toolkit); with ``spec.debugger`` asking for SageMaker's own Debugger, its
+            Debugger objects are added (:mod:`.debugger`).
         source_dir: A folder staged by :func:`stage_source_dir`; default: stage a fresh copy of dogclf.
         framework_version: PyTorch container version.
         py_version: Python version of the container.
         output_path: Where ``model.tar.gz`` goes; default ``s3://<bucket>/dogclf/training``.
         requirements: Extra pip requirements for the container (see :func:`stage_source_dir`); default
             :func:`default_requirements` of the spec.
+        tuned: Python names of hyperparameters a tuning job sets per training job (left out of the static ones).
         **estimator_kwargs: More ``PyTorch`` keyword arguments (they win over the spec's).
 
     Raises:
@@ -134,13 +135,15 @@ def build_estimator(backend: Any, spec: TrainingJobSpec, *, source_dir: str | Pa
     if requirements is None:
         requirements = default_requirements(spec)
     source = Path(source_dir) if source_dir is not None else stage_source_dir(requirements=requirements)
+    wire_tuned = {spec.tunable()[name] for name in tuned}
+    hyperparameters = {k: v for k, v in spec.hyperparameters.items() if k not in wire_tuned}
     kwargs: dict[str, Any] = dict(
         entry_point=ENTRY_POINT, source_dir=str(source), role=backend.role, sagemaker_session=session,
         framework_version=framework_version, py_version=py_version, instance_type=spec.instance_type,
-        instance_count=spec.instance_count, hyperparameters=_hyperparameters(spec),
+        instance_count=spec.instance_count, hyperparameters=hyperparameters,
         metric_definitions=[dict(d) for d in spec.metric_definitions], output_path=output_path,
         code_location=output_path, max_run=spec.max_run_s, environment=dict(spec.environment) or None,
-        base_job_name="dogclf-" + str(spec.hyperparameters.get("backbone", "resnet50")),
+        base_job_name=f"dogclf-{spec.model.backbone}".replace("_", "-"),
     )
     if spec.checkpoint_uri:
         if not spec.checkpoint_uri.startswith("s3://"):

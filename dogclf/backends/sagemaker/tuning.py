@@ -12,7 +12,6 @@ to it instead of starting another; its training jobs become the experiment's tri
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -37,8 +36,9 @@ _SCALING = {"linear": "Linear", "log": "Logarithmic"}
 def parameter_ranges(space: Any) -> dict[str, Any]:
     """The search space as the SageMaker SDK's parameter ranges (``{name: ContinuousParameter(...), ...}``).
 
-    ``scale="log"`` maps to ``scaling_type="Logarithmic"``, ``"linear"`` to ``"Linear"``; categorical values are
-    sent as strings, as SageMaker passes every hyperparameter.
+    Names are the hyperparameters' wire names (``batch-size``); ``scale="log"`` maps to
+    ``scaling_type="Logarithmic"``, ``"linear"`` to ``"Linear"``; categorical values are sent as strings, as
+    SageMaker passes every hyperparameter.
     """
     from sagemaker.parameter import (
         CategoricalParameter,
@@ -47,9 +47,12 @@ def parameter_ranges(space: Any) -> dict[str, Any]:
     )
 
     from dogclf.hpo.space import Categorical, Continuous, Integer
+    from dogclf.training import TrainingJobSpec
 
+    wire = TrainingJobSpec.tunable()  # the ranges carry the entry point's option names, as the jobs receive them
     out: dict[str, Any] = {}
-    for name, r in space.items():
+    for python, r in space.items():
+        name = wire.get(python, python)
         if isinstance(r, Continuous):
             out[name] = ContinuousParameter(r.low, r.high, scaling_type=_SCALING[r.scale])
         elif isinstance(r, Integer):
@@ -85,8 +88,7 @@ def build_tuner(backend: Any, spec: Any, state: Any) -> Any:
         raise ConfigError(f"strategy {strategy!r} has no SageMaker equivalent; use 'bayesian', 'random' or 'grid'")
     objective = state.objective
     # The tuned names are set per training job; the estimator carries only the static ones.
-    static = {k: v for k, v in spec.hyperparameters.items() if k not in state.space}
-    estimator = build_estimator(backend, dataclasses.replace(spec, hyperparameters=static))
+    estimator = build_estimator(backend, spec, tuned=list(state.space))
     definitions = [dict(d) for d in (getattr(spec, "metric_definitions", None) or [])]
     if objective.metric not in {d["Name"] for d in definitions}:
         definitions.append(objective.metric_definition())
@@ -146,9 +148,12 @@ def trial_from_summary(summary: dict[str, Any], number: int, space: Any) -> Any:
         space: The experiment's search space (turns the string hyperparameters back into typed values).
     """
     from dogclf.hpo.trial import Trial
+    from dogclf.training import TrainingJobSpec
 
+    wire = TrainingJobSpec.tunable()
     tuned = summary.get("TunedHyperParameters") or {}
-    params = {name: _value(tuned[name], rng) for name, rng in space.items() if name in tuned}
+    params = {name: _value(tuned[wire.get(name, name)], rng) for name, rng in space.items()
+              if wire.get(name, name) in tuned}
     final = summary.get("FinalHyperParameterTuningJobObjectiveMetric") or {}
     value = final.get("Value")
     objective = float(value) if value is not None and math.isfinite(float(value)) else None
@@ -312,21 +317,17 @@ def state_from_tuning_job(backend: Any, name: str) -> Any:
     channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in job.get("InputDataConfig", [])
                 if "S3DataSource" in c.get("DataSource", {})}
     resources = job.get("HyperParameterTuningResourceConfig") or job.get("ResourceConfig") or {}
-    spec = TrainingJobSpec(hyperparameters=static, channels=channels,
-                           instance_type=resources.get("InstanceType", "ml.c5.2xlarge"),
-                           instance_count=int(resources.get("InstanceCount", 1)), metric_definitions=definitions)
+    spec = TrainingJobSpec.from_hyperparameters(
+        static, channels, instance_type=resources.get("InstanceType", "ml.c5.2xlarge"),
+        instance_count=int(resources.get("InstanceCount", 1)), metric_definitions=definitions)
     limits = cfg["ResourceLimits"]
-    cls = type(spec)
     return ExperimentState(
         name=name, backend=getattr(backend, "name", "sagemaker"), space=SearchSpace(space), objective=objective,
         strategy=strategy, max_trials=int(limits.get("MaxNumberOfTrainingJobs") or 1),
         max_parallel=int(limits.get("MaxParallelTrainingJobs") or 1),
         early_stopping=MedianStopping() if cfg.get("TrainingJobEarlyStoppingType") == "Auto" else None,
         seed=int(cfg.get("RandomSeed", 0)),
-        base_spec={"class": f"{cls.__module__}:{cls.__qualname__}",
-                   "fields": {"hyperparameters": spec.hyperparameters, "channels": spec.channels,
-                              "instance_type": spec.instance_type, "instance_count": spec.instance_count,
-                              "metric_definitions": spec.metric_definitions}},
+        base_spec=spec.to_dict(),
         created=_timestamp(desc.get("CreationTime")) or 0.0,
         backend_state={"tuning_job_name": name},
     )

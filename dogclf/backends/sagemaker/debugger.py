@@ -16,7 +16,7 @@ from typing import Any
 
 from dogclf.errors import ConfigError
 
-from .config import DebuggerConfig
+from dogclf.debug.config import DebuggerConfig
 
 __all__ = ["SAGEMAKER_RULE_CONFIGS", "sagemaker_debugger_kwargs"]
 

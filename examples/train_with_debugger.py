@@ -21,6 +21,7 @@ os.environ.setdefault("SMDEBUG_LOG_LEVEL", "error")  # smdebug logs each rule in
 from dogclf.backends import get_backend  # noqa: E402
 from dogclf.data import DatasetStager, make_synthetic_dataset  # noqa: E402
 from dogclf.debug import CollectionConfig, DebuggerConfig, DebugTrainer, ProfilerConfig, RuleConfig  # noqa: E402
+from dogclf.training import TrainingJobSpec  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -38,10 +39,10 @@ def main(argv: list[str] | None = None) -> None:
                                            image_size=32, overwrite=True)
         data = DatasetStager(synthetic, args.out / "dogImages").run().uri
 
-    hyperparameters = {"backbone": "resnet18", "weights": "None", "resize": 36, "crop": 32, "num-workers": 0,
-                       "lr": 0.01, "batch-size": 4, "epochs": 2}
-    if args.params:
-        hyperparameters.update(json.loads(args.params.read_text()))
+    spec = TrainingJobSpec({"backbone": "resnet18", "weights": None, "resize": 36, "crop": 32}, data,
+                           {"num_workers": 0, "lr": 0.01, "batch_size": 4, "epochs": 2})
+    if args.params:  # e.g. the tune example's best hyperparameters (any spelling)
+        spec = spec.with_params(json.loads(args.params.read_text()))
 
     # The seed's four collections, spelled out (dogclf.debug.seed_collections() returns the same).
     every = {"train.save_interval": "5", "eval.save_interval": "1"}
@@ -57,8 +58,7 @@ def main(argv: list[str] | None = None) -> None:
         profiler=ProfilerConfig(system_monitor_interval_millis=500, profile_start_step=1, profile_num_steps=2),
         rule_interval=2,
     )
-    trainer = DebugTrainer(hyperparameters, {"training": str(data)}, config=config,
-                           backend=get_backend("local", root=args.out / "backend"),
+    trainer = DebugTrainer(spec, config, backend=get_backend("local", root=args.out / "backend"),
                            report_path=args.out / "report" / "debug-report.html")
     trainer.fit()
 

@@ -41,12 +41,10 @@ def main(argv: list[str] | None = None) -> None:
     channels = {split: str(Path(data) / split) for split in ("train", "valid", "test")}
 
     # Static hyperparameters of every trial; small images so that this runs in seconds on a laptop.
-    spec = TrainingJobSpec(
-        hyperparameters={"backbone": args.backbone, "weights": str(args.weights), "resize": 36, "crop": 32,
-                         "num-workers": 0},
-        channels=channels)
+    spec = TrainingJobSpec({"backbone": args.backbone, "weights": args.weights, "resize": 36, "crop": 32},
+                           channels, {"num_workers": 0})
     space = {"lr": Continuous(0.001, 0.1, scale="log"),
-             "batch-size": Categorical([4, 8] if args.tiny else [8, 16, 32]),
+             "batch_size": Categorical([4, 8] if args.tiny else [8, 16, 32]),
              "epochs": Categorical([1, 2])}
     experiment = HPOExperiment(spec, space, objective="test_loss", max_trials=2 if args.tiny else args.trials,
                                max_parallel=1, strategy="bayesian", early_stopping="auto",

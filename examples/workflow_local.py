@@ -46,7 +46,8 @@ from dogclf.debug import DebuggerConfig, DebugTrainer, ProfilerConfig, seed_coll
 from dogclf.errors import DogclfError  # noqa: E402
 from dogclf.hpo import Categorical, Continuous, HPOExperiment  # noqa: E402
 from dogclf.serving import BreedPredictor, EndpointDeployer  # noqa: E402
-from dogclf.training import TrainingJobSpec  # noqa: E402
+from dogclf.models import ModelConfig, Preprocess  # noqa: E402
+from dogclf.training import TrainingConfig, TrainingJobSpec  # noqa: E402
 
 log = logging.getLogger("workflow")
 
@@ -54,7 +55,7 @@ REPO = Path(__file__).resolve().parents[1]
 SEED_PHOTOS = REPO.parent / "shared" / "seed" / "test-photos-of-dogs"
 
 # The seed's search space (lr 0.001-0.1, batch size 32/64/128, epochs 1/2), scaled to the demo's data size.
-SEED_SPACE = {"lr": Continuous(0.001, 0.1, scale="log"), "batch-size": Categorical([32, 64, 128]),
+SEED_SPACE = {"lr": Continuous(0.001, 0.1, scale="log"), "batch_size": Categorical([32, 64, 128]),
               "epochs": Categorical([1, 2])}
 
 # name: (classes, train/valid/test images per class, image side, trials, (batch sizes), (epochs))
@@ -66,7 +67,7 @@ SIZES = {
 
 def search_space(batch_sizes: tuple[int, ...], epochs: tuple[int, ...]) -> dict[str, Any]:
     """The seed's space with the categorical values given (the seed's are (32, 64, 128) and (1, 2))."""
-    return {"lr": Continuous(0.001, 0.1, scale="log"), "batch-size": Categorical(list(batch_sizes)),
+    return {"lr": Continuous(0.001, 0.1, scale="log"), "batch_size": Categorical(list(batch_sizes)),
             "epochs": Categorical(list(epochs))}
 
 
@@ -218,16 +219,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     step("tune")
     crop = args.image_size or (224 if args.data else image_size)
     weights = args.weights if args.weights is not None else ("IMAGENET1K_V2" if sagemaker else None)
-    static = {"backbone": args.backbone, "weights": str(weights), "seed": args.seed,
-              "resize": max(crop, int(crop * 256 / 224)), "crop": crop,
-              # The seed's policy: train the head on a frozen backbone. Offline there are no pretrained weights,
-              # so the demo's model stays near chance; --freeze full fine-tunes everything (slower, and the
-              # seed's weight collections then save the whole network every 5 steps).
-              "freeze": args.freeze}
-    if not sagemaker:
-        static["num-workers"] = 0  # the demo's images are tiny: decoding in-process beats starting workers
-    spec = TrainingJobSpec(hyperparameters=static, channels=dict(staged.channels),
-                           instance_type=args.instance_type)
+    # The seed's policy: train the head on a frozen backbone. Offline there are no pretrained weights, so the
+    # demo's model stays near chance; --freeze full fine-tunes everything (slower, and the seed's weight
+    # collections then save the whole network every 5 steps).
+    model = ModelConfig(backbone=args.backbone, weights=weights, freeze=args.freeze,
+                        preprocess=Preprocess(resize=max(crop, int(crop * 256 / 224)), crop=crop))
+    # The demo's images are tiny: decoding in-process beats starting workers.
+    training = TrainingConfig(seed=args.seed, num_workers=None if sagemaker else 0)
+    spec = TrainingJobSpec(model, staged.channels, training, instance_type=args.instance_type)
     space = search_space(batch_sizes, epochs) if not args.data else SEED_SPACE
     experiment = HPOExperiment(spec, space, "test_loss", max_trials=trials, max_parallel=args.parallel,
                                strategy="bayesian", backend=backend, name=f"demo-{run_id}", seed=args.seed)
@@ -252,9 +251,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             profiler=ProfilerConfig(system_monitor_interval_millis=500, profile_start_step=1,
                                                     profile_num_steps=2))
     report_path = out / "report" / "debug-report.html"
-    trainer = DebugTrainer({**static, **best}, dict(staged.channels), config=config, backend=backend,
-                           job_name=f"demo-{run_id}-debug", report_path=report_path,
-                           instance_type=args.instance_type)
+    trainer = DebugTrainer(experiment.best_spec_, config, backend=backend, job_name=f"demo-{run_id}-debug",
+                           report_path=report_path)
     with tqdm(total=None, desc="train: job", bar_format="{desc} {elapsed}", leave=False):
         trainer.fit()
     result = trainer.result_
@@ -273,7 +271,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     # 6. Deploy an endpoint serving the trained artifact through the shared inference handler.
     step("deploy")
-    endpoint = EndpointDeployer(max_batch_size=8).deploy(result.model_artifact, backend=backend)
+    endpoint = EndpointDeployer(max_batch_size=8, backend=backend).deploy(result.model_artifact)
     outputs["endpoint"] = endpoint.name
     outputs["endpoint_pid"] = getattr(endpoint, "pid", None)
     log.info("endpoint %s is up%s", endpoint.name, f" at {endpoint.url}" if getattr(endpoint, "url", None) else "")

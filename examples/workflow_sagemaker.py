@@ -55,7 +55,7 @@ from dogclf.training import TrainingJobSpec  # noqa: E402
 
 DOGIMAGES_URL = "https://s3-us-west-1.amazonaws.com/udacity-aind/dog-project/dogImages.zip"
 SEED_PHOTOS = Path(__file__).resolve().parents[1].parent / "shared" / "seed" / "test-photos-of-dogs"
-SEED_SPACE = {"lr": Continuous(0.001, 0.1, scale="log"), "batch-size": Categorical([32, 64, 128]),
+SEED_SPACE = {"lr": Continuous(0.001, 0.1, scale="log"), "batch_size": Categorical([32, 64, 128]),
               "epochs": Categorical([1, 2])}
 DRY_ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
 DRY_BUCKET = "dogclf-dry-run"
@@ -238,8 +238,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                            labels=None if args.dry_run else "dogimages-133").run()
     results["dataset"] = staged.uri
 
-    static = {"backbone": args.backbone, "weights": args.weights, "seed": 0}
-    spec = TrainingJobSpec(hyperparameters=static, channels=dict(staged.channels), instance_type=args.instance_type)
+    spec = TrainingJobSpec({"backbone": args.backbone, "weights": args.weights}, staged.channels, {"seed": 0},
+                           instance_type=args.instance_type)
 
     print(f"\n[2/6] tune lr, batch size and epochs: {args.trials} jobs, {args.parallel} at a time (HPOExperiment)")
     experiment = HPOExperiment(spec, SEED_SPACE, "test_loss", max_trials=args.trials, max_parallel=args.parallel,
@@ -255,8 +255,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print("\n[3/6] train the best configuration with Debugger collections, rules and profiling (DebugTrainer)")
     config = DebuggerConfig(collections=seed_collections(), sagemaker_debugger=args.sagemaker_debugger,
                             s3_output_path=f"s3://{args.bucket}/dogclf/debug")
-    trainer = DebugTrainer({**static, **best}, dict(staged.channels), config=config, backend=backend,
-                           job_name=f"dogclf-{run_id}-debug", instance_type=args.instance_type)
+    trainer = DebugTrainer(experiment.best_spec_, config, backend=backend, job_name=f"dogclf-{run_id}-debug")
     if args.dry_run:
         job = backend.train(trainer.build_spec(backend), wait=False)  # the same request fit() sends
         artifact = f"s3://{args.bucket}/dogclf/training/{job.job_name}/output/model.tar.gz"
@@ -272,7 +271,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     print(f"\n[5/6] deploy {artifact} on {args.endpoint_instance_type} (EndpointDeployer)")
     endpoint = EndpointDeployer(instance_type=args.endpoint_instance_type, endpoint_name=f"dogclf-{run_id}",
-                                wait_poll_s=1 if args.dry_run else 15).deploy(artifact, backend=backend)
+                                wait_poll_s=1 if args.dry_run else 15, backend=backend).deploy(artifact)
     try:
         print("\n[6/6] predict the seed's photos (BreedPredictor)")
         predictor = BreedPredictor(endpoint, k=3, labels="dogimages-133")

@@ -1,8 +1,9 @@
 """HPOExperiment's logic on a tiny in-test backend, plus search spaces, objectives, strategies and pruning.
 
-The in-test backend implements the Backend protocol for real: its jobs run in threads and log the training entry
-point's metric lines (``epoch=1; train_loss=..; valid_loss=..; valid_acc=..;`` / ``test_loss=..; test_acc=..;``),
-so the experiment drives it exactly as it drives LocalBackend (which the local integration tests cover).
+The in-test backend implements the Backend protocol for real: its jobs run in threads and publish the training
+entry point's metric events (per epoch ``train_loss``, ``valid_loss``, ``valid_acc``; then ``test_loss``,
+``test_acc``) through their ``metric_history`` and results, so the experiment drives it exactly as it drives
+LocalBackend (which the local integration tests cover).
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import math
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -39,30 +39,31 @@ from dogclf.hpo import (
     metric_definitions,
     parse_metrics,
 )
+from dogclf.training import TrainingJobSpec
 
 
-@dataclass(frozen=True)
-class FakeSpec:
-    """Stands in for dogclf.training.TrainingJobSpec: the two fields the experiment replaces, plus channels."""
+def make_spec(channels: Any = None, **training: Any) -> TrainingJobSpec:
+    """A real job spec (resnet18, no weights) whose training hyperparameters the fake backend acts on."""
+    return TrainingJobSpec({"backbone": "resnet18", "weights": None}, channels or {"training": "/data"}, training)
 
-    hyperparameters: dict[str, Any] = field(default_factory=dict)
-    job_name: str = "job"
-    channels: dict[str, str] = field(default_factory=dict)
+
+# What a fake job does, beyond training: its `labels` hyperparameter (any string is valid) names a simulated
+# behaviour, its `weight_decay` (when > 0) the seconds each epoch takes.
+FAIL, UNSTARTABLE, SILENT = "fail", "unstartable", "silent"
 
 
 def loss_of(hp: dict[str, Any], epoch: int) -> float:
-    """A smooth, known objective: best near lr=0.01 and batch-size 64, improving with epochs."""
+    """A smooth, known objective: best near lr=0.01 and batch size 64, improving with epochs."""
     lr = float(hp.get("lr", 0.01))
-    bs = int(hp.get("batch-size", 64))
+    bs = int(hp.get("batch_size", 64))
     return (math.log10(lr) + 2.0) ** 2 + abs(math.log2(bs / 64)) * 0.3 + 1.0 / epoch
 
 
 class FakeJob:
-    """A job handle: ``status``, ``stop()``, ``wait()``, ``job_name``, ``metrics``."""
+    """A job handle: ``status``, ``metric_history``, ``stop()``, ``wait()``, ``job_name``, ``metrics``."""
 
-    def __init__(self, backend: FakeBackend, spec: FakeSpec, on_log_line: Any) -> None:
+    def __init__(self, backend: FakeBackend, spec: TrainingJobSpec) -> None:
         self.backend, self.spec, self.job_name = backend, spec, spec.job_name
-        self._log = on_log_line or (lambda line: None)
         self._stop = threading.Event()
         self._status = "InProgress"
         self.metrics: dict[str, float] = {}
@@ -76,23 +77,26 @@ class FakeJob:
     def status(self) -> str:
         return self._status
 
+    @property
+    def metric_history(self) -> list[dict[str, float]]:
+        return list(self.history)
+
     def stop(self) -> None:
         self._stop.set()
 
     def _run(self) -> None:
-        hp = self.spec.hyperparameters
+        hp, behaviour = self.spec.params, self.spec.training.labels
         with self.backend.lock:
             self.backend.running += 1
             self.backend.max_running = max(self.backend.max_running, self.backend.running)
         try:
-            if hp.get("fail"):
-                self._log("Traceback: RuntimeError: CUDA out of memory (simulated)")
+            if behaviour == FAIL:
                 self.reason = "RuntimeError: CUDA out of memory (simulated)"
                 self._status = "Failed"
                 return
             if self.backend.gate is not None:
                 self.backend.gate.wait(30)
-            delay = float(hp.get("delay", self.backend.delay))
+            delay = hp["weight_decay"] or self.backend.delay
             for epoch in range(1, int(hp.get("epochs", 2)) + 1):
                 if self._stop.wait(delay):
                     self.reason = "stopped"
@@ -102,14 +106,11 @@ class FakeJob:
                 row = {"epoch": float(epoch), "train_loss": valid + 0.1, "valid_loss": valid,
                        "valid_acc": 1.0 / (1.0 + valid)}
                 self.history.append(row)
-                self._log(f"epoch={epoch}; train_loss={valid + 0.1:.6f}; valid_loss={valid:.6f}; "
-                          f"valid_acc={1.0 / (1.0 + valid):.6f};")
-            if hp.get("silent"):
+            if behaviour == SILENT:
                 self._status = "Completed"
                 return
             test = loss_of(hp, int(hp.get("epochs", 2))) + 0.01
             self.metrics = {"test_loss": test, "test_acc": 1.0 / (1.0 + test)}
-            self._log(f"test_loss={test:.6f}; test_acc={1.0 / (1.0 + test):.6f};")
             self._status = "Completed"
         finally:
             with self.backend.lock:
@@ -138,15 +139,15 @@ class FakeBackend:
         self.lock = threading.Lock()
         self.running = 0
         self.max_running = 0
-        self.started: list[FakeSpec] = []
+        self.started: list[TrainingJobSpec] = []
 
-    def train(self, spec: FakeSpec, wait: bool = True, on_log_line: Any = None, **kwargs: Any) -> Any:
+    def train(self, spec: TrainingJobSpec, wait: bool = True, **kwargs: Any) -> Any:
         if self.interrupt_after is not None and len(self.started) >= self.interrupt_after:
             raise KeyboardInterrupt
-        if spec.hyperparameters.get("unstartable"):
+        if spec.training.labels == UNSTARTABLE:
             raise BackendError("no capacity for instance type (simulated)")
         self.started.append(spec)
-        job = FakeJob(self, spec, on_log_line)
+        job = FakeJob(self, spec)
         self.jobs[spec.job_name] = job
         return job.wait() if wait else job
 
@@ -172,7 +173,7 @@ class Scripted(Strategy):
         return dict(self.plan[number]) if number < len(self.plan) else None
 
 
-SEED_SPACE = {"lr": Continuous(0.001, 0.1, scale="log"), "batch-size": Categorical([32, 64, 128]),
+SEED_SPACE = {"lr": Continuous(0.001, 0.1, scale="log"), "batch_size": Categorical([32, 64, 128]),
               "epochs": Categorical([1, 2])}
 
 
@@ -180,7 +181,7 @@ def make(tmp_path: Path, space: Any = None, backend: FakeBackend | None = None, 
     backend = backend or FakeBackend(tmp_path)
     kwargs.setdefault("name", "exp")
     kwargs.setdefault("seed", 7)
-    return HPOExperiment(FakeSpec({"backbone": "resnet18"}), space or SEED_SPACE, "test_loss", backend=backend,
+    return HPOExperiment(make_spec(), space or SEED_SPACE, "test_loss", backend=backend,
                          **kwargs)
 
 
@@ -275,9 +276,9 @@ def test_integer_log_sampling_covers_the_ends() -> None:
 
 
 def test_grid_lists_every_combination_in_order() -> None:
-    space = SearchSpace({"batch-size": [32, 64], "epochs": [1, 2, 3]})
+    space = SearchSpace({"batch_size": [32, 64], "epochs": [1, 2, 3]})
     grid = space.grid()
-    assert len(grid) == 6 and grid[0] == {"batch-size": 32, "epochs": 1} and grid[-1] == {"batch-size": 64, "epochs": 3}
+    assert len(grid) == 6 and grid[0] == {"batch_size": 32, "epochs": 1} and grid[-1] == {"batch_size": 64, "epochs": 3}
     with pytest.raises(ConfigError, match=r"categorical-only.*\['lr'\]"):
         SearchSpace(SEED_SPACE).grid()
 
@@ -381,9 +382,9 @@ def test_bad_model_objective_and_space_raise_at_construction(tmp_path: Path) -> 
     with pytest.raises(ConfigError, match="TrainingJobSpec"):
         HPOExperiment("train.py", SEED_SPACE)
     with pytest.raises(ConfigError, match="unknown objective metric 'val_los'"):
-        HPOExperiment(FakeSpec(), SEED_SPACE, "val_los")
+        HPOExperiment(make_spec(), SEED_SPACE, "val_los")
     with pytest.raises(ConfigError, match="inverted"):
-        HPOExperiment(FakeSpec(), {"lr": Continuous(0.1, 0.001)})
+        HPOExperiment(make_spec(), {"lr": Continuous(0.1, 0.001)})
     exp = make(tmp_path)
     assert not (tmp_path / "experiments").exists()  # construction touches no disk
     with pytest.raises(NotFittedError, match="call run"):
@@ -395,13 +396,13 @@ def test_run_records_trials_and_best(tmp_path: Path) -> None:
     exp = make(tmp_path, backend=backend, max_trials=6, max_parallel=2, strategy="random")
     assert exp.run() is exp
     df = exp.trials_
-    assert list(df.columns[:3]) == ["lr", "batch-size", "epochs"]
+    assert list(df.columns[:3]) == ["lr", "batch_size", "epochs"]
     assert {"job_name", "status", "objective", "duration_s", "failure_reason"} <= set(df.columns)
     assert len(df) == 6 and (df["status"] == "Completed").all() and df["duration_s"].gt(0).all()
     assert df["job_name"].tolist() == [f"exp-{i:03d}" for i in range(1, 7)]
     # The objective is what the job logged for test_loss, and best_* is its minimum.
     for _, row in df.iterrows():
-        expected = loss_of({"lr": row["lr"], "batch-size": row["batch-size"]}, row["epochs"]) + 0.01
+        expected = loss_of({"lr": row["lr"], "batch_size": row["batch_size"]}, row["epochs"]) + 0.01
         assert row["objective"] == pytest.approx(expected, abs=1e-5)
     best = df["objective"].idxmin()
     assert exp.best_trial_.number == best
@@ -409,11 +410,13 @@ def test_run_records_trials_and_best(tmp_path: Path) -> None:
     assert backend.max_running == 2
     # Every trial ran as its own job with the static hyperparameters kept.
     assert [s.hyperparameters["backbone"] for s in backend.started] == ["resnet18"] * 6
-    assert exp.best_hyperparameters_ == {"backbone": "resnet18", **exp.best_params_}
+    best_spec = exp.best_spec_
+    assert {k: best_spec.params[k] for k in exp.best_params_} == exp.best_params_
+    assert best_spec.model.backbone == "resnet18" and exp.best_hyperparameters_ == best_spec.hyperparameters
 
 
 def test_maximised_objective(tmp_path: Path) -> None:
-    exp = HPOExperiment(FakeSpec(), SEED_SPACE, "test_acc", backend=FakeBackend(tmp_path), max_trials=4,
+    exp = HPOExperiment(make_spec(), SEED_SPACE, "test_acc", backend=FakeBackend(tmp_path), max_trials=4,
                         strategy="random", seed=1, name="acc").run()
     assert exp.objective.direction == "maximize"
     assert exp.best_trial_.number == exp.trials_["objective"].idxmax()
@@ -427,25 +430,24 @@ def test_same_seed_same_trials(tmp_path: Path) -> None:
 
 
 def test_grid_runs_each_combination_once(tmp_path: Path) -> None:
-    space = {"batch-size": [32, 64, 128], "epochs": [1, 2]}
+    space = {"batch_size": [32, 64, 128], "epochs": [1, 2]}
     backend = FakeBackend(tmp_path)
     exp = make(tmp_path, space=space, backend=backend, strategy="grid", max_trials=50, max_parallel=3).run()
-    combos = {(s.hyperparameters["batch-size"], s.hyperparameters["epochs"]) for s in backend.started}
+    combos = {(s.params["batch_size"], s.params["epochs"]) for s in backend.started}
     assert len(exp.trials_) == 6 == len(backend.started) and len(combos) == 6
 
 
 def test_failures_are_recorded_and_do_not_stop_the_others(tmp_path: Path) -> None:
-    plan = [{"lr": 0.01, "fail": True}, {"lr": 0.01, "unstartable": True}, {"lr": 0.02, "silent": True},
+    plan = [{"lr": 0.01, "labels": FAIL}, {"lr": 0.01, "labels": UNSTARTABLE}, {"lr": 0.02, "labels": SILENT},
             {"lr": 0.03}]
     backend = FakeBackend(tmp_path)
-    exp = HPOExperiment(FakeSpec(), {"lr": Continuous(0.001, 0.1), "fail": [True], "unstartable": [True],
-                                     "silent": [True]},
+    exp = HPOExperiment(make_spec(), {"lr": Continuous(0.001, 0.1), "labels": [FAIL, UNSTARTABLE, SILENT]},
                         backend=backend, strategy=Scripted(plan), max_trials=10, max_parallel=2, name="f").run()
     df = exp.trials_
     assert df["status"].tolist() == ["Failed", "Failed", "Failed", "Completed"]
     assert "CUDA out of memory" in df.loc[0, "failure_reason"]
     assert "could not start" in df.loc[1, "failure_reason"] and "no capacity" in df.loc[1, "failure_reason"]
-    assert "never logged the objective metric 'test_loss'" in df.loc[2, "failure_reason"]
+    assert "never published the objective metric 'test_loss'" in df.loc[2, "failure_reason"]
     assert exp.best_trial_.number == 3
     # A custom strategy survives the state file.
     restored = ExperimentState.load(exp.state_path).strategy
@@ -453,17 +455,17 @@ def test_failures_are_recorded_and_do_not_stop_the_others(tmp_path: Path) -> Non
 
 
 def test_no_scored_trial_means_no_best(tmp_path: Path) -> None:
-    exp = HPOExperiment(FakeSpec(), {"lr": Continuous(0.001, 0.1), "fail": [True]}, backend=FakeBackend(tmp_path),
+    exp = HPOExperiment(make_spec(), {"lr": Continuous(0.001, 0.1), "labels": [FAIL]}, backend=FakeBackend(tmp_path),
                         max_trials=2, name="allfail", seed=0).run()
     with pytest.raises(NotFittedError, match="no trial with an objective value.*CUDA out of memory"):
         exp.best_params_
 
 
 def test_median_pruning_stops_clearly_worse_trials(tmp_path: Path) -> None:
-    good = {"lr": 0.01, "epochs": 4, "delay": 0.0}
-    plan = [good, dict(good, lr=0.012), dict(good, lr=0.009), {"lr": 0.1, "epochs": 4, "delay": 1.0}]
+    good = {"lr": 0.01, "epochs": 4, "weight_decay": 0.0}
+    plan = [good, dict(good, lr=0.012), dict(good, lr=0.009), {"lr": 0.1, "epochs": 4, "weight_decay": 1.0}]
     backend = FakeBackend(tmp_path)
-    exp = HPOExperiment(FakeSpec(), {"lr": Continuous(0.001, 0.1), "epochs": [4], "delay": [0.0, 1.0]},
+    exp = HPOExperiment(make_spec(), {"lr": Continuous(0.001, 0.1), "epochs": [4], "weight_decay": [0.0, 1.0]},
                         backend=backend, strategy=Scripted(plan), max_trials=4, name="prune",
                         early_stopping=MedianStopping(min_trials=3, warmup_epochs=1)).run()
     df = exp.trials_
@@ -493,7 +495,7 @@ def test_interrupted_run_resumes_without_redoing_finished_trials(tmp_path: Path)
     assert not set(rerun) & set(finished)                      # finished trials are not trained again
     assert exp.state_.trial(2).status == "Completed" and exp.state_.trial(2).objective == pytest.approx(expected)
     assert rerun[0] == "exp-004-r2"                            # the interrupted one is, with its parameters
-    assert healthy.started[0].hyperparameters["lr"] == state.trials[3].params["lr"]
+    assert healthy.started[0].params["lr"] == state.trials[3].params["lr"]
     df = exp.trials_
     assert len(df) == 6 and (df["status"] == "Completed").all()
     assert {df.loc[i, "job_name"]: {k: df.loc[i, k] for k in SEED_SPACE} for i in range(3)} == finished
@@ -547,14 +549,15 @@ def test_train_best_is_one_call(tmp_path: Path) -> None:
     result = exp.train_best()
     spec = backend.started[-1]
     assert spec.job_name == "exp-best" and result.status == "Completed"
-    assert spec.hyperparameters == {"backbone": "resnet18", **exp.best_params_}
+    assert spec.with_params({}, job_name=None) == exp.best_spec_ and spec.model.backbone == "resnet18"
+    assert {k: spec.params[k] for k in exp.best_params_} == exp.best_params_
 
 
 def test_plot_and_jobs_table(tmp_path: Path) -> None:
-    plan = [{"lr": 0.003, "batch-size": 64, "epochs": 2}, {"lr": 0.01, "batch-size": 32, "epochs": 1},
-            {"lr": 0.05, "batch-size": 128, "epochs": 2, "fail": True}]
-    space = dict(SEED_SPACE, fail=[True])
-    exp = HPOExperiment(FakeSpec(), space, backend=FakeBackend(tmp_path), strategy=Scripted(plan), max_trials=3,
+    plan = [{"lr": 0.003, "batch_size": 64, "epochs": 2}, {"lr": 0.01, "batch_size": 32, "epochs": 1},
+            {"lr": 0.05, "batch_size": 128, "epochs": 2, "labels": FAIL}]
+    space = dict(SEED_SPACE, labels=[FAIL])
+    exp = HPOExperiment(make_spec(), space, backend=FakeBackend(tmp_path), strategy=Scripted(plan), max_trials=3,
                         name="rep").run()
     png = tmp_path / "out" / "hpo.png"
     fig = exp.plot(png)
@@ -584,16 +587,16 @@ def test_a_model_and_data_instead_of_a_spec(tmp_path: Path) -> None:
     assert isinstance(spec, TrainingJobSpec) and spec.channels == {"training": str(tmp_path / "dogImages")}
     hp = spec.hyperparameters
     assert {k: hp[k] for k in ("backbone", "weights", "freeze", "dropout", "optimizer", "labels")} == {
-        "backbone": "resnet18", "weights": "None", "freeze": "head", "dropout": 0.1, "optimizer": "sgd",
+        "backbone": "resnet18", "weights": "None", "freeze": "head", "dropout": "0.1", "optimizer": "sgd",
         "labels": "auto"}
-    assert (hp["resize"], hp["crop"]) == (256, 224) and hp["lr"] == exp.trials_.loc[0, "lr"]
+    assert (hp["resize"], hp["crop"]) == ("256", "224") and spec.params["lr"] == exp.trials_.loc[0, "lr"]
     # A spec's channels and static hyperparameters can be overridden the same way.
-    exp2 = HPOExperiment(FakeSpec({"backbone": "resnet18"}, channels={"training": "a"}), SEED_SPACE, data={"train": "b"},
+    exp2 = HPOExperiment(make_spec({"training": "a"}), SEED_SPACE, data={"train": "b"},
                          hyperparameters={"seed": 3}, max_trials=1, backend=backend, name="over", seed=0).run()
-    assert exp2.best_hyperparameters_["seed"] == 3 and backend.started[-1].channels == {"train": "b"}
+    assert exp2.best_spec_.training.seed == 3 and backend.started[-1].channels == {"train": "b"}
 
 
 def test_default_names_are_unique_and_valid_on_sagemaker() -> None:
-    names = {HPOExperiment(FakeSpec(), SEED_SPACE).name for _ in range(20)}
+    names = {HPOExperiment(make_spec(), SEED_SPACE).name for _ in range(20)}
     assert len(names) == 20
     assert all(n.startswith("hpo-") and len(n) <= 32 for n in names)

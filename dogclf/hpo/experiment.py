@@ -14,6 +14,7 @@ from typing import Any
 
 from dogclf.errors import ConfigError, NotFittedError, NotFoundError
 from dogclf.hpo.objective import Objective
+from dogclf.training.spec import normalize_channels
 from dogclf.hpo.pruning import MedianStopping, get_early_stopping
 from dogclf.hpo.space import SearchSpace
 from dogclf.hpo.state import ExperimentState, experiments_root, validate_name
@@ -125,7 +126,7 @@ class HPOExperiment:
         if _is_model(src) and not _is_spec(src) and data is None:
             raise ConfigError("HPOExperiment with a model needs data= (a dataset folder or URI, or channels)")
         if data is not None:
-            _channels(data)
+            normalize_channels(data)
         if hyperparameters is not None and not isinstance(hyperparameters, Mapping):
             raise ConfigError(f"hyperparameters must be a dict, got {type(hyperparameters).__name__}")
         self.model_or_entry_point = model_or_entry_point
@@ -175,7 +176,7 @@ class HPOExperiment:
             if _is_spec(src):
                 spec = src
             elif _is_model(src):
-                spec = TrainingJobSpec(src, _channels(self.data))
+                spec = TrainingJobSpec(src, normalize_channels(self.data))
             else:
                 spec = src.training_spec()
                 if not _is_spec(spec):
@@ -183,7 +184,7 @@ class HPOExperiment:
                                       f"not a TrainingJobSpec")
             changes: dict[str, Any] = {}
             if self.data is not None and not _is_model(src):
-                changes["channels"] = _channels(self.data)
+                changes["channels"] = normalize_channels(self.data)
             self._spec = spec.with_params(self.hyperparameters, **changes)
         return self._spec
 

@@ -20,7 +20,7 @@ from dogclf.errors import ConfigError
 from dogclf.training.config import TrainingConfig
 from dogclf.training.metrics import METRIC_DEFINITIONS
 
-__all__ = ["TrainingJobSpec", "TrainingJobResult", "JOB_STATUSES", "check_job"]
+__all__ = ["TrainingJobSpec", "TrainingJobResult", "JOB_STATUSES", "check_job", "normalize_channels"]
 
 JOB_STATUSES = ("InProgress", "Completed", "Failed", "Stopping", "Stopped")
 """Training-job statuses, as SageMaker names them."""
@@ -46,7 +46,13 @@ def _model_config(model: Any) -> tuple[Any, str | None]:
                       f"of model hyperparameters, got {type(model).__name__}: {model!r:.80}")
 
 
-def _channels(channels: Any) -> dict[str, str]:
+def normalize_channels(channels: Any) -> dict[str, str]:
+    """Channels as ``{name: local path or s3:// URI}``: a dataset folder or URI becomes the ``"training"``
+    channel; names and values are checked.
+
+    Raises:
+        ConfigError: no channels, a bad name or value, or no ``train``/``training`` channel.
+    """
     if isinstance(channels, (str, os.PathLike)):
         channels = {"training": os.fspath(channels)}
     if not isinstance(channels, Mapping) or not channels:
@@ -154,7 +160,7 @@ class TrainingJobSpec:
         check_job(model, training)
         object.__setattr__(self, "model", model)
         object.__setattr__(self, "training", training)
-        object.__setattr__(self, "channels", _channels(self.channels))
+        object.__setattr__(self, "channels", normalize_channels(self.channels))
         if not isinstance(self.extra_hyperparameters, Mapping):
             raise ConfigError(f"extra_hyperparameters must be a dict, got {type(self.extra_hyperparameters).__name__}")
         extra: dict[str, str] = {}

@@ -20,6 +20,11 @@ HP = {"backbone": "resnet18", "weights": "IMAGENET1K_V1", "epochs": 2, "batch-si
       "lr": 0.01, "num-workers": 0}
 
 
+def make_spec(hp, channels, **fields):
+    """A spec from hyperparameters in the CLI's spelling."""
+    return TrainingJobSpec.from_hyperparameters(hp, channels, **fields)
+
+
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("data") / "dogImages"
@@ -44,8 +49,8 @@ def torch_home(tmp_path_factory, monkeypatch):
 def test_job_runs_under_the_container_contract(backend, dataset):
     lines = []
     hook_config = {"LocalPath": "/opt/ml/output/tensors", "HookParameters": {"save_interval": "5"}}
-    spec = TrainingJobSpec(HP, {"training": str(dataset)}, job_name="contract-1",
-                           debugger_hook_config=hook_config, profiler_config={"ProfilingIntervalInMilliseconds": 500},
+    spec = make_spec(HP, {"training": str(dataset)}, job_name="contract-1",
+               debugger_hook_config=hook_config, profiler_config={"ProfilingIntervalInMilliseconds": 500},
                            environment={"DOGCLF_TEST_MARKER": "yes"})
     result = backend.train(spec, on_log_line=lines.append)
     job = backend.root / "jobs" / "contract-1"
@@ -54,8 +59,10 @@ def test_job_runs_under_the_container_contract(backend, dataset):
     # The folder is laid out like /opt/ml, with what SageMaker writes there.
     config = job / "input" / "config"
     hp = json.loads((config / "hyperparameters.json").read_text())
-    assert hp["lr"] == "0.01" and hp["batch-size"] == "8" and json.loads(hp["sagemaker_program"]) == \
+    # As SageMaker writes it: each value JSON-encoded (the spec's wire string, then json.dumps by the SDK).
+    assert hp["lr"] == '"0.01"' and hp["batch-size"] == '"8"' and json.loads(hp["sagemaker_program"]) == \
         "dogclf/training/train.py"
+    assert {k: json.loads(v) for k, v in hp.items() if not k.startswith("sagemaker_")} == spec.hyperparameters
     assert json.loads((config / "resourceconfig.json").read_text())["hosts"] == ["localhost"]
     assert set(json.loads((config / "inputdataconfig.json").read_text())) == {"training"}
     assert (job / "input" / "data" / "training").resolve() == dataset.resolve()
@@ -65,13 +72,17 @@ def test_job_runs_under_the_container_contract(backend, dataset):
     log = (job / "logs" / "train.log").read_text()
     assert f"SMDEBUG_CONFIG_FILE_PATH={config / 'debughookconfig.json'}" in log
     assert f"SMPROFILER_CONFIG_PATH={config / 'profilerconfig.json'}" in log
-    # Logs streamed to the caller; metrics parsed with the SageMaker regexes.
+    # Logs streamed to the caller; the metrics are the events the job published (exact values), and the log's
+    # metric lines (what SageMaker's regexes read) say the same to their 6 decimals.
     assert lines and "\n".join(lines) + "\n" == log
+    events = [json.loads(line) for line in (job / "output" / "data" / "metrics.jsonl").read_text().splitlines()]
+    assert result.metric_history == events
+    assert [m.get("epoch") for m in events] == [1, 2, None, None]
+    assert result.metrics["test_loss"] == events[2]["test_loss"] and result.metrics["valid_acc"] == \
+        events[1]["valid_acc"]
     parsed = [m for m in map(parse_metric_line, lines) if m]
-    assert result.metric_history == parsed
-    assert [m.get("epoch") for m in parsed] == [1, 2, None, None]
-    assert result.metrics["test_loss"] == parsed[2]["test_loss"]
-    assert result.metrics["valid_acc"] == parsed[1]["valid_acc"]
+    assert [m.keys() for m in parsed] == [m.keys() for m in events]
+    assert all(pytest.approx(e[k], abs=1e-6) == p[k] for p, e in zip(parsed, events) for k in e)
     assert result.log_path == str(job / "logs" / "train.log") and result.duration_s > 0
     model = ResNetBreedModel.load(result.model_artifact)
     assert len(model.labels_) == 3 and model.config.weights == "IMAGENET1K_V1"
@@ -85,7 +96,7 @@ def test_job_runs_under_the_container_contract(backend, dataset):
         backend.train(spec)
 
     # A second job on the same data reuses the cached backbone features (wait=False handle API).
-    handle = backend.train(TrainingJobSpec({**HP, "lr": 0.02}, {"training": str(dataset)}, job_name="contract-2"),
+    handle = backend.train(make_spec({**HP, "lr": 0.02}, {"training": str(dataset)}, job_name="contract-2"),
                            wait=False)
     assert handle.job_name == "contract-2" and handle.status in ("InProgress", "Completed")
     second = handle.wait(timeout=300)
@@ -96,7 +107,7 @@ def test_job_runs_under_the_container_contract(backend, dataset):
 
 @pytest.mark.slow
 def test_failed_job_reports_the_reason(backend, dataset):
-    spec = TrainingJobSpec({**HP, "labels": "dogimages-133"}, {"training": str(dataset)}, job_name="fails-1")
+    spec = make_spec({**HP, "labels": "dogimages-133"}, {"training": str(dataset)}, job_name="fails-1")
     with pytest.raises(JobError) as err:
         backend.train(spec)
     assert err.value.status == "Failed" and err.value.job_id == "fails-1"
@@ -110,7 +121,7 @@ def test_failed_job_reports_the_reason(backend, dataset):
 
 @pytest.mark.slow
 def test_stop_a_running_job(backend, dataset):
-    spec = TrainingJobSpec({**HP, "epochs": 500, "feature-cache": "off", "freeze": "full"},
+    spec = make_spec({**HP, "epochs": 500, "feature-cache": "off", "freeze": "full"},
                            {"training": str(dataset)}, job_name="stopped-1")
     seen = []
     handle = backend.train(spec, wait=False, on_log_line=seen.append)
@@ -146,13 +157,13 @@ def live_group_members(pgid: int) -> list[int]:
 def test_bad_channels_fail_before_any_process_starts(backend, tmp_path, dataset):
     (tmp_path / "empty" / "train" / "001.Affenpinscher").mkdir(parents=True)
     with pytest.raises(DataError, match="empty"):
-        backend.train(TrainingJobSpec(HP, {"training": str(tmp_path / "empty")}, job_name="empty-1"))
+        backend.train(make_spec(HP, {"training": str(tmp_path / "empty")}, job_name="empty-1"))
     with pytest.raises(DataNotFoundError, match="does not exist"):
-        backend.train(TrainingJobSpec(HP, {"training": str(tmp_path / "nope")}))
+        backend.train(make_spec(HP, {"training": str(tmp_path / "nope")}))
     with pytest.raises(ConfigError, match="S3"):
-        backend.train(TrainingJobSpec(HP, {"training": "s3://bucket/dogImages"}))
+        backend.train(make_spec(HP, {"training": "s3://bucket/dogImages"}))
     with pytest.raises(ConfigError, match="instance"):
-        backend.train(TrainingJobSpec(HP, {"training": str(dataset)}, instance_count=2))
+        backend.train(make_spec(HP, {"training": str(dataset)}, instance_count=2))
     with pytest.raises(ConfigError, match="TrainingJobSpec"):
         backend.train({"lr": 1})
     assert not (backend.root / "jobs" / "empty-1").exists()

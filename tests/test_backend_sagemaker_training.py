@@ -16,6 +16,11 @@ ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
 HP = {"lr": 0.0010152583471663874, "batch-size": 64, "epochs": 2, "backbone": "resnet50", "weights": None}
 
 
+def job(channels, hp=HP, **fields):
+    """A spec from SageMaker-style hyperparameters (any spelling), as a tuning job's best one would be given."""
+    return TrainingJobSpec.from_hyperparameters(hp, channels, **fields)
+
+
 def sagemaker_session():
     import sagemaker
 
@@ -32,9 +37,9 @@ def test_create_training_job_request(backend, tmp_path):
     local = tmp_path / "valid" / "001.Affenpinscher"
     local.mkdir(parents=True)
     (local / "a.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
-    spec = TrainingJobSpec(HP, {"train": "s3://dogclf-test/dogImages/train", "valid": str(tmp_path / "valid"),
-                                "test": "s3://dogclf-test/dogImages/test"},
-                           job_name="dogclf-moto-1", instance_type="ml.c5.2xlarge",
+    spec = job({"train": "s3://dogclf-test/dogImages/train", "valid": str(tmp_path / "valid"),
+                "test": "s3://dogclf-test/dogImages/test"},
+               job_name="dogclf-moto-1", instance_type="ml.c5.2xlarge",
                            checkpoint_uri="s3://dogclf-test/checkpoints/dogclf-moto-1", use_spot=True,
                            max_run_s=3600, environment={"DOGCLF_X": "1"})
     sent = []
@@ -46,7 +51,8 @@ def test_create_training_job_request(backend, tmp_path):
 
     desc = boto3.client("sagemaker").describe_training_job(TrainingJobName="dogclf-moto-1")
     hp = desc["HyperParameters"]
-    assert hp["lr"] == "0.0010152583471663874" and hp["batch-size"] == "64" and hp["backbone"] == '"resnet50"'
+    # Each value is the spec's one wire string, JSON-encoded by the SDK as for every framework estimator.
+    assert hp["lr"] == '"0.0010152583471663874"' and hp["batch-size"] == '"64"' and hp["backbone"] == '"resnet50"'
     assert hp["weights"] == '"None"'
     assert hp["sagemaker_program"] == '"dogclf/training/train.py"'
     assert hp["sagemaker_submit_directory"].startswith('"s3://dogclf-test/dogclf/training/')
@@ -83,40 +89,45 @@ def test_create_training_job_request(backend, tmp_path):
 
 
 def test_build_estimator_carries_spot_checkpoints_and_debugger_kwargs(backend):
-    spec = TrainingJobSpec(HP, {"training": "s3://dogclf-test/dogImages"}, use_spot=True, max_run_s=1800,
-                           checkpoint_uri="s3://dogclf-test/ckpt", sagemaker_debugger={"rules": ["a-rule"]})
+    from dogclf.debug import DebuggerConfig
+
+    debugger = DebuggerConfig(sagemaker_debugger=True, s3_output_path="s3://dogclf-test/debug")
+    spec = job({"training": "s3://dogclf-test/dogImages"}, use_spot=True, max_run_s=1800,
+               checkpoint_uri="s3://dogclf-test/ckpt", debugger=debugger)
     est = build_estimator(backend, spec)
     assert est.use_spot_instances and est.max_wait == 3600 and est.max_run == 1800
     assert est.checkpoint_s3_uri == "s3://dogclf-test/ckpt" and est.checkpoint_local_path == "/opt/ml/checkpoints"
-    assert est.rules == ["a-rule"]
+    # SageMaker's own Debugger objects, built by the backend from the spec's DebuggerConfig.
+    assert [r.name for r in est.rules] == ["LossNotDecreasing", "ProfilerReport"]
+    assert est.debugger_hook_config.s3_output_path == "s3://dogclf-test/debug"
     assert est.framework_version == "2.5" and est.py_version == "py311"
     assert est.entry_point == "dogclf/training/train.py"
     assert est.metric_definitions == METRIC_DEFINITIONS
-    plain = build_estimator(backend, TrainingJobSpec(HP, {"training": "s3://dogclf-test/d"}))
+    plain = build_estimator(backend, job({"training": "s3://dogclf-test/d"}))
     assert plain.debugger_hook_config is False and not plain.use_spot_instances
 
 
 def test_bad_specs_for_sagemaker(aws):
-    spec = TrainingJobSpec(HP, {"training": "s3://b/d"})
+    spec = job({"training": "s3://b/d"})
     with pytest.raises(ConfigError, match="role"):
         build_estimator(get_backend("sagemaker", bucket="b", region="us-east-1"), spec)
     backend = get_backend("sagemaker", role=ROLE, bucket="b", region="us-east-1")
     with pytest.raises(ConfigError, match="s3://"):
-        build_estimator(backend, TrainingJobSpec(HP, {"training": "s3://b/d"}, checkpoint_uri="/local/ckpt"))
+        build_estimator(backend, job({"training": "s3://b/d"}, checkpoint_uri="/local/ckpt"))
     with pytest.raises(ConfigError, match="neither"):
-        backend.train(TrainingJobSpec(HP, {"training": "/no/such/folder"}))
+        backend.train(job({"training": "/no/such/folder"}))
     assert issubclass(JobError, Exception)
 
 
 def test_debugger_jobs_ship_smdebug_requirements_and_plain_jobs_ship_none(backend):
     from pathlib import Path
 
-    debug = TrainingJobSpec({**HP, "dogclf-debug": "packed"}, {"training": "s3://dogclf-test/d"})
+    debug = job({"training": "s3://dogclf-test/d"}, {**HP, "dogclf-debug": "packed"})
     est = build_estimator(backend, debug)
     lines = (Path(est.source_dir) / "requirements.txt").read_text().split()
     assert "smdebug==1.0.34" in lines and "protobuf>=3.20,<=3.20.3" in lines and "psutil" in lines
     assert (Path(est.source_dir) / "dogclf" / "training" / "train.py").is_file()
-    plain = build_estimator(backend, TrainingJobSpec(HP, {"training": "s3://dogclf-test/d"}))
+    plain = build_estimator(backend, job({"training": "s3://dogclf-test/d"}))
     assert not (Path(plain.source_dir) / "requirements.txt").exists()
     custom = build_estimator(backend, debug, requirements=["smdebug==1.0.34"])
     assert (Path(custom.source_dir) / "requirements.txt").read_text().split() == ["smdebug==1.0.34"]

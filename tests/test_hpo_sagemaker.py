@@ -87,8 +87,8 @@ def test_list_trials_maps_recorded_responses() -> None:
     assert [t.number for t in trials] == [0, 1, 2, 3, 4]
     assert [t.status for t in trials] == ["Completed", "Completed", "Completed", "Failed", "InProgress"]
     assert [t.objective for t in trials[:3]] == pytest.approx([3.2288, 0.6566, 1.2591], abs=1e-4)
-    assert trials[1].params == {"lr": pytest.approx(0.0010152583471663874), "batch-size": 64, "epochs": 2}
-    assert isinstance(trials[1].params["batch-size"], int)  # typed back from SageMaker's JSON strings
+    assert trials[1].params == {"lr": pytest.approx(0.0010152583471663874), "batch_size": 64, "epochs": 2}
+    assert isinstance(trials[1].params["batch_size"], int)  # typed back from SageMaker's JSON strings
     assert [t.duration_s for t in trials[:3]] == [18 * 60, 20 * 60, 20 * 60]
     assert trials[3].failure_reason.endswith("CUDA out of memory") and trials[3].objective is None
     assert trials[4].duration_s is None and trials[4].ended is None
@@ -107,7 +107,7 @@ def test_trials_and_best_from_a_sagemaker_tuning_job(tmp_path: Path, monkeypatch
                                                            aws_secret_access_key="testing"),
                                 sagemaker_client=client)
     backend = SageMakerBackend(role="arn:aws:iam::123456789012:role/SageMakerRole", bucket="b", session=session)
-    spec = TrainingJobSpec(hyperparameters={"backbone": "resnet50"}, channels={"training": "s3://b/dogImages"})
+    spec = TrainingJobSpec({"backbone": "resnet50"}, {"training": "s3://b/dogImages"})
     exp = HPOExperiment(spec, SEED_SPACE, max_trials=3, backend=backend, name="seed-hpo", seed=0)
     state = exp._new_state(backend, spec)  # as if run() had started the tuning job
     state.backend_state["tuning_job_name"] = "seed-hpo"
@@ -116,7 +116,7 @@ def test_trials_and_best_from_a_sagemaker_tuning_job(tmp_path: Path, monkeypatch
     stub.assert_no_pending_responses()
     df = again.trials_
     assert df["status"].tolist() == ["Completed", "Completed", "Completed", "Failed", "InProgress"]
-    assert again.best_params_ == {"lr": pytest.approx(0.0010152583471663874), "batch-size": 64, "epochs": 2}
+    assert again.best_params_ == {"lr": pytest.approx(0.0010152583471663874), "batch_size": 64, "epochs": 2}
     assert again.best_trial_.job_name.endswith("002-3ee3433d")
     assert again.state_.backend_state["status"] == "InProgress"
     table = again.jobs_table()
@@ -169,8 +169,8 @@ def sm_backend(aws: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tup
 
 
 def seed_experiment(backend: SageMakerBackend, **kwargs: Any) -> HPOExperiment:
-    spec = TrainingJobSpec({"backbone": "resnet50", "weights": "IMAGENET1K_V2", "lr": 0.05, "epochs": 1},
-                           {"training": "s3://dogclf-test/dogImages"}, instance_type="ml.c5.2xlarge")
+    spec = TrainingJobSpec({"backbone": "resnet50", "weights": "IMAGENET1K_V2"}, "s3://dogclf-test/dogImages",
+                           {"lr": 0.05, "epochs": 1}, instance_type="ml.c5.2xlarge")
     space = {"lr": Continuous(0.001, 0.1, scale="log"), "batch-size": Categorical([32, 64, 128]),
              "epochs": Categorical([1, 2])}
     kwargs = {"max_trials": 3, "max_parallel": 2, "early_stopping": "auto", "name": "seed-hpo", "seed": 7,
@@ -314,7 +314,7 @@ def test_attach_to_a_tuning_job_started_elsewhere(tmp_path: Path, monkeypatch: p
     assert exp.objective.regex == r"Testing Loss: ([0-9\.]+)"   # the tuning job's own regex
     assert exp.max_trials == 3 and exp.max_parallel == 1 and exp.strategy.name == "bayesian"
     spec = exp._base_spec()
-    assert spec.hyperparameters == {"backbone": "resnet50"} and spec.channels == {"training": "s3://seed-bucket/dogImages"}
-    assert exp.best_params_ == {"lr": pytest.approx(0.0010152583471663874), "batch-size": 64, "epochs": 2}
+    assert spec.model.backbone == "resnet50" and spec.channels == {"training": "s3://seed-bucket/dogImages"}
+    assert exp.best_params_ == {"lr": pytest.approx(0.0010152583471663874), "batch_size": 64, "epochs": 2}
     assert len(exp.trials_) == 5
     assert (tmp_path / "experiments" / name / "experiment.json").is_file()   # remembered for next time

@@ -153,35 +153,44 @@ def test_debug_trainer_builds_the_spec_without_running_anything(tmp_path):
     from dogclf.debug import DebugTrainer
     from dogclf.errors import NotFittedError
 
-    trainer = DebugTrainer({"lr": 0.01, "batch-size": 8, "epochs": 1}, {"training": str(tmp_path)},
-                           config=DebuggerConfig(rules=(RuleConfig("Overfit", stop_training=True),)),
-                           environment={"EXTRA": "1"})
+    from dogclf.training import TrainingJobSpec
+
+    job = TrainingJobSpec({"backbone": "resnet18"}, tmp_path, {"lr": 0.01, "batch_size": 8, "epochs": 1},
+                          environment={"EXTRA": "1"})
+    trainer = DebugTrainer(job, DebuggerConfig(rules=(RuleConfig("Overfit", stop_training=True),)),
+                           backend="local")
     assert not any(tmp_path.iterdir())
     spec = trainer.build_spec()
+    assert spec.training == job.training and spec.model == job.model
     assert spec.debugger_hook_config["CollectionConfigurations"][0]["CollectionName"] == "model_weights"
     assert spec.profiler_config["ProfilingIntervalInMilliseconds"] == 500
     debug = json.loads(spec.environment["DOGCLF_DEBUG"])
     assert debug["rules"] == [{"name": "Overfit", "parameters": {}, "stop_training": True}]
-    assert spec.environment["EXTRA"] == "1" and spec.sagemaker_debugger is None
+    assert spec.environment["EXTRA"] == "1" and spec.debugger is trainer.config
     with pytest.raises(NotFittedError):
         trainer.report_
     with pytest.raises(NotFittedError):
         trainer.report(tmp_path / "r.html")
     with pytest.raises(UnknownRuleError, match="NoSuchRule"):
-        DebugTrainer({}, {"training": str(tmp_path)}, config=DebuggerConfig(rules=("NoSuchRule",))).build_spec()
+        DebugTrainer(job, DebuggerConfig(rules=("NoSuchRule",))).build_spec()
     with pytest.raises(ConfigError, match="has no parameter"):
-        DebugTrainer({}, {"training": str(tmp_path)},
-                     config=DebuggerConfig(rules=(RuleConfig("Overfit", {"patiense": 2}),))).build_spec()
+        DebugTrainer(job, DebuggerConfig(rules=(RuleConfig("Overfit", {"patiense": 2}),))).build_spec()
+    with pytest.raises(ConfigError, match="TrainingJobSpec, or a model with data="):
+        DebugTrainer({"lr": 0.01}).build_spec()
 
 
 def test_debug_trainer_on_sagemaker_backend_gets_estimator_kwargs(tmp_path):
     from dogclf.backends.sagemaker import SageMakerBackend
     from dogclf.debug import DebugTrainer
 
+    from dogclf.models import ModelConfig
+
     backend = SageMakerBackend(role="arn:aws:iam::123456789012:role/x", bucket="b", region="us-east-1")
-    spec = DebugTrainer({"lr": 0.01}, {"training": "s3://b/dogImages"}, backend=backend,
-                        config=DebuggerConfig(sagemaker_debugger=True)).build_spec(backend)
-    assert set(spec.sagemaker_debugger) == {"debugger_hook_config", "rules", "profiler_config", "disable_profiler"}
+    model = ModelConfig(backbone="resnet18")
+    spec = DebugTrainer(model, DebuggerConfig(sagemaker_debugger=True), data="s3://b/dogImages",
+                        training={"lr": 0.01}, backend=backend).build_spec(backend)
+    assert spec.debugger.sagemaker_debugger and spec.training.lr == 0.01 and spec.model == model
     assert spec.debugger_hook_config is not None and "dogclf-debug" in spec.hyperparameters
-    off = DebugTrainer({"lr": 0.01}, {"training": "s3://b/dogImages"}, backend=backend).build_spec(backend)
-    assert off.sagemaker_debugger is None
+    assert spec.profiler_config is None and "DOGCLF_DEBUG" not in spec.environment
+    off = DebugTrainer(model, data="s3://b/dogImages", backend=backend).build_spec(backend)
+    assert not off.debugger.sagemaker_debugger and off.debugger_hook_config is None

@@ -11,6 +11,7 @@ import pytest
 
 from dogclf.debug import DebuggerConfig, ProfilerConfig, RuleConfig
 from dogclf.errors import EmptyTrialError, OutputExistsError
+from dogclf.training import TrainingJobSpec
 
 from test_debug_rules import PROFILER_RULES, TENSOR_RULES, job_env, train
 
@@ -158,6 +159,7 @@ class InProcessBackend:
     """A backend that runs the tiny loop in this process, under the job contract (config files + env)."""
 
     name = "inprocess"
+    delivers_debugger_config = True  # it writes the spec's hook and profiler configs for the job, as SageMaker does
 
     def __init__(self, root: Path, **train_kw) -> None:
         self.root = root
@@ -202,8 +204,8 @@ def test_debug_trainer_fit_then_report(tmp_path):
     backend = InProcessBackend(tmp_path / "jobs", lr=1e4)
     config = DebuggerConfig(rules=(RuleConfig("ExplodingTensor", stop_training=True), "LossNotDecreasing"),
                             profiler=ProfilerConfig(profile_num_steps=1), rule_interval=5)
-    trainer = DebugTrainer({"lr": 0.1, "batch-size": 16, "epochs": 2}, {"training": str(tmp_path)}, config=config,
-                           backend=backend, job_name="tiny-diverging")
+    spec = TrainingJobSpec({"backbone": "resnet18"}, tmp_path, {"lr": 0.1, "batch_size": 16, "epochs": 2})
+    trainer = DebugTrainer(spec, config, backend=backend, job_name="tiny-diverging")
     assert trainer.fit() is trainer
     assert backend.specs[0].debugger_hook_config["CollectionConfigurations"][0]["CollectionName"] == "model_weights"
     assert trainer.result_.job_name == "tiny-diverging"
@@ -229,7 +231,7 @@ def test_debug_trainer_reports_failed_jobs(tmp_path):
             return TrainingJobResult(job_name="bad", status="Failed", failure_reason="AlgorithmError: boom")
 
     with pytest.raises(JobError, match="boom") as info:
-        DebugTrainer({"lr": 0.1}, {"training": str(tmp_path)}, backend=Failing(tmp_path)).fit()
+        DebugTrainer(TrainingJobSpec({"backbone": "resnet18"}, tmp_path), backend=Failing(tmp_path)).fit()
     assert info.value.status == "Failed" and info.value.job_id == "bad"
 
 
@@ -247,10 +249,9 @@ def test_local_backend_entry_point_end_to_end(tmp_path, monkeypatch):
     place_fake_weights("resnet18", "IMAGENET1K_V1", tmp_path / "torch")
     config = DebuggerConfig(rule_interval=2, profiler=ProfilerConfig(system_monitor_interval_millis=100,
                                                                      profile_start_step=1, profile_num_steps=1))
-    hp = {"backbone": "resnet18", "weights": "IMAGENET1K_V1", "lr": 0.01, "batch-size": 4, "epochs": 2, "resize": 40, "crop": 32,
-          "num-workers": 0}
-    trainer = DebugTrainer(hp, {"training": str(data)}, config=config, backend=LocalBackend(root=tmp_path / "home"),
-                           job_name="debug-e2e")
+    spec = TrainingJobSpec({"backbone": "resnet18", "weights": "IMAGENET1K_V1", "resize": 40, "crop": 32}, data,
+                           {"lr": 0.01, "batch_size": 4, "epochs": 2, "num_workers": 0})
+    trainer = DebugTrainer(spec, config, backend=LocalBackend(root=tmp_path / "home"), job_name="debug-e2e")
     try:
         trainer.fit()
     except Exception as exc:  # show the job's log on failure

@@ -9,9 +9,14 @@ import pytest
 
 from dogclf.debug import DebuggerConfig, DebugTrainer, ProfilerConfig, RuleConfig
 from dogclf.debug.callbacks import HYPERPARAMETER, decode_settings, encode_settings
+from dogclf.training import TrainingJobSpec
 
 ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
 HP = {"lr": 0.001, "batch-size": 64, "epochs": 2, "backbone": "resnet50"}
+
+
+def spec_of(channels):
+    return TrainingJobSpec.from_hyperparameters(HP, channels)
 
 
 @pytest.fixture
@@ -46,10 +51,10 @@ def test_settings_pack_small_and_round_trip():
 
 def test_without_debugger_everything_travels_in_one_hyperparameter(backend, tmp_path):
     config = DebuggerConfig(profiler=ProfilerConfig(profile_start_step=2, profile_num_steps=2))
-    trainer = DebugTrainer(HP, {"training": "s3://dogclf-debug-test/dogImages"}, config=config, backend=backend,
+    trainer = DebugTrainer(spec_of("s3://dogclf-debug-test/dogImages"), config, backend=backend,
                            job_name="dogclf-debug-moto-1")
     spec = trainer.build_spec(backend)
-    assert spec.debugger_hook_config is None and spec.sagemaker_debugger is None and spec.environment == {}
+    assert spec.debugger_hook_config is None and spec.profiler_config is None and spec.environment == {}
     request = _send(backend, spec)
     # no Debugger options: the job runs on accounts where Debugger is closed
     assert not request.get("DebugHookConfig") and not request.get("DebugRuleConfigurations")
@@ -79,7 +84,7 @@ def test_the_job_side_reads_the_packed_hyperparameter(tmp_path, monkeypatch):
 
 def test_with_debugger_the_estimator_gets_the_seeds_objects(backend):
     config = DebuggerConfig(sagemaker_debugger=True, s3_output_path="s3://dogclf-debug-test/debug")
-    spec = DebugTrainer(HP, {"training": "s3://dogclf-debug-test/dogImages"}, config=config, backend=backend,
+    spec = DebugTrainer(spec_of("s3://dogclf-debug-test/dogImages"), config, backend=backend,
                         job_name="dogclf-debug-moto-2").build_spec(backend)
     request = _send(backend, spec)
     hook = request["DebugHookConfig"]
@@ -159,18 +164,21 @@ def test_fit_reads_a_sagemaker_style_output_from_s3(aws, tmp_path, monkeypatch):
     s3.upload_file(str(archive), "dogclf-out", "training/sm-job-1/output/output.tar.gz")
     monkeypatch.setenv("DOGCLF_HOME", str(tmp_path / "home"))
 
-    class S3Backend:
-        name = "fake-sagemaker"
+    from dogclf.backends.sagemaker import SageMakerBackend
+
+    class S3Backend(SageMakerBackend):
+        """SageMaker's backend, whose job has already run: only its output (on the moto server) is real."""
 
         def train(self, spec, **kwargs):
             return TrainingJobResult(job_name="sm-job-1", status="Completed",
                                      output_dir="s3://dogclf-out/training/sm-job-1/output")
 
-        def deploy(self, artifact, **kwargs):
-            raise NotImplementedError
+        def debugger_tensors(self, result):
+            raise AssertionError("dogclf's own tensors are in the output: nothing to look up")
 
-    trainer = DebugTrainer(HP, {"training": "s3://dogclf-out/dogImages"}, backend=S3Backend()).fit()
-    local = tmp_path / "home" / "debug-reports" / "sm-job-1"
+    backend = S3Backend(role="arn:aws:iam::123456789012:role/x", region="us-east-1")
+    trainer = DebugTrainer(spec_of("s3://dogclf-out/dogImages"), backend=backend).fit()
+    local = tmp_path / "home" / "outputs" / "sm-job-1"
     assert (local / "tensors").is_dir() and (local / "debug" / "steps.json").is_file()
     assert trainer.report_.html_path == local / "report" / "debug-report.html"
     assert "ExplodingTensor" in trainer.report_.triggered and trainer.report_.loss["TRAIN"]

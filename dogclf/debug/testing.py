@@ -55,10 +55,14 @@ def tiny_training(callbacks: list[Callback], output_data_dir: str | Path, *, epo
         torch.nn.Linear(features, 32), torch.nn.ReLU(), torch.nn.Linear(32, num_classes))
     loss_fn = torch.nn.CrossEntropyLoss()
     opt = torch.optim.SGD(net.parameters(), lr=lr)
+    from dogclf.training import TrainingConfig
+
+    training = TrainingConfig(batch_size=batch_size, num_workers=0, epochs=epochs, lr=max(lr, 1e-12))
     ctx = TrainingContext(model=net, loss_fn=loss_fn, optimizer=opt,
-                          hyperparameters=dict(hyperparameters or {"batch_size": batch_size, "num_workers": 0}),
+                          hyperparameters=dict(hyperparameters or {"batch-size": str(batch_size), "num-workers": "0"}),
                           output_data_dir=Path(output_data_dir), model_dir=Path(output_data_dir) / "model",
-                          epochs=epochs)
+                          epochs=epochs, training=training)
+    ctx.state["num_workers"] = 0
 
     def batch(train: bool) -> tuple[Any, Any]:
         x = torch.randn(batch_size, features, generator=g)

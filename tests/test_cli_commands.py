@@ -151,7 +151,8 @@ def test_tune_train_report_predict_on_tiny_data(tiny_dataset, tmp_path, capsys, 
     assert main(["--quiet", "tune", str(staged), *small, "--space", "lr=0.001..0.1:log", "--space",
                  "batch-size=4,8", "--trials", "1", "--name", "cli-test", "--out", str(best)]) == 0
     tuned = json.loads(best.read_text())
-    assert 0.001 <= tuned["best_params"]["lr"] <= 0.1 and tuned["best_params"]["batch-size"] in (4, 8)
+    assert 0.001 <= tuned["best_params"]["lr"] <= 0.1 and tuned["best_params"]["batch_size"] in (4, 8)
+    assert tuned["best_hyperparameters"]["batch-size"] == str(tuned["best_params"]["batch_size"])  # the wire
     capsys.readouterr()
 
     assert main(["--quiet", "train", str(staged), *small, "--params", str(best), "--set", "epochs=1",

@@ -86,9 +86,9 @@ def test_best_params_lie_inside_the_space_and_were_tried(demo):
     out, outputs, _, _ = demo
     best = json.loads(Path(outputs["best_params"]).read_text())
     params = best["best_params"]
-    assert set(params) == {"lr", "batch-size", "epochs"}
+    assert set(params) == {"lr", "batch_size", "epochs"}
     assert 0.001 <= params["lr"] <= 0.1
-    assert params["batch-size"] in best["space"]["batch-size"]["values"]
+    assert params["batch_size"] in best["space"]["batch_size"]["values"]
     assert params["epochs"] in best["space"]["epochs"]["values"]
     assert best["space"]["lr"]["scale"] == "log"
     import pandas as pd

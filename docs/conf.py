@@ -22,5 +22,39 @@ napoleon_numpy_docstring = False
 intersphinx_mapping: dict = {}
 nitpicky = False
 html_theme = "alabaster"
-exclude_patterns = ["_build"]
+exclude_patterns = ["_build", "_generated"]
 suppress_warnings = ["ref.python"]
+
+
+def _hyperparameter_table(app) -> None:
+    """Write the entry point's hyperparameter table from the config fields themselves (docs cannot drift)."""
+    from dataclasses import MISSING
+
+    from dogclf._contract import hyperparameter_fields, wire_name, wire_value
+    from dogclf.models import ModelConfig, Preprocess
+    from dogclf.training import TrainingConfig
+
+    rows = []
+    for cls, owner in ((ModelConfig, "ModelConfig"), (Preprocess, "ModelConfig.preprocess"),
+                       (TrainingConfig, "TrainingConfig")):
+        for f, meta, _ in hyperparameter_fields(cls):
+            default = f.default if f.default is not MISSING else f.default_factory()
+            limits = [f"{word} {meta[key]:g}" for key, word in (("ge", ">="), ("gt", ">"), ("lt", "<"))
+                      if meta[key] is not None]
+            if meta["choices"]:
+                limits.append("one of " + ", ".join(f"``{c}``" for c in meta["choices"]))
+            text = meta["help"] + (f" ({'; '.join(limits)})" if limits else "")
+            rows.append(f"   * - ``{f.name}``\n     - ``--{wire_name(f)}``\n     - ``{wire_value(default, meta)}``\n"
+                        f"     - {text}\n     - {owner}\n")
+    out = os.path.join(app.srcdir, "_generated")
+    os.makedirs(out, exist_ok=True)
+    table = (".. list-table::\n   :header-rows: 1\n   :widths: 14 16 10 50 10\n\n"
+             "   * - field\n     - option (wire)\n     - default\n     - meaning\n     - config\n" + "".join(rows))
+    path = os.path.join(out, "hyperparameters.rst")
+    if not os.path.exists(path) or open(path, encoding="utf-8").read() != table:
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(table)
+
+
+def setup(app):
+    app.connect("builder-inited", _hyperparameter_table)

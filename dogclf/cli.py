@@ -38,10 +38,14 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dogclf import __version__
 from dogclf.errors import ConfigError, DogclfError
+
+if TYPE_CHECKING:
+    from dogclf.backends import Backend
+
 
 __all__ = ["main", "build_parser", "parse_space", "parse_assignments"]
 
@@ -183,7 +187,7 @@ class _EpochProgress:
     are used as they are.
     """
 
-    def __init__(self, backend: Any, epochs: int | None) -> None:
+    def __init__(self, backend: Backend, epochs: int | None) -> None:
         self._backend = backend
         self._epochs = epochs
         self.name = backend.name
@@ -455,9 +459,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from dogclf.serving import BreedPredictor, EndpointDeployer
 
     if args.endpoint:
-        from dogclf.backends.sagemaker.serving import SageMakerEndpoint, make_session
-
-        source: Any = SageMakerEndpoint.attach(args.endpoint, make_session(_backend(args)), labels=args.labels)
+        backend = _backend(args)
+        if not callable(getattr(backend, "attach_endpoint", None)):
+            raise ConfigError(f"backend {backend.name!r} cannot attach to a named endpoint; use --backend sagemaker")
+        source: Any = backend.attach_endpoint(args.endpoint, labels=args.labels)
         cleanup = None
     elif args.deploy:
         source = EndpointDeployer(backend=_backend(args)).deploy(args.model)

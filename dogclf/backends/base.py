@@ -33,6 +33,7 @@ class Backend(Protocol):
     * ``fetch_output(result, dest=None)``: a finished job's output data folder (metrics, tensors, profiling) as a
       local folder (without it, the result's ``output_dir`` must be one);
     * ``debugger_tensors(result)``: where the platform's own Debugger hook wrote a job's tensors;
+    * ``attach_endpoint(name, labels=None)``: a handle on an endpoint that already runs;
     * ``delivers_debugger_config``: ``True`` when the spec's ``debugger_hook_config`` / ``profiler_config``
       reach the job as ``debughookconfig.json`` / ``profilerconfig.json``; otherwise
       :class:`~dogclf.debug.DebugTrainer` packs them into a hyperparameter.

@@ -6,13 +6,17 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dogclf._io import atomic_path
 from dogclf.errors import ConfigError, DogclfError, JobError, NotFittedError
 
 from .callbacks import DEBUG_ENV, HYPERPARAMETER, encode_settings
 from .config import DebuggerConfig
+
+if TYPE_CHECKING:
+    from dogclf.backends import Backend
+
 
 __all__ = ["DebugTrainer"]
 
@@ -51,8 +55,8 @@ class DebugTrainer:
     """
 
     def __init__(self, spec: Any, config: DebuggerConfig | None = None, *, data: Any = None,
-                 training: dict[str, Any] | None = None, backend: Any = None, job_name: str | None = None,
-                 report_path: str | os.PathLike[str] | None = None) -> None:
+                 training: dict[str, Any] | None = None, backend: Backend | str | None = None,
+                 job_name: str | None = None, report_path: str | os.PathLike[str] | None = None) -> None:
         self.spec = spec
         self.config = config if config is not None else DebuggerConfig()
         self.data = data
@@ -79,7 +83,7 @@ class DebugTrainer:
         changes: dict[str, Any] = {"job_name": self.job_name} if self.job_name is not None else {}
         return spec.with_params(self.training or {}, **changes)
 
-    def build_spec(self, backend: Any = None) -> Any:
+    def build_spec(self, backend: Backend | None = None) -> Any:
         """The :class:`~dogclf.training.TrainingJobSpec` :meth:`fit` runs (nothing is started).
 
         Where the backend delivers Debugger configs to the job (``backend.delivers_debugger_config``, the local
@@ -175,7 +179,7 @@ class DebugTrainer:
         return self
 
     @staticmethod
-    def _job_output(backend: Any, result: Any) -> Path:
+    def _job_output(backend: Backend, result: Any) -> Path:
         fetch = getattr(backend, "fetch_output", None)
         if callable(fetch):
             return Path(fetch(result))

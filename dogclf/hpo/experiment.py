@@ -10,7 +10,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dogclf.errors import ConfigError, NotFittedError, NotFoundError
 from dogclf.hpo.objective import Objective
@@ -20,6 +20,10 @@ from dogclf.hpo.space import SearchSpace
 from dogclf.hpo.state import ExperimentState, experiments_root, validate_name
 from dogclf.hpo.strategies import Strategy, get_strategy
 from dogclf.hpo.trial import Trial
+
+if TYPE_CHECKING:
+    from dogclf.backends import Backend
+
 
 __all__ = ["HPOExperiment"]
 
@@ -62,11 +66,11 @@ class HPOExperiment:
     on the local backend or on SageMaker.
 
     Each trial is one training job of the shared entry point: the spec with the trial's hyperparameters
-    (``spec.with_params(params)``). On the local backend trials run as separate processes, up to ``max_parallel`` at once,
-    each in its own job directory; on SageMaker the experiment is a hyperparameter-tuning job. The experiment's
-    state is kept on disk (``<root>/experiments/<name>/experiment.json``): running :meth:`run` again after an
-    interruption continues where it stopped and never repeats a finished trial, and :meth:`attach` reconnects to
-    an earlier or still-running experiment by name.
+    (``spec.with_params(params)``). On the local backend trials run as separate processes, up to ``max_parallel`` at
+    once, each in its own job directory; on SageMaker the experiment is a hyperparameter-tuning job. The
+    experiment's state is kept on disk (``<root>/experiments/<name>/experiment.json``): running :meth:`run` again
+    after an interruption continues where it stopped and never repeats a finished trial, and :meth:`attach`
+    reconnects to an earlier or still-running experiment by name.
 
     Args:
         model_or_entry_point: The training job every trial starts from: a :class:`~dogclf.training.TrainingJobSpec`
@@ -92,12 +96,6 @@ class HPOExperiment:
             or a dict of channels. Needed with a model; with a spec it replaces the spec's channels.
         hyperparameters: More static hyperparameters (e.g. ``{"optimizer": "sgd"}``), over the spec's or model's.
 
-    Attributes:
-        trials_: Every trial as a :class:`pandas.DataFrame` (set by :meth:`run` or :meth:`attach`).
-        best_trial_: The best :class:`~dogclf.hpo.Trial`.
-        best_params_: The best trial's tuned hyperparameters (Python names).
-        best_spec_: The base spec with the best trial's hyperparameters: what to train next
-            (``DebugTrainer(exp.best_spec_)``).
 
     Raises:
         ConfigError: an invalid space, objective, strategy (e.g. grid over a numeric range), early-stopping
@@ -116,8 +114,8 @@ class HPOExperiment:
     def __init__(self, model_or_entry_point: Any, space: Mapping[str, Any] | SearchSpace,
                  objective: Objective | str = "test_loss", *, max_trials: int = 10, max_parallel: int = 1,
                  strategy: str | Strategy = "bayesian", early_stopping: str | MedianStopping | None = "off",
-                 backend: Any = None, name: str | None = None, seed: int | None = None, data: Any = None,
-                 hyperparameters: Mapping[str, Any] | None = None) -> None:
+                 backend: Backend | str | None = None, name: str | None = None, seed: int | None = None,
+                 data: Any = None, hyperparameters: Mapping[str, Any] | None = None) -> None:
         src = model_or_entry_point
         if not (_is_spec(src) or _is_model(src) or callable(getattr(src, "training_spec", None))):
             raise ConfigError(
@@ -193,7 +191,7 @@ class HPOExperiment:
         """Where this experiment's state file is (``<root>/experiments/<name>/experiment.json``)."""
         return experiments_root(self._resolve_backend()) / self.name / "experiment.json"
 
-    def _new_state(self, backend: Any, spec: Any) -> ExperimentState:
+    def _new_state(self, backend: Backend, spec: Any) -> ExperimentState:
         seed = self.seed if self.seed is not None else int(time.time_ns() % (2**31 - 1))
         return ExperimentState(
             name=self.name, backend=str(getattr(backend, "name", type(backend).__name__)), space=self.space,
@@ -308,7 +306,7 @@ class HPOExperiment:
         return self
 
     @classmethod
-    def attach(cls, name: str, backend: Any = None) -> HPOExperiment:
+    def attach(cls, name: str, backend: Backend | str | None = None) -> HPOExperiment:
         """Reconnect to an earlier or running experiment by name.
 
         Args:
@@ -403,7 +401,8 @@ class HPOExperiment:
 
     @property
     def best_spec_(self) -> Any:
-        """The base :class:`~dogclf.training.TrainingJobSpec` with the best trial's hyperparameters (no job name)."""
+        """The base :class:`~dogclf.training.TrainingJobSpec` with the best trial's hyperparameters (no job name):
+        what to train next, e.g. ``DebugTrainer(experiment.best_spec_)``."""
         return self._base_spec().with_params(self.best_params_)
 
     @property

@@ -24,11 +24,15 @@ import logging
 import math
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dogclf.errors import DogclfError
 from dogclf.hpo.state import ExperimentState
 from dogclf.hpo.trial import Trial
+
+if TYPE_CHECKING:
+    from dogclf.backends import Backend
+
 
 __all__ = ["run_trials", "trial_job_name", "trial_spec"]
 
@@ -95,7 +99,7 @@ class _Ended:
         """Nothing to stop."""
 
 
-def _recover(backend: Any, trials: list[Trial], objective: Any) -> None:
+def _recover(backend: Backend, trials: list[Trial], objective: Any) -> None:
     """Record the trials an interrupted run left "InProgress" whose jobs completed meanwhile, so they are not
     trained again (needs the backend's ``attach(job_name)``; others are started again by the caller)."""
     attach = getattr(backend, "attach", None)
@@ -162,7 +166,7 @@ def _finish(run: _Running, objective: Any) -> None:
                 trial.objective, f" ({trial.failure_reason})" if trial.failure_reason else "")
 
 
-def run_trials(backend: Any, spec: Any, state: ExperimentState, *, poll_interval: float = 0.2,
+def run_trials(backend: Backend, spec: Any, state: ExperimentState, *, poll_interval: float = 0.2,
                warm_up_first: bool = False) -> ExperimentState:
     """Run ``state``'s remaining trials as training jobs on ``backend``; return ``state`` when all have ended.
 

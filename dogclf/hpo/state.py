@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dogclf._paths import home
 from dogclf.errors import ConfigError, NotFoundError
@@ -26,6 +26,10 @@ from dogclf.hpo.pruning import MedianStopping
 from dogclf.hpo.space import SearchSpace
 from dogclf.hpo.strategies import STRATEGIES, Strategy
 from dogclf.hpo.trial import Trial
+
+if TYPE_CHECKING:
+    from dogclf.backends import Backend
+
 
 __all__ = ["ExperimentState", "STATE_FORMAT", "experiments_root", "validate_name"]
 
@@ -50,7 +54,7 @@ def validate_name(name: str) -> str:
     return name
 
 
-def experiments_root(backend: Any) -> Path:
+def experiments_root(backend: Backend) -> Path:
     """Where experiment states are kept for ``backend``: ``<backend.root>/experiments`` when it has a ``root``,
     else :func:`dogclf._paths.home`'s ``experiments``."""
     root = getattr(backend, "root", None)

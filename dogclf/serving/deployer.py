@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dogclf.errors import ConfigError, NotFittedError
 from dogclf.serving.server import ServerConfig
+
+if TYPE_CHECKING:
+    from dogclf.backends import Backend
+
 
 __all__ = ["DeployConfig", "EndpointDeployer"]
 
@@ -92,9 +96,6 @@ class EndpointDeployer:
             object (``get_backend("sagemaker", role=..., bucket=...)``).
         **options: Field overrides, e.g. ``instance_type="ml.c5.xlarge"`` or ``max_batch_size=16``.
 
-    Attributes:
-        endpoint_: The handle of the last :meth:`deploy`.
-
     Nothing starts until :meth:`deploy`.
 
     Example::
@@ -104,7 +105,8 @@ class EndpointDeployer:
             print(BreedPredictor(endpoint).predict("dog.jpg").breed)
     """
 
-    def __init__(self, config: DeployConfig | None = None, *, backend: Any = None, **options: Any) -> None:
+    def __init__(self, config: DeployConfig | None = None, *, backend: Backend | str | None = None,
+                 **options: Any) -> None:
         self.config = config
         self.backend = backend
         self.options = options

@@ -151,8 +151,8 @@ class Trainer:
         """Run the remaining epochs (all, or those after ``checkpoint``), then test.
 
         Returns:
-            ``{"metrics": final metrics with test_loss/test_acc, "history": per-epoch metrics, "epochs_done",
-            "stopped_early", "stop_reason", "train_seconds"}``.
+            A dict with ``metrics`` (the final metrics, ``test_loss`` and ``test_acc`` included), ``history``
+            (per-epoch metrics), ``epochs_done``, ``stopped_early``, ``stop_reason`` and ``train_seconds``.
         """
         import torch
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dogclf.backends.local import LocalBackend
+
 
 __all__ = ["deploy"]
 
 
-def deploy(backend: Any, artifact: Any, config: Any = None, **kwargs: Any) -> Any:
+def deploy(backend: LocalBackend, artifact: Any, config: Any = None, **kwargs: Any) -> Any:
     """Serve ``artifact`` from a local HTTP server process and return its started handle.
 
     Args:

@@ -34,7 +34,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from dogclf._io import atomic_write_json
 from dogclf._source import copy_package_source
@@ -50,6 +50,10 @@ from dogclf.training.data import IMAGE_EXTENSIONS
 from dogclf.training.metrics import last_values, read_metric_events
 from dogclf.training.spec import TrainingJobResult, TrainingJobSpec
 
+if TYPE_CHECKING:
+    from dogclf.backends.local import LocalBackend
+
+
 __all__ = ["train", "attach", "LocalTrainingJob", "job_dir", "ENTRY_POINT"]
 
 logger = logging.getLogger(__name__)
@@ -58,7 +62,7 @@ ENTRY_POINT = "dogclf/training/train.py"
 """The entry point, relative to the job's code folder (``sagemaker_program``)."""
 
 
-def job_dir(backend: Any, job_name: str) -> Path:
+def job_dir(backend: LocalBackend, job_name: str) -> Path:
     """The folder of job ``job_name`` under the backend's root."""
     return Path(backend.root) / "jobs" / job_name
 
@@ -103,7 +107,7 @@ def _rewrite_opt_ml(value: Any, base: Path) -> Any:
     return value
 
 
-def prepare_job(backend: Any, spec: TrainingJobSpec, job_name: str) -> tuple[Path, dict[str, str]]:
+def prepare_job(backend: LocalBackend, spec: TrainingJobSpec, job_name: str) -> tuple[Path, dict[str, str]]:
     """Lay out the job folder and return it with the environment for the job process.
 
     Raises:
@@ -400,7 +404,8 @@ class LocalTrainingJob:
         self._reader.join(30)
 
 
-def train(backend: Any, spec: TrainingJobSpec, *, wait: bool = True, on_log_line: Callable[[str], None] | None = None,
+def train(backend: LocalBackend, spec: TrainingJobSpec, *, wait: bool = True,
+          on_log_line: Callable[[str], None] | None = None,
           raise_on_failure: bool = True, logger: logging.Logger | None = None) -> TrainingJobResult | LocalTrainingJob:
     """Run one training job of the shared entry point on this machine.
 
@@ -441,7 +446,7 @@ def train(backend: Any, spec: TrainingJobSpec, *, wait: bool = True, on_log_line
         raise
 
 
-def attach(backend: Any, job_name: str) -> TrainingJobResult:
+def attach(backend: LocalBackend, job_name: str) -> TrainingJobResult:
     """Read a local job's result from its folder (like ``Estimator.attach``).
 
     A job whose process is gone without a result (killed with the caller) reads as ``Failed``.

@@ -18,9 +18,13 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dogclf.errors import BackendError
+
+if TYPE_CHECKING:
+    from dogclf.backends.local import LocalBackend
+
 
 __all__ = ["trial_pool", "uses_feature_cache", "WarmPoolBackend"]
 
@@ -40,7 +44,7 @@ def uses_feature_cache(spec: Any, space: Any = ()) -> bool:
     return mode == "on" or (mode == "auto" and spec.model.freeze == "head" and spec.training.augment == "none")
 
 
-def trial_pool(backend: Any, spec: Any, space: Any, size: int) -> WarmPoolBackend | None:
+def trial_pool(backend: LocalBackend, spec: Any, space: Any, size: int) -> WarmPoolBackend | None:
     """A warm pool of ``size`` workers for an experiment's trials when they are head-only fits on the shared
     feature cache (where start-up dominates), else ``None`` (each trial is a fresh job process).
 
@@ -141,7 +145,7 @@ class WarmPoolBackend:
         size: Worker processes at most (the experiment's ``max_parallel``).
     """
 
-    def __init__(self, backend: Any, size: int) -> None:
+    def __init__(self, backend: LocalBackend, size: int) -> None:
         self.backend = backend
         self.name = getattr(backend, "name", "local")
         self.root = backend.root

@@ -45,6 +45,14 @@ class SageMakerBackend(PackageBackend):
         """Run a tuning experiment as a SageMaker hyperparameter-tuning job (:func:`.tuning.tune`)."""
         return self._capability("tuning", "tune")(self, spec, **kwargs)
 
+    def attach_endpoint(self, endpoint_name: str, *, labels: Any = None) -> Any:
+        """A handle on an endpoint that already runs (deployed elsewhere); see
+        :meth:`.serving.SageMakerEndpoint.attach`."""
+        from .serving import SageMakerEndpoint
+        from .session import make_session
+
+        return SageMakerEndpoint.attach(endpoint_name, make_session(self), labels=labels)
+
     def fetch_output(self, result: Any, dest: Any = None) -> Any:
         """A finished job's output data folder on this machine (downloaded); see :func:`.outputs.fetch_output`."""
         return self._capability("outputs", "fetch_output")(self, result, dest)

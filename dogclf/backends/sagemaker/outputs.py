@@ -12,18 +12,22 @@ import logging
 import tarfile
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dogclf._paths import home
 from dogclf.backends.sagemaker.session import make_session
 from dogclf.errors import BackendError, JobError
+
+if TYPE_CHECKING:
+    from dogclf.backends.sagemaker import SageMakerBackend
+
 
 __all__ = ["fetch_output", "debugger_tensors"]
 
 logger = logging.getLogger(__name__)
 
 
-def fetch_output(backend: Any, result: Any, dest: str | Path | None = None) -> Path:
+def fetch_output(backend: SageMakerBackend, result: Any, dest: str | Path | None = None) -> Path:
     """Download and unpack a finished job's ``output.tar.gz``; returns the local folder.
 
     Args:
@@ -58,7 +62,7 @@ def fetch_output(backend: Any, result: Any, dest: str | Path | None = None) -> P
     return target
 
 
-def debugger_tensors(backend: Any, result: Any) -> str | None:
+def debugger_tensors(backend: SageMakerBackend, result: Any) -> str | None:
     """Where SageMaker's own Debugger hook wrote the job's tensors (an ``s3://`` URI), or ``None`` when the job
     had no platform hook (dogclf's hook then wrote them into the output folder).
 

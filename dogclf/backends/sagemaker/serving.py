@@ -15,7 +15,7 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dogclf.backends.sagemaker.session import make_session
 from dogclf.errors import ConfigError, EndpointError
@@ -25,6 +25,10 @@ from dogclf.serving.endpoint import (
     new_endpoint_name,
     raise_for_error,
 )
+
+if TYPE_CHECKING:
+    from dogclf.backends.sagemaker import SageMakerBackend
+
 
 __all__ = ["SageMakerEndpoint", "deploy", "make_session"]
 
@@ -170,7 +174,7 @@ def _labels_of(artifact: Any) -> Any:
     return None
 
 
-def deploy(backend: Any, artifact: Any, config: Any = None, **kwargs: Any) -> SageMakerEndpoint:
+def deploy(backend: SageMakerBackend, artifact: Any, config: Any = None, **kwargs: Any) -> SageMakerEndpoint:
     """Deploy ``artifact`` on a SageMaker real-time endpoint of the stock PyTorch inference container.
 
     Args:

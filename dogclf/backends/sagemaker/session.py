@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dogclf.backends.sagemaker import SageMakerBackend
+
 
 __all__ = ["make_session"]
 
 
-def make_session(backend: Any) -> Any:
+def make_session(backend: SageMakerBackend) -> Any:
     """The ``sagemaker.Session`` for ``backend``: its ``session`` if given, else one for its region and bucket.
 
     The region is the backend's, else ``AWS_REGION``/``AWS_DEFAULT_REGION``. ``AWS_ENDPOINT_URL`` (e.g. a moto

@@ -16,12 +16,16 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from dogclf._source import copy_package_source
 from dogclf.backends.sagemaker.session import make_session as _session
 from dogclf.errors import BackendError, ConfigError, JobError
 from dogclf.training.spec import TrainingJobResult, TrainingJobSpec
+
+if TYPE_CHECKING:
+    from dogclf.backends.sagemaker import SageMakerBackend
+
 
 __all__ = [
     "DEFAULT_FRAMEWORK_VERSION",
@@ -46,7 +50,7 @@ ENTRY_POINT = "dogclf/training/train.py"
 _TERMINAL = ("Completed", "Failed", "Stopped")
 
 
-def _bucket(backend: Any, session: Any) -> str:
+def _bucket(backend: SageMakerBackend, session: Any) -> str:
     return backend.bucket or session.default_bucket()
 
 
@@ -101,7 +105,7 @@ def default_requirements(spec: TrainingJobSpec) -> list[str] | None:
     return list(DEBUG_REQUIREMENTS) if debug else None
 
 
-def build_estimator(backend: Any, spec: TrainingJobSpec, *, source_dir: str | Path | None = None,
+def build_estimator(backend: SageMakerBackend, spec: TrainingJobSpec, *, source_dir: str | Path | None = None,
                     framework_version: str = DEFAULT_FRAMEWORK_VERSION, py_version: str = DEFAULT_PY_VERSION,
                     output_path: str | None = None, requirements: list[str] | None = None,
                     tuned: list[str] | tuple[str, ...] = (), **estimator_kwargs: Any) -> Any:
@@ -158,7 +162,7 @@ def build_estimator(backend: Any, spec: TrainingJobSpec, *, source_dir: str | Pa
     return PyTorch(**kwargs)
 
 
-def channel_inputs(backend: Any, spec: TrainingJobSpec, job_name: str, session: Any) -> dict[str, str]:
+def channel_inputs(backend: SageMakerBackend, spec: TrainingJobSpec, job_name: str, session: Any) -> dict[str, str]:
     """The ``fit`` inputs: S3 URIs as given, local folders uploaded to ``s3://<bucket>/dogclf/data/<job>/<name>``."""
     inputs = {}
     for name, uri in spec.channels.items():
@@ -247,7 +251,7 @@ class SageMakerTrainingJob:
         self.estimator.sagemaker_session.stop_training_job(self.job_name)
 
 
-def train(backend: Any, spec: TrainingJobSpec, *, wait: bool = True, logs: bool = True,
+def train(backend: SageMakerBackend, spec: TrainingJobSpec, *, wait: bool = True, logs: bool = True,
           on_log_line: Callable[[str], None] | None = None, raise_on_failure: bool = True,
           **estimator_kwargs: Any) -> TrainingJobResult | SageMakerTrainingJob:
     """Run ``spec`` as a SageMaker training job.
@@ -300,6 +304,6 @@ def train(backend: Any, spec: TrainingJobSpec, *, wait: bool = True, logs: bool 
     return handle.wait(raise_on_failure=raise_on_failure)
 
 
-def attach(backend: Any, job_name: str) -> TrainingJobResult:
+def attach(backend: SageMakerBackend, job_name: str) -> TrainingJobResult:
     """The result of an existing SageMaker training job (its current state if it is still running)."""
     return result_from_description(_session(backend).describe_training_job(job_name))

@@ -16,10 +16,14 @@ import json
 import logging
 import math
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dogclf.backends.sagemaker.training import _session, build_estimator, channel_inputs
 from dogclf.errors import ConfigError
+
+if TYPE_CHECKING:
+    from dogclf.backends.sagemaker import SageMakerBackend
+
 
 __all__ = ["tune", "build_tuner", "parameter_ranges", "list_trials", "trial_from_summary", "state_from_tuning_job",
            "STATUS_MAP"]
@@ -70,7 +74,7 @@ def _hp_string(value: Any) -> str:
     return str(value)
 
 
-def build_tuner(backend: Any, spec: Any, state: Any) -> Any:
+def build_tuner(backend: SageMakerBackend, spec: Any, state: Any) -> Any:
     """The ``HyperparameterTuner`` for an experiment, without starting it.
 
     Args:
@@ -198,7 +202,7 @@ def list_trials(client: Any, tuning_job_name: str, space: Any) -> list[Any]:
     return trials
 
 
-def tune(backend: Any, spec: Any, *, state: Any = None, launch: bool = True, wait: bool = True,
+def tune(backend: SageMakerBackend, spec: Any, *, state: Any = None, launch: bool = True, wait: bool = True,
          **kwargs: Any) -> Any:
     """Start (or attach to) the experiment's SageMaker tuning job and copy its training jobs into the state.
 
@@ -268,7 +272,7 @@ def _decode(text: Any) -> Any:
     return value
 
 
-def state_from_tuning_job(backend: Any, name: str) -> Any:
+def state_from_tuning_job(backend: SageMakerBackend, name: str) -> Any:
     """Rebuild an experiment's state from a SageMaker tuning job's description (``DescribeHyperParameterTuningJob``),
     for tuning jobs started elsewhere (another machine, the console, the SDK): the ranges become the search space,
     the objective and its metric regex the objective, the static hyperparameters, channels and instance type the

@@ -18,6 +18,7 @@ import math
 import re
 from typing import TYPE_CHECKING, Any
 
+from dogclf._contract import wire_value
 from dogclf.backends.sagemaker.training import _session, build_estimator, channel_inputs
 from dogclf.errors import ConfigError
 
@@ -62,16 +63,10 @@ def parameter_ranges(space: Any) -> dict[str, Any]:
         elif isinstance(r, Integer):
             out[name] = IntegerParameter(r.low, r.high, scaling_type=_SCALING[r.scale])
         elif isinstance(r, Categorical):
-            out[name] = CategoricalParameter([_hp_string(v) for v in r.values])
+            out[name] = CategoricalParameter([wire_value(v) for v in r.values])
         else:  # pragma: no cover - SearchSpace admits only the three
             raise ConfigError(f"range {name!r} of type {type(r).__name__} has no SageMaker equivalent")
     return out
-
-
-def _hp_string(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
 
 
 def build_tuner(backend: SageMakerBackend, spec: Any, state: Any) -> Any:
@@ -124,7 +119,7 @@ def _value(text: Any, rng: Any) -> Any:
         pass
     if isinstance(rng, Categorical):
         for v in rng.values:
-            if _hp_string(v) == str(text):
+            if wire_value(v) == str(text):
                 return v
         return text
     try:

@@ -1,4 +1,5 @@
-"""The training-side pieces: smdebug hook, in-process rules, system monitor, step timer, ``torch.profiler``.
+"""The training-side pieces: smdebug hook, in-process rules, and (from :mod:`.profiling`) system monitor, step
+timer and ``torch.profiler``.
 
 The training entry point (both backends) calls :func:`make_callbacks`, which reads the job's configuration the
 way SageMaker hands it over (``SMDEBUG_CONFIG_FILE_PATH``, ``SMPROFILER_CONFIG_PATH``) plus dogclf's rule list
@@ -21,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from dogclf.training.callbacks import Callback, StepInfo, TrainingContext
 
 from ._io import write_json
 from .config import DebuggerConfig, ProfilerConfig, RuleConfig
+from .profiling import StepTimer, SystemMonitor, TorchProfilerCallback
 
 __all__ = [
     "DEBUG_ENV",
@@ -155,221 +156,6 @@ def _mark_training_end(out_dir: Path) -> None:
     marker = out_dir / "training_job_end.ts"
     if not marker.exists():
         marker.write_text(str(time.time()))
-
-
-class StepTimer(Callback):
-    """Records each step's timing (data loading vs compute), loss and batch size to ``steps.json``.
-
-    Also fills ``meta.json`` with run facts the profiler rules use.
-
-    Args:
-        debug_dir: The ``debug/`` folder of the job's output.
-        flush_every: Rewrite ``steps.json`` every this many steps (and at each epoch and the end).
-    """
-
-    def __init__(self, debug_dir: Path, flush_every: int = 200) -> None:
-        self.debug_dir = Path(debug_dir)
-        self.flush_every = flush_every
-        self.steps: list[dict[str, Any]] = []
-        self.meta: dict[str, Any] = {}
-        self._begin: float | None = None
-
-    def on_train_begin(self, ctx: TrainingContext) -> None:
-        """Note the start times, cores, data-loader workers and GPU."""
-        import psutil
-
-        try:
-            process_start = psutil.Process().create_time()
-        except Exception:  # noqa: BLE001
-            process_start = None
-        workers = ctx.state.get("num_workers")
-        training = ctx.training
-        self.meta = {"process_start": process_start, "train_begin": time.time(), "first_step": None,
-                     "cpu_count": os.cpu_count(), "num_workers": workers,
-                     "gpu_count": 0, "batch_size": training.batch_size if training is not None else None,
-                     "feature_cache": bool(ctx.state.get("feature_cache", False))}
-        try:
-            import torch
-
-            if torch.cuda.is_available():
-                self.meta["gpu_count"] = torch.cuda.device_count()
-                self.meta["gpu_memory_total"] = torch.cuda.get_device_properties(0).total_memory
-        except Exception:  # noqa: BLE001
-            pass
-        write_json(self.debug_dir / "meta.json", self.meta)
-
-    def on_step_begin(self, ctx: TrainingContext, mode: str, step: int) -> None:
-        """Remember when the step's compute started (after the batch arrived)."""
-        self._begin = time.time()
-        if mode == "train" and self.meta.get("first_step") is None:
-            self.meta["first_step"] = self._begin
-            write_json(self.debug_dir / "meta.json", self.meta)
-
-    def on_step_end(self, ctx: TrainingContext, info: StepInfo) -> None:
-        """Record the finished step."""
-        self.steps.append({"mode": info.mode, "step": info.step, "epoch": info.epoch, "loss": info.loss,
-                           "batch_size": info.batch_size, "data_time": info.data_time,
-                           "compute_time": info.compute_time, "start": self._begin, "end": time.time()})
-        if len(self.steps) % self.flush_every == 0:
-            self._flush()
-
-    def on_epoch_end(self, ctx: TrainingContext, epoch: int, metrics: dict[str, float]) -> None:
-        """Write what has been recorded so far."""
-        self._flush()
-
-    def on_train_end(self, ctx: TrainingContext, metrics: dict[str, float]) -> None:
-        """Write the step timings and run facts."""
-        self.meta["train_end"] = time.time()
-        self.meta["stop_reason"] = ctx.stop_reason
-        write_json(self.debug_dir / "meta.json", self.meta)
-        self._flush()
-
-    def _flush(self) -> None:
-        write_json(self.debug_dir / "steps.json", self.steps)
-
-
-class SystemMonitor(Callback):
-    """Samples CPU (total and per core), memory, disk and network I/O, and GPU use on a background thread.
-
-    Args:
-        debug_dir: The ``debug/`` folder of the job's output (``system.json`` goes there).
-        interval_millis: Sampling interval (SageMaker's ``system_monitor_interval_millis``).
-    """
-
-    def __init__(self, debug_dir: Path, interval_millis: int = 500) -> None:
-        self.debug_dir = Path(debug_dir)
-        self.interval = interval_millis / 1000.0
-        self.samples: list[dict[str, Any]] = []
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def on_train_begin(self, ctx: TrainingContext) -> None:
-        """Start sampling."""
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="dogclf-system-monitor", daemon=True)
-        self._thread.start()
-
-    def on_train_end(self, ctx: TrainingContext, metrics: dict[str, float]) -> None:
-        """Stop sampling and write ``system.json``."""
-        self.stop()
-
-    def stop(self) -> None:
-        """Stop the thread (idempotent) and write the samples."""
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join(timeout=10)
-            self._thread = None
-            write_json(self.debug_dir / "system.json",
-                       {"interval_millis": int(self.interval * 1000), "samples": self.samples})
-
-    def _gpu(self) -> dict[str, Any]:
-        try:
-            import torch
-
-            if not torch.cuda.is_available():
-                return {}
-            out: dict[str, Any] = {}
-            free, total = torch.cuda.mem_get_info()
-            out["gpu_memory"] = 100.0 * (total - free) / total
-            try:
-                out["gpu"] = float(torch.cuda.utilization())
-            except Exception:  # noqa: BLE001 - needs pynvml; memory alone still helps
-                out["gpu"] = None
-            return out
-        except Exception:  # noqa: BLE001
-            return {}
-
-    def _run(self) -> None:
-        import psutil
-
-        psutil.cpu_percent(percpu=True)
-        last_disk = psutil.disk_io_counters()
-        last_net = psutil.net_io_counters()
-        last_t = time.time()
-        while not self._stop.wait(self.interval):
-            now = time.time()
-            dt = max(now - last_t, 1e-6)
-            per_core = psutil.cpu_percent(percpu=True)
-            times = psutil.cpu_times_percent()
-            disk = psutil.disk_io_counters()
-            net = psutil.net_io_counters()
-            sample: dict[str, Any] = {
-                "t": now, "cpu": sum(per_core) / max(len(per_core), 1), "cpu_per_core": per_core,
-                "memory": psutil.virtual_memory().percent, "iowait": getattr(times, "iowait", 0.0),
-            }
-            if disk is not None and last_disk is not None:
-                sample["disk_read"] = (disk.read_bytes - last_disk.read_bytes) / dt
-                sample["disk_write"] = (disk.write_bytes - last_disk.write_bytes) / dt
-            if net is not None and last_net is not None:
-                sample["net_recv"] = (net.bytes_recv - last_net.bytes_recv) / dt
-                sample["net_sent"] = (net.bytes_sent - last_net.bytes_sent) / dt
-            sample.update(self._gpu())
-            self.samples.append(sample)
-            last_disk, last_net, last_t = disk, net, now
-
-
-class TorchProfilerCallback(Callback):
-    """Profiles a window of train steps with ``torch.profiler``: a Chrome trace and the top operators.
-
-    Args:
-        debug_dir: The ``debug/`` folder of the job's output.
-        start_step: First train step recorded.
-        num_steps: Number of train steps recorded.
-        top: How many operators ``top_operators.json`` keeps.
-    """
-
-    def __init__(self, debug_dir: Path, start_step: int = 5, num_steps: int = 3, top: int = 25) -> None:
-        self.debug_dir = Path(debug_dir)
-        self.start_step = start_step
-        self.num_steps = num_steps
-        self.top = top
-        self._prof: Any = None
-        self._done = False
-        self._recorded = 0
-
-    def on_step_begin(self, ctx: TrainingContext, mode: str, step: int) -> None:
-        """Start recording at ``start_step``."""
-        if self._done or self._prof is not None or mode != "train" or step < self.start_step or self.num_steps < 1:
-            return
-        import torch
-        from torch.profiler import ProfilerActivity, profile
-
-        activities = [ProfilerActivity.CPU]
-        if torch.cuda.is_available():
-            activities.append(ProfilerActivity.CUDA)
-        self._prof = profile(activities=activities, record_shapes=False)
-        self._prof.__enter__()
-
-    def on_step_end(self, ctx: TrainingContext, info: StepInfo) -> None:
-        """Stop after ``num_steps`` train steps and write the results."""
-        if self._prof is None or info.mode != "train":
-            return
-        self._recorded += 1
-        if self._recorded >= self.num_steps:
-            self._finish()
-
-    def on_train_end(self, ctx: TrainingContext, metrics: dict[str, float]) -> None:
-        """Write what was recorded if training ended inside the window."""
-        if self._prof is not None:
-            self._finish()
-
-    def _finish(self) -> None:
-        prof, self._prof, self._done = self._prof, None, True
-        prof.__exit__(None, None, None)
-        self.debug_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.debug_dir / ".trace.json.tmp"
-        prof.export_chrome_trace(str(tmp))
-        os.replace(tmp, self.debug_dir / "trace.json")
-        rows = []
-        for evt in prof.key_averages():
-            rows.append({
-                "name": evt.key, "count": int(evt.count),
-                "self_cpu_time_us": float(evt.self_cpu_time_total), "cpu_time_us": float(evt.cpu_time_total),
-                "self_device_time_us": float(getattr(evt, "self_device_time_total", 0.0) or 0.0),
-            })
-        rows.sort(key=lambda r: r["self_cpu_time_us"], reverse=True)
-        write_json(self.debug_dir / "top_operators.json",
-                   {"steps": self._recorded, "start_step": self.start_step, "operators": rows[: self.top]})
 
 
 class RuleCallback(Callback):

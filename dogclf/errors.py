@@ -142,7 +142,7 @@ class CorruptImageError(DataError):
 
     ``code`` says why, in the words the inference handler answers with: ``"corrupt_image"`` (truncated or
     damaged), ``"unsupported_image"`` (not an image), ``"empty_image"``, ``"image_too_large"`` (over the pixel
-    limit), ``"animated_image"`` (refused where one still frame is expected) or ``"image_too_small"``.
+    limit) or ``"animated_image"`` (refused where one still frame is expected).
     """
 
     def __init__(self, message: str, paths: list[str] | tuple[str, ...] = (), *, code: str = "corrupt_image") -> None:

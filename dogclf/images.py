@@ -9,7 +9,8 @@ From an encoded photo (a path, bytes or a file object), a PIL image, a NumPy arr
    ``preprocess.crop`` square (torchvision's ``Resize`` and ``CenterCrop`` arithmetic).
 3. :func:`to_uint8_chw`: a ``uint8`` tensor ``(3, crop, crop)``. Steps 1-3 are :func:`load_image`.
 4. :func:`normalize` / :class:`Normalizer`: ``(x - 255 mean) / (255 std)`` in float32, on NumPy arrays (the
-   handler) or tensors on any device (training). Both give the same bits.
+   handler) or tensors on any device (training). On the CPU both give the same bits (a test checks every pixel
+   value).
 
 Training calls ``load_image(path, preprocess)`` in its DataLoader workers and a :class:`Normalizer` on its device;
 the inference handler calls the same :func:`load_image` and :func:`normalize`, so a photo reaches the network
@@ -17,13 +18,9 @@ with the same numbers at training and at serving time. :data:`PIPELINE` names th
 
 Example:
     >>> import numpy as np
-    >>> from dogclf.images import Preprocess, load_image, normalize
-    >>> photo = np.full((300, 400, 3), 128, np.uint8)
-    >>> pixels = load_image(photo, Preprocess(resize=64, crop=56))
-    >>> tuple(pixels.shape), str(pixels.dtype)
-    ((3, 56, 56), 'torch.uint8')
-    >>> normalize(pixels.numpy()).shape
-    (3, 56, 56)
+    >>> pixels = load_image(np.full((300, 400, 3), 128, np.uint8), Preprocess(resize=64, crop=56))
+    >>> tuple(pixels.shape), str(pixels.dtype), normalize(pixels.numpy()).dtype.name
+    ((3, 56, 56), 'torch.uint8', 'float32')
 """
 
 from __future__ import annotations
@@ -42,27 +39,9 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-__all__ = [
-    "IMAGE_SUFFIXES",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
-    "MAX_IMAGE_PIXELS",
-    "PIPELINE",
-    "INTERPOLATIONS",
-    "Preprocess",
-    "is_image_file",
-    "decode_image",
-    "verify_image",
-    "to_rgb",
-    "resize_crop",
-    "to_uint8_chw",
-    "load_image",
-    "normalize",
-    "Normalizer",
-    "preprocess_image",
-    "collate",
-    "ImageTransform",
-]
+__all__ = ["IMAGE_SUFFIXES", "IMAGENET_MEAN", "IMAGENET_STD", "MAX_IMAGE_PIXELS", "PIPELINE", "INTERPOLATIONS",
+           "Preprocess", "is_image_file", "decode_image", "verify_image", "to_rgb", "resize_crop", "to_uint8_chw",
+           "load_image", "normalize", "Normalizer", "preprocess_image", "collate", "ImageTransform"]
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
 """File suffixes (lower case) treated as photos everywhere: staging, training, prediction of folders."""
@@ -85,8 +64,6 @@ INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
 
 _SIGNATURES = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
                (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
-_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
-_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 
 
 @dataclass(frozen=True)
@@ -101,8 +78,7 @@ class Preprocess:
         mean: Per-channel mean subtracted after scaling pixels to ``[0, 1]``.
         std: Per-channel standard deviation divided by.
 
-    Raises:
-        ConfigError: a value is out of range or of the wrong type; the message names it.
+    Raises ConfigError when a value is out of range or of the wrong type; the message names it.
     """
 
     resize: int = 256
@@ -164,15 +140,19 @@ def _known_format(data: bytes) -> str | None:
 
 
 def _fail(message: str, code: str, path: str | None) -> CorruptImageError:
-    if path is not None:
-        return CorruptImageError(f"cannot decode image {path!r}: {message}", [path], code=code)
-    return CorruptImageError(message, code=code)
+    named = f"cannot decode image {path!r}: {message}" if path is not None else message
+    return CorruptImageError(named, [path] if path is not None else [], code=code)
 
 
-def _open(data: bytes, *, max_pixels: int, allow_animated: bool, what: str, path: str | None) -> Image.Image:
-    """``Image.open`` with the checks: readable, has pixels, not too large, not animated (unless allowed)."""
+def _open(source: Any, max_pixels: int | None, allow_animated: bool, what: str | None
+          ) -> tuple[Image.Image, str | None]:
+    """``Image.open`` with the checks (readable, has pixels, not too large, not animated unless allowed), and the
+    source's path if it is a file."""
     from PIL import Image, UnidentifiedImageError
 
+    data, path = _read(source)
+    what = what or ("the file" if path is not None else "the image data")
+    max_pixels = max_pixels or MAX_IMAGE_PIXELS
     if not data:
         raise _fail(f"{what} is empty; expected the bytes of a JPEG, PNG, GIF, BMP, TIFF or WebP image",
                     "empty_image", path)
@@ -201,7 +181,19 @@ def _open(data: bytes, *, max_pixels: int, allow_animated: bool, what: str, path
     if frames > 1 and not allow_animated:
         raise _fail(f"the image is animated ({image.format}, {frames} frames); send one still frame",
                     "animated_image", path)
-    return image
+    return image, path
+
+
+def _load(image: Image.Image, path: str | None) -> None:
+    """Decode the pixels (and the EXIF block exif_transpose reads); truncated or damaged data is refused."""
+    from PIL import Image
+
+    try:
+        image.load()
+        image.getexif()
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise _fail(f"the {image.format or 'image'} data is truncated or corrupt: {exc}", "corrupt_image",
+                    path) from exc
 
 
 def _read(source: Any) -> tuple[bytes, str | None]:
@@ -215,7 +207,8 @@ def _read(source: Any) -> tuple[bytes, str | None]:
             raise DataNotFoundError(f"image file {path!r} does not exist") from None
     if isinstance(source, (bytes, bytearray, memoryview)):
         return bytes(source), None
-    return source.read(), getattr(source, "name", None) if isinstance(getattr(source, "name", None), str) else None
+    name = getattr(source, "name", None)
+    return source.read(), name if isinstance(name, str) else None
 
 
 def _from_array(array: Any) -> Image.Image:
@@ -275,19 +268,11 @@ def decode_image(source: Any, *, draft_size: int | None = None, max_pixels: int 
     if not isinstance(source, (str, os.PathLike, bytes, bytearray, memoryview)) and not hasattr(source, "read"):
         raise ConfigError(f"cannot read an image from {type(source).__name__}; expected a path, bytes, a file "
                           "object, a PIL image, a NumPy array or a tensor")
-    data, path = _read(source)
-    what = what or ("the file" if path is not None else "the image data")
-    image = _open(data, max_pixels=max_pixels or MAX_IMAGE_PIXELS, allow_animated=allow_animated, what=what,
-                  path=path)
+    image, path = _open(source, max_pixels, allow_animated, what)
     if draft_size and image.format == "JPEG":
         image.draft(image.mode, (draft_size, draft_size))  # only scales: the mode stays
-    try:
-        image.load()
-        image = ImageOps.exif_transpose(image) or image
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise _fail(f"the {image.format or 'image'} data is truncated or corrupt: {exc}", "corrupt_image",
-                    path) from exc
-    return to_rgb(image)
+    _load(image, path)
+    return to_rgb(ImageOps.exif_transpose(image) or image)
 
 
 def verify_image(source: Any, *, max_pixels: int | None = None) -> tuple[int, int]:
@@ -300,19 +285,11 @@ def verify_image(source: Any, *, max_pixels: int | None = None) -> tuple[int, in
     Raises:
         CorruptImageError: as :func:`decode_image`.
     """
-    from PIL import Image
-
-    data, path = _read(source)
-    image = _open(data, max_pixels=max_pixels or MAX_IMAGE_PIXELS, allow_animated=True,
-                  what="the file" if path is not None else "the image data", path=path)
+    image, path = _open(source, max_pixels, True, None)
     size = image.size
     if image.format == "JPEG":
         image.draft(image.mode, (max(1, size[0] // 8), max(1, size[1] // 8)))
-    try:
-        image.load()
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise _fail(f"the {image.format or 'image'} data is truncated or corrupt: {exc}", "corrupt_image",
-                    path) from exc
+    _load(image, path)
     return size
 
 
@@ -327,14 +304,14 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
         mode = image.mode
-    if mode in _WIDE_MODES:
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         array = np.asarray(image, dtype=np.float64)
         peak = 65535.0 if mode.startswith("I;16") or array.max(initial=0) > 255 else 255.0
         if mode == "F" and array.max(initial=0) <= 1.0:
             peak = 1.0
         array = np.clip(array * (255.0 / peak), 0, 255).round().astype(np.uint8)
         return Image.fromarray(array, "L").convert("RGB")
-    if mode in _ALPHA_MODES:
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
@@ -358,18 +335,16 @@ def resize_crop(image: Image.Image, resize: int, crop: int, *, interpolation: st
     becomes ``int(resize * long / short)``, the crop's corner is ``round((size - crop) / 2)``.
 
     Raises:
-        CorruptImageError: the resized image is smaller than ``crop`` (``"image_too_small"``; only possible when
-            ``crop > resize``).
+        ConfigError: ``crop > resize`` (torchvision would pad; the short side is ``resize`` and the long side longer).
     """
+    if crop > resize:
+        raise ConfigError(f"crop {crop} is larger than resize {resize}; the centre crop must fit the resized image")
     width, height = image.size
     short, long = (width, height) if width <= height else (height, width)
     new_short, new_long = resize, int(resize * long / short)
     new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
     if (new_w, new_h) != (width, height):
         image = image.resize((new_w, new_h), _resampling(interpolation))
-    if new_w < crop or new_h < crop:  # torchvision pads; only possible when crop > resize
-        raise CorruptImageError(f"image of {new_w}x{new_h} after resizing is smaller than the {crop}px crop",
-                                code="image_too_small")
     top = int(round((new_h - crop) / 2.0))
     left = int(round((new_w - crop) / 2.0))
     return image.crop((left, top, left + crop, top + crop))
@@ -396,9 +371,7 @@ def load_image(source: Any, preprocess: Preprocess | dict[str, Any] | None = Non
         preprocess: The artifact's :class:`Preprocess` (or its dict form); ``None`` for the defaults.
         crop: Crop side instead of ``preprocess.crop`` (training keeps ``resize``-sized squares for random crops).
         interpolation: One of :data:`INTERPOLATIONS`.
-        max_pixels: See :func:`decode_image`.
-        allow_animated: See :func:`decode_image`.
-        what: See :func:`decode_image`.
+        max_pixels, allow_animated, what: As for :func:`decode_image`.
 
     Returns:
         A contiguous ``uint8`` tensor ``(3, crop, crop)``; :func:`normalize` or a :class:`Normalizer` makes it the
@@ -410,12 +383,8 @@ def load_image(source: Any, preprocess: Preprocess | dict[str, Any] | None = Non
     pre = Preprocess.coerce(preprocess)
     image = decode_image(source, draft_size=pre.resize, max_pixels=max_pixels, allow_animated=allow_animated,
                          what=what)
-    path = os.fspath(source) if isinstance(source, (str, os.PathLike)) else None
-    try:
-        image = resize_crop(image, pre.resize, pre.crop if crop is None else crop, interpolation=interpolation)
-    except CorruptImageError as exc:
-        raise _fail(str(exc), exc.code, path) from None
-    return to_uint8_chw(image)
+    return to_uint8_chw(resize_crop(image, pre.resize, pre.crop if crop is None else crop,
+                                    interpolation=interpolation))
 
 
 # -- normalisation -----------------------------------------------------------------------------------------------
@@ -431,8 +400,9 @@ def _scale(mean: Sequence[float], std: Sequence[float]) -> tuple[np.ndarray, np.
 class Normalizer:
     """Turns ``uint8`` images ``(3, H, W)`` or ``(N, 3, H, W)`` into normalised float32 on a device.
 
-    ``x -> (x - 255 mean) / (255 std)``: one subtraction and one division in float32, so NumPy, CPU and CUDA give
-    the same bits (:func:`normalize` is this on NumPy arrays or tensors where they are).
+    ``x -> (x - 255 mean) / (255 std)``: one correctly rounded float32 subtraction and division, so NumPy and CPU
+    tensors give the same bits (checked for every pixel value; IEEE arithmetic on CUDA should too, unchecked);
+    :func:`normalize` is this on NumPy arrays, or on tensors where they are.
 
     Args:
         mean: Per-channel mean (a :class:`Preprocess` may be passed instead, then ``std`` is taken from it).
@@ -464,7 +434,7 @@ def normalize(images: Any, preprocess: Preprocess | dict[str, Any] | None = None
     """Normalise ``uint8`` images ``(3, H, W)`` or ``(N, 3, H, W)``: a NumPy array in, float32 NumPy out (no torch
     work, for the handler's worker threads); a tensor in, a float32 tensor out on its device.
 
-    Same arithmetic, same bits as :class:`Normalizer`.
+    Same arithmetic, same bits as :class:`Normalizer` on the CPU.
     """
     import numpy as np
 
@@ -491,12 +461,8 @@ def collate(sources: Iterable[Any], preprocess: Preprocess | dict[str, Any] | No
             map_fn: Callable[..., Iterable[Any]] = map, **options: Any) -> np.ndarray:
     """Decode many photos into one normalised float32 batch ``(N, 3, crop, crop)``.
 
-    Args:
-        sources: What :func:`load_image` reads, one per image.
-        preprocess: The artifact's :class:`Preprocess`.
-        map_fn: How to map over ``sources``: :func:`map`, or ``executor.map`` to decode on threads (Pillow
-            releases the GIL).
-        **options: For :func:`load_image`.
+    ``map_fn`` maps :func:`load_image` (given ``preprocess`` and ``options``) over ``sources``: :func:`map`, or
+    ``executor.map`` to decode on threads (Pillow releases the GIL).
 
     Raises:
         CorruptImageError: an image does not decode (the first failure).
@@ -526,15 +492,7 @@ class ImageTransform:
                  interpolation: str = "bilinear") -> None:
         self.preprocess = Preprocess.coerce(preprocess)
         self.interpolation = interpolation
-        self._normalizer: Normalizer | None = None
 
     def __call__(self, source: Any) -> torch.Tensor:
         """The normalised ``(3, crop, crop)`` tensor for one photo."""
-        if self._normalizer is None:
-            self._normalizer = Normalizer(self.preprocess)
-        return self._normalizer(load_image(source, self.preprocess, interpolation=self.interpolation))
-
-    def __repr__(self) -> str:
-        p = self.preprocess
-        return (f"ImageTransform(resize={p.resize}, crop={p.crop}, mean={p.mean}, std={p.std}, "
-                f"interpolation={self.interpolation!r})")
+        return normalize(load_image(source, self.preprocess, interpolation=self.interpolation), self.preprocess)

@@ -49,8 +49,8 @@ class BreedScore:
 
 
 @dataclass(frozen=True)
-class Prediction:
-    """The most likely breed of one photo and the ``k`` best.
+class Prediction(BreedScore):
+    """The most likely breed of one photo (its :class:`BreedScore`) and the ``k`` best.
 
     Attributes:
         breed: The most likely breed.
@@ -60,18 +60,14 @@ class Prediction:
         top_k: The ``k`` most likely breeds, best first (``top_k[0]`` is the breed above).
     """
 
-    breed: str
-    display_name: str
-    index: int
-    probability: float
-    top_k: tuple[BreedScore, ...]
+    top_k: tuple[BreedScore, ...] = ()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Prediction:
         """From one entry of the handler's JSON ``predictions`` list."""
-        ranked = tuple(BreedScore.from_dict(item) for item in data["top_k"])
-        return cls(str(data["breed"]), str(data["display_name"]), int(data["index"]), float(data["probability"]),
-                   ranked)
+        best = BreedScore.from_dict(data)
+        return cls(best.breed, best.display_name, best.index, best.probability,
+                   tuple(BreedScore.from_dict(item) for item in data["top_k"]))
 
     def __str__(self) -> str:
         return f"{self.display_name} ({self.probability:.1%})"

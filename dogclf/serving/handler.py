@@ -35,15 +35,11 @@ status rather than 500.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import io
 import json
 import logging
 import os
-import re
 import threading
-from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,10 +48,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from dogclf import images
-from dogclf.errors import ArtifactError, CorruptImageError, InvalidRequestError
+from dogclf.errors import ArtifactError
 from dogclf.images import IMAGENET_MEAN, IMAGENET_STD, MAX_IMAGE_PIXELS, Preprocess
 from dogclf.labels import BreedLabels
+from dogclf.serving._request import (MAX_BATCH, b64_field, check_array, decode_npy, k_from_context, media_type,
+                                     parse_k, photo_batch, request_error)
 
 __all__ = [
     "IMAGE_CONTENT_TYPES",
@@ -92,46 +89,6 @@ ACCEPT_TYPES = (JSON_CONTENT_TYPE, NPY_CONTENT_TYPE)
 """Every response type :func:`output_fn` produces."""
 DEFAULT_K = 5
 """How many breeds a response lists when the request does not say."""
-MAX_BATCH = int(os.environ.get("DOGCLF_MAX_REQUEST_BATCH", 64))
-"""The most images one request may carry (an ``(N, 3, H, W)`` array or a JSON ``images`` list)."""
-
-_CUSTOM_ATTRIBUTES = "x-amzn-sagemaker-custom-attributes"
-_FLOAT_DTYPES = (np.float16, np.float32, np.float64)
-
-
-# -- errors -----------------------------------------------------------------------------------------------------
-def _toolkit_error_class() -> type[InvalidRequestError]:
-    """:class:`InvalidRequestError`, also a ``BaseInferenceToolkitError`` where the SageMaker toolkit is installed."""
-    try:
-        from sagemaker_inference.errors import BaseInferenceToolkitError
-    except ImportError:
-        return InvalidRequestError
-
-    class ToolkitRequestError(InvalidRequestError, BaseInferenceToolkitError):
-        """An :class:`InvalidRequestError` the SageMaker inference toolkit answers with its own status code."""
-
-        def __init__(self, message: str, *, code: str = "bad_request", status_code: int = 400) -> None:
-            InvalidRequestError.__init__(self, message, code=code, status_code=status_code)
-            # BaseInferenceToolkitError's fields: the toolkit answers `status_code` with `phrase` as reason.
-            self.message = json.dumps({"error": code, "message": message})
-            self.phrase = code
-
-    return ToolkitRequestError
-
-
-_RequestError = _toolkit_error_class()
-
-
-def request_error(message: str, code: str, status_code: int = 400) -> InvalidRequestError:
-    """Build the :class:`~dogclf.errors.InvalidRequestError` this handler raises for a bad request.
-
-    Args:
-        message: What is wrong, naming the bad value and what was expected.
-        code: Short machine-readable name of the problem.
-        status_code: HTTP status (4xx).
-    """
-    return _RequestError(message, code=code, status_code=status_code)
-
 
 # -- the model --------------------------------------------------------------------------------------------------
 @dataclass
@@ -229,124 +186,6 @@ class InferenceOutput:
     labels: BreedLabels
 
 
-def _media_type(content_type: str | None) -> tuple[str, dict[str, str]]:
-    if not content_type:
-        return "", {}
-    main, *params = content_type.split(";")
-    options = {}
-    for param in params:
-        key, _, value = param.partition("=")
-        options[key.strip().lower()] = value.strip().strip('"')
-    return main.strip().lower(), options
-
-
-def parse_k(value: Any, source: str = "k") -> int:
-    """Validate a requested ``k``: a positive int (or a string of one); the upper bound is checked later.
-
-    Raises:
-        InvalidRequestError: ``value`` is not a positive integer (code ``"bad_k"``).
-    """
-    if isinstance(value, bool):
-        raise request_error(f"{source} must be a positive integer, got {value!r}", "bad_k")
-    if isinstance(value, str):
-        if not re.fullmatch(r"\s*\+?\d{1,9}\s*", value):
-            raise request_error(f"{source} must be a positive integer, got {value!r}", "bad_k")
-        value = int(value)
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if not isinstance(value, int) or value < 1:
-        raise request_error(f"{source} must be a positive integer, got {value!r}", "bad_k")
-    return value
-
-
-def _headers_from_context(context: Any) -> dict[str, str]:
-    """Request headers from a SageMaker model-server context (or the local server's stand-in), lower-cased."""
-    if context is None:
-        return {}
-    try:
-        props = context.request_processor[0].get_request_properties()
-    except (AttributeError, IndexError, TypeError):
-        return {}
-    return {str(key).lower(): str(value) for key, value in dict(props or {}).items()}
-
-
-def _k_from_context(context: Any) -> int | None:
-    """``k`` from dogclf's own servers (the context's ``k``), else from SageMaker's custom attributes header."""
-    k = getattr(context, "k", None)
-    if k is not None:
-        return parse_k(k)
-    attributes = _headers_from_context(context).get(_CUSTOM_ATTRIBUTES)
-    if attributes:
-        for item in re.split(r"[,;]", attributes):
-            key, sep, value = item.partition("=")
-            if sep and key.strip().lower() in ("k", "top_k", "topk"):
-                return parse_k(value.strip(), "custom attribute k")
-    return None
-
-
-_IMAGE_STATUS = {"unsupported_image": 415, "image_too_large": 413}
-
-
-def _photos(bodies: Iterable[bytes], preprocess: Preprocess) -> np.ndarray:
-    """Encoded photos to the normalised float32 batch ``(N, 3, crop, crop)`` with :mod:`dogclf.images` (the
-    training entry point's decoding); a bad photo is answered with a 4xx request error."""
-    def check(data: bytes) -> bytes:
-        if not data:
-            raise request_error("the request body is empty; expected the bytes of a JPEG or PNG photo",
-                                "empty_body")
-        return data
-
-    try:
-        return images.collate(map(check, bodies), preprocess, max_pixels=MAX_IMAGE_PIXELS, allow_animated=False,
-                              what="the body")
-    except CorruptImageError as exc:
-        raise request_error(str(exc), exc.code, _IMAGE_STATUS.get(exc.code, 400)) from exc
-
-
-def _check_array(array: Any, crop: int | None, source: str) -> np.ndarray:
-    if not isinstance(array, np.ndarray):
-        raise request_error(f"{source} must be an array, got {type(array).__name__}", "bad_array")
-    if array.dtype.type not in _FLOAT_DTYPES:
-        raise request_error(f"{source} has dtype {array.dtype}; expected float32 (or float16/float64) "
-                            "preprocessed pixels", "bad_dtype")
-    if array.ndim == 3:
-        array = array[None]
-    size = crop or (array.shape[-1] if array.ndim == 4 else 224)
-    expected = f"(3, {size}, {size}) or (N, 3, {size}, {size})"
-    if array.ndim != 4 or array.shape[1:] != (3, size, size) or array.shape[0] < 1:
-        raise request_error(f"{source} has shape {tuple(array.shape)}; expected {expected}", "bad_shape")
-    if array.shape[0] > MAX_BATCH:
-        raise request_error(f"{source} holds {array.shape[0]} images; at most {MAX_BATCH} per request",
-                            "batch_too_large", 413)
-    if not np.isfinite(array).all():
-        raise request_error(f"{source} contains NaN or infinite values", "bad_array")
-    return np.ascontiguousarray(array, dtype=np.float32)
-
-
-def _decode_npy(data: bytes, crop: int | None) -> np.ndarray:
-    if not data:
-        raise request_error("the request body is empty; expected a .npy array", "empty_body")
-    try:
-        array = np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise request_error(f"the body is not a readable .npy array (pickled object arrays are refused): {exc}",
-                            "bad_npy") from exc
-    if isinstance(array, np.lib.npyio.NpzFile):  # pragma: no cover - np.load of .npz
-        raise request_error("the body is an .npz archive; send one .npy array", "bad_npy")
-    return _check_array(array, crop, "the .npy array")
-
-
-def _b64(value: Any, where: str) -> bytes:
-    if not isinstance(value, str):
-        raise request_error(f"{where} must be a base64 string, got {type(value).__name__}", "bad_json")
-    if value.startswith("data:"):
-        value = value.partition(",")[2]
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise request_error(f"{where} is not valid base64: {exc}", "bad_json") from exc
-
-
 def input_fn(request_body: bytes | str, content_type: str | None, context: Any = None) -> InferenceInput:
     """Decode and validate one request into preprocessed tensors.
 
@@ -366,14 +205,14 @@ def input_fn(request_body: bytes | str, content_type: str | None, context: Any =
     served = getattr(context, "served_model", None)  # dogclf's own servers name the model; SageMaker's cannot
     preprocess = served.preprocess if served is not None else _PREPROCESS.get("current") or Preprocess()
     crop = preprocess.crop
-    media, _ = _media_type(content_type)
-    k = _k_from_context(context)
+    media, _ = media_type(content_type)
+    k = k_from_context(context)
     body = request_body.encode("utf-8") if isinstance(request_body, str) else bytes(request_body or b"")
 
     if media in IMAGE_CONTENT_TYPES:
-        array = _photos([body], preprocess)
+        array = photo_batch([body], preprocess)
     elif media == NPY_CONTENT_TYPE:
-        array = _decode_npy(body, crop)
+        array = decode_npy(body, crop)
     elif media == JSON_CONTENT_TYPE:
         if not body.strip():
             raise request_error("the request body is empty; expected a JSON object", "empty_body")
@@ -392,7 +231,7 @@ def input_fn(request_body: bytes | str, content_type: str | None, context: Any =
                                 f"(got keys {sorted(doc)})", "bad_json")
         key = keys[0]
         if key == "image":
-            array = _photos([_b64(doc["image"], "JSON field image")], preprocess)
+            array = photo_batch([b64_field(doc["image"], "JSON field image")], preprocess)
         elif key == "images":
             photos = doc["images"]
             if not isinstance(photos, list) or not photos:
@@ -400,14 +239,14 @@ def input_fn(request_body: bytes | str, content_type: str | None, context: Any =
             if len(photos) > MAX_BATCH:
                 raise request_error(f"JSON field images holds {len(photos)} images; at most {MAX_BATCH}",
                                     "batch_too_large", 413)
-            array = _photos((_b64(item, f"images[{i}]") for i, item in enumerate(photos)), preprocess)
+            array = photo_batch((b64_field(item, f"images[{i}]") for i, item in enumerate(photos)), preprocess)
         else:
             try:
                 array = np.asarray(doc[key], dtype=np.float32)
             except (ValueError, TypeError) as exc:
                 raise request_error(f"JSON field {key} is not a rectangular array of numbers: {exc}",
                                     "bad_shape") from exc
-            array = _check_array(array, crop, f"JSON field {key}")
+            array = check_array(array, crop, f"JSON field {key}")
     elif not media:
         raise request_error(f"no Content-Type given; expected one of {', '.join(CONTENT_TYPES)}",
                             "unsupported_content_type", 415)
@@ -527,7 +366,7 @@ def output_fn(prediction: InferenceOutput, accept: str | None) -> tuple[bytes, s
         InvalidRequestError: nothing in ``accept`` is one of :data:`ACCEPT_TYPES` (406, ``"not_acceptable"``).
     """
     for item in (accept or "*/*").split(","):
-        media, _ = _media_type(item)
+        media, _ = media_type(item)
         if media in ("", "*/*", "application/*", JSON_CONTENT_TYPE):
             doc = {"k": prediction.k, "predictions": top_k(prediction.logits, prediction.labels, prediction.k)}
             return json.dumps(doc).encode("utf-8"), JSON_CONTENT_TYPE

@@ -151,6 +151,13 @@ class Registry(Generic[T]):
             if ep.name not in self._entries:  # in-process registration wins over the entry point
                 self._entries[ep.name] = _Lazy(ep.load, f"entry point {ep.value} in group {self.group!r}")
 
+    def refresh(self) -> None:
+        """Read the entry-point group again, adding plug-ins installed since the first look (entries stay)."""
+        with self._lock:
+            if self.group is not None:
+                self._entry_points_read = False
+                self._read_entry_points()
+
     def __contains__(self, name: object) -> bool:
         with self._lock:
             self._read_entry_points()

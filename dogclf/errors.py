@@ -11,7 +11,7 @@ Messages name the offending value and what was expected instead, e.g.::
     >>> get_labels("dogimages-134")
     Traceback (most recent call last):
     ...
-    dogclf.errors.UnknownLabelSetError: unknown label set 'dogimages-134'; registered: 'dogimages-133'
+    dogclf.errors.UnknownLabelSetError: unknown label set 'dogimages-134'; did you mean 'dogimages-133'?; ...
 """
 
 from __future__ import annotations
@@ -138,11 +138,17 @@ class DatasetLayoutError(DataError):
 
 
 class CorruptImageError(DataError):
-    """One or more image files cannot be decoded. ``paths`` lists them."""
+    """One or more images cannot be decoded. ``paths`` lists the files (when they are files).
 
-    def __init__(self, message: str, paths: list[str] | tuple[str, ...] = ()) -> None:
+    ``code`` says why, in the words the inference handler answers with: ``"corrupt_image"`` (truncated or
+    damaged), ``"unsupported_image"`` (not an image), ``"empty_image"``, ``"image_too_large"`` (over the pixel
+    limit) or ``"animated_image"`` (refused where one still frame is expected).
+    """
+
+    def __init__(self, message: str, paths: list[str] | tuple[str, ...] = (), *, code: str = "corrupt_image") -> None:
         super().__init__(message)
         self.paths = tuple(paths)
+        self.code = code
 
 
 class UnsafeArchiveError(DataError):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from dogclf.images import is_image_file
 from dogclf.serving import BreedPredictor, EndpointDeployer
 
 SEED_PHOTOS = Path(__file__).resolve().parents[1].parent / "shared" / "seed" / "test-photos-of-dogs"
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
 
     artifact = args.artifact or stand_in_model(args.out / "model")
     photos = args.photos or photos_folder(args.out)
-    first = sorted(f for f in photos.iterdir() if f.suffix.lower() in (".jpg", ".jpeg", ".png"))[0]
+    first = sorted(f for f in photos.iterdir() if is_image_file(f))[0]
 
     deployer = EndpointDeployer(max_batch_size=8, max_delay_ms=5)
     with deployer.deploy(artifact) as endpoint:     # deleted when the block ends

@@ -81,7 +81,7 @@ def test_broken_plugins_give_clear_errors(tmp_path, monkeypatch):
         class Incomplete:
             name = "incomplete"
     """)
-    with pytest.raises(BackendLoadError, match="'broken'.*failed to import"):
+    with pytest.raises(BackendLoadError, match="'broken' .entry point broken_backend:Missing.*failed to load"):
         get_backend("broken")
     (tmp_path / "thirdparty_backend-0.1.dist-info" / "entry_points.txt").write_text(
         "[dogclf.backends]\nincomplete = broken_backend:Incomplete\n")

@@ -17,7 +17,7 @@ import pytest
 from dogclf.debug import DebuggerConfig, RuleConfig
 from dogclf.debug.rules import (ProfileData, ProfilerRule, TensorRule, evaluate_profile, evaluate_trial, get_rule,
                                 list_rules, register_rule, unregister_rule)
-from dogclf.errors import ConfigError, DuplicateError, UnknownRuleError
+from dogclf.errors import ConfigError, DuplicateError, PluginLoadError, UnknownRuleError
 
 TENSOR_RULES = ["LossNotDecreasing", "Overfit", "VanishingGradient", "ExplodingTensor", "PoorWeightInitialization",
                 "WeightUpdateRatio", "ClassImbalance"]
@@ -243,6 +243,7 @@ def test_user_rule_registered_by_name_runs_like_a_builtin(runs):
 def test_register_rule_rejects_non_rules_and_plugins_load_from_entry_points(monkeypatch):
     from importlib.metadata import EntryPoint
 
+    import dogclf._registry as registry_mod
     import dogclf.debug.rules as rules_mod
 
     with pytest.raises(ConfigError, match="must subclass"):
@@ -262,10 +263,13 @@ def test_register_rule_rejects_non_rules_and_plugins_load_from_entry_points(monk
     monkeypatch.setitem(__import__("sys").modules, "dogclf_test_rule_plugin", module)
     eps = [EntryPoint("SlowSteps", "dogclf_test_rule_plugin:SlowSteps", "dogclf.rules"),
            EntryPoint("Broken", "dogclf_no_such_module:Rule", "dogclf.rules")]
-    monkeypatch.setattr(rules_mod, "entry_points", lambda group: eps if group == "dogclf.rules" else [])
-    monkeypatch.setattr(rules_mod, "_EPS_LOADED", False)
+    monkeypatch.setattr(registry_mod, "entry_points", lambda group: eps if group == "dogclf.rules" else [])
+    monkeypatch.setattr(rules_mod._RULES, "_entries", dict(rules_mod._RULES._entries))  # restored afterwards
+    rules_mod._RULES.refresh()
     try:
         assert "SlowSteps" in list_rules("profiler") and "Broken" not in list_rules()
+        with pytest.raises(PluginLoadError, match="'Broken' .entry point dogclf_no_such_module:Rule"):
+            get_rule("Broken")
         data = ProfileData(steps=[{"mode": "train", "step": 0, "data_time": 0.0, "compute_time": 2.0}])
         (f,) = evaluate_profile(data, ["SlowSteps"])
         assert f.triggered and f.evidence["compute_time"] == 2.0

@@ -96,3 +96,19 @@ def test_registry_reads_its_entry_point_group():
     assert reg.get("local").__name__ == "LocalBackend"
     reg.register("local", "mine", overwrite=True)  # in-process registration wins
     assert reg.get("local") == "mine"
+
+
+def test_registry_refresh_finds_plugins_installed_later(monkeypatch):
+    from importlib.metadata import EntryPoint
+
+    import dogclf._registry as registry_mod
+
+    found = [EntryPoint("first", "json:dumps", "dogclf.test-kind")]
+    monkeypatch.setattr(registry_mod, "entry_points", lambda group: list(found))
+    reg: Registry = Registry("thing", group="dogclf.test-kind")
+    assert reg.names() == ["first"]
+    found.append(EntryPoint("later", "json:loads", "dogclf.test-kind"))
+    assert reg.names() == ["first"]  # read once ...
+    reg.register("mine", 1)
+    reg.refresh()  # ... until asked again; what is registered stays
+    assert reg.names() == ["first", "later", "mine"] and reg.get("later") is json.loads

@@ -12,11 +12,10 @@ Every class that takes a ``backend=`` argument resolves it with :func:`get_backe
 
 from __future__ import annotations
 
-import logging
 import os
-from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
+from dogclf._registry import Registry
 from dogclf.backends.base import Backend
 from dogclf.errors import BackendLoadError, ConfigError, UnknownBackendError
 
@@ -28,23 +27,20 @@ ENTRY_POINT_GROUP = "dogclf.backends"
 DEFAULT_BACKEND = "local"
 """The backend used when none is named and ``DOGCLF_BACKEND`` is unset."""
 
-logger = logging.getLogger(__name__)
-
-
-def _entry_points() -> dict[str, EntryPoint]:
-    found: dict[str, EntryPoint] = {}
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in found and found[ep.name].value != ep.value:
-            logger.warning("backend %r is registered twice (%s and %s); using %s",
-                           ep.name, found[ep.name].value, ep.value, found[ep.name].value)
-            continue
-        found.setdefault(ep.name, ep)
-    return found
+_BACKENDS: Registry[Any] = Registry("backend", group=ENTRY_POINT_GROUP, unknown_error=UnknownBackendError,
+                                    load_error=BackendLoadError)
+"""Backend factories (classes) by name, from the entry-point group."""
 
 
 def list_backends() -> list[str]:
-    """Sorted names of the backends registered in the ``dogclf.backends`` entry-point group."""
-    return sorted(_entry_points())
+    """Sorted names of the backends registered in the ``dogclf.backends`` entry-point group (read afresh, so
+    backends installed since the last call are listed)."""
+    _BACKENDS.refresh()
+    return _BACKENDS.names()
+
+
+def _where(factory: Any) -> str:
+    return f"{getattr(factory, '__module__', '?')}:{getattr(factory, '__qualname__', type(factory).__qualname__)}"
 
 
 def get_backend(backend: str | Backend | None = None, **options: Any) -> Backend:
@@ -80,27 +76,19 @@ def get_backend(backend: str | Backend | None = None, **options: Any) -> Backend
             f"backend must be a registered name ({', '.join(map(repr, list_backends()))}), None, or an object "
             f"implementing dogclf.backends.Backend; got {type(backend).__name__}: {backend!r:.80}"
         )
-    eps = _entry_points()
-    if backend not in eps:
-        known = ", ".join(repr(n) for n in sorted(eps)) or "none"
-        raise UnknownBackendError(
-            f"unknown backend {backend!r}; registered in entry-point group {ENTRY_POINT_GROUP!r}: {known}"
-        )
-    ep = eps[backend]
-    try:
-        factory = ep.load()
-    except Exception as exc:  # an import error in a plug-in must not look like ours
-        raise BackendLoadError(f"backend {backend!r} ({ep.value}) failed to import: {type(exc).__name__}: {exc}") from exc
+    if backend not in _BACKENDS:
+        _BACKENDS.refresh()  # installed since the group was read
+    factory = _BACKENDS.get(backend)
     try:
         instance = factory(**options) if callable(factory) else factory
     except (TypeError, ValueError) as exc:
         if isinstance(exc, ConfigError):
             raise
-        raise BackendLoadError(f"backend {backend!r} ({ep.value}) could not be created with options "
+        raise BackendLoadError(f"backend {backend!r} ({_where(factory)}) could not be created with options "
                                f"{sorted(options)}: {exc}") from exc
     missing = [m for m in ("name", "train", "deploy") if not hasattr(instance, m)]
     if missing:
         raise BackendLoadError(
-            f"backend {backend!r} ({ep.value}) does not implement dogclf.backends.Backend: missing {missing}"
+            f"backend {backend!r} ({_where(factory)}) does not implement dogclf.backends.Backend: missing {missing}"
         )
     return instance

@@ -5,12 +5,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import shutil
 import stat
 import zipfile
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
+from dogclf._io import atomic_path
 from dogclf.errors import DataError, DataNotFoundError, UnsafeArchiveError
 
 __all__ = ["safe_extract", "check_archive", "zip_fingerprint", "DEFAULT_MAX_BYTES", "DEFAULT_MAX_ENTRIES"]
@@ -126,10 +126,7 @@ def safe_extract(archive: str | os.PathLike[str], dest: str | os.PathLike[str], 
     dest = Path(dest)
     if dest.exists():
         raise DataError(f"extraction target {str(dest)!r} already exists")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.extracting-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    with zf:
+    with zf, atomic_path(dest, fsync=False) as tmp:  # a folder: removed on any error
         _, total = _check(zf, path, max_bytes, max_entries)
         done = 0
         try:
@@ -156,20 +153,13 @@ def safe_extract(archive: str | os.PathLike[str], dest: str | os.PathLike[str], 
                         out.write(chunk)
                 if progress is not None:
                     progress(done, total)
-            os.replace(tmp, dest)
         except zipfile.BadZipFile as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
             raise DataError(f"archive {str(path)!r} is damaged: {exc}") from None
         except FileExistsError as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
             raise UnsafeArchiveError(f"archive {str(path)!r} holds a member twice: {exc.filename!r}") from None
         except (NotADirectoryError, IsADirectoryError) as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
             raise UnsafeArchiveError(
                 f"archive {str(path)!r} uses {exc.filename!r} both as a file and as a folder") from None
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     log.info("extracted %s (%d bytes) to %s", path, done, dest)
     return dest
 

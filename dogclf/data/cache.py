@@ -8,6 +8,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from dogclf.images import decode_image
+
 __all__ = ["build_cache", "resize_short_side"]
 
 log = logging.getLogger(__name__)
@@ -16,26 +18,24 @@ log = logging.getLogger(__name__)
 def resize_short_side(src: Path, dest: Path, short_side: int, quality: int = 90) -> int:
     """Write ``src`` to ``dest`` as an RGB JPEG whose shorter side is at most ``short_side``; return its size.
 
-    Larger images are downscaled (JPEG draft mode first, then a bilinear resize with ``reducing_gap``);
-    RGB JPEGs already small enough are copied byte for byte, anything else is re-encoded as RGB JPEG.
+    Decoded by :func:`dogclf.images.decode_image` (JPEG draft mode, EXIF orientation, RGB as training and serving
+    see it), larger images are downscaled with a bilinear resize (``reducing_gap``); RGB JPEGs already small enough
+    are copied byte for byte (their EXIF orientation with them), anything else is re-encoded as an upright RGB JPEG.
     """
     from PIL import Image
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     with Image.open(src) as im:
-        w, h = im.size
-        if min(w, h) <= short_side and im.format == "JPEG" and im.mode == "RGB":
+        if min(im.size) <= short_side and im.format == "JPEG" and im.mode == "RGB":
             shutil.copyfile(src, dest)
             return dest.stat().st_size
-        scale = short_side / min(w, h)
-        if scale < 1:
-            size = (max(1, round(w * scale)), max(1, round(h * scale)))
-            if im.format == "JPEG":
-                im.draft("RGB", size)  # let libjpeg skip detail at 1/2, 1/4 or 1/8 scale
-            out = im.convert("RGB").resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
-        else:
-            out = im.convert("RGB")
-        out.save(dest, "JPEG", quality=quality, optimize=True)
+    out = decode_image(src, draft_size=short_side)  # draft: libjpeg skips detail at 1/2, 1/4 or 1/8 scale
+    w, h = out.size
+    scale = short_side / min(w, h)
+    if scale < 1:
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        out = out.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+    out.save(dest, "JPEG", quality=quality, optimize=True)
     return dest.stat().st_size
 
 

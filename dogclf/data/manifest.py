@@ -4,39 +4,22 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from dogclf._io import atomic_write
 from dogclf.errors import ConfigError, DataNotFoundError
 from dogclf.labels import BreedLabels
 
-__all__ = ["Manifest", "ManifestEntry", "MANIFEST_NAME", "write_atomic"]
+__all__ = ["Manifest", "ManifestEntry", "MANIFEST_NAME"]
 
 MANIFEST_NAME = "manifest.json"
 """File name of the manifest at the root of a staged dataset (local folder or S3 prefix)."""
 
 _FORMAT = "dogclf.dataset_manifest/1"
-
-
-def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 @dataclass(frozen=True)
@@ -170,7 +153,7 @@ class Manifest:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the manifest to ``path`` atomically (temporary file, then rename)."""
-        return write_atomic(path, self.to_json())
+        return atomic_write(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Manifest:

@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from dogclf._io import atomic_write
 from dogclf.data.archive import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, safe_extract, zip_fingerprint
 from dogclf.data.fetch import ProgressCallback, download, sha256_file
-from dogclf.data.manifest import MANIFEST_NAME, Manifest, ManifestEntry, write_atomic
+from dogclf.data.manifest import MANIFEST_NAME, Manifest, ManifestEntry
 from dogclf.data.s3 import MIB, S3Location, parse_s3_uri
 from dogclf.data.synthetic import SPLITS
-from dogclf.data.validate import IMAGE_EXTENSIONS, check_files, find_dataset_root, match_labels, scan_layout
+from dogclf.data.validate import check_files, find_dataset_root, match_labels, scan_layout
 from dogclf.errors import (
     ChecksumMismatchError,
     ConfigError,
@@ -551,7 +552,7 @@ class DatasetStager:
 
     def _validate(self, data_root: Path, source_info: dict[str, Any]) -> Manifest:
         cfg = self.config
-        labels, layout = scan_layout(data_root, cfg.splits, IMAGE_EXTENSIONS)
+        labels, layout = scan_layout(data_root, cfg.splits)
         if cfg.labels is not None:
             match_labels(labels, cfg.labels, str(data_root))
             labels = BreedLabels(labels.names, name=cfg.labels.name)
@@ -603,7 +604,7 @@ class DatasetStager:
                 final = target / f"cache-{cfg.cache_short_side}"
                 shutil.rmtree(final, ignore_errors=True)
                 os.replace(cache_tmp, final)
-            write_atomic(target / LABELS_NAME, manifest.labels.to_json())
+            atomic_write(target / LABELS_NAME, manifest.labels.to_json())
             manifest.save(target / MANIFEST_NAME)
             self.__dict__["_manifest_"] = manifest
             return stats
@@ -632,7 +633,7 @@ class DatasetStager:
         if cfg.cache_short_side:
             stats["cache_bytes"], sizes = self._cache(manifest, src_root, stage / f"cache-{cfg.cache_short_side}")
             manifest = _with_cache(manifest, sizes)
-        write_atomic(stage / LABELS_NAME, manifest.labels.to_json())
+        atomic_write(stage / LABELS_NAME, manifest.labels.to_json())
         manifest.save(stage / MANIFEST_NAME)
         # swap into place: the old dataset (if any) is moved aside first, so the target is never half-written
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -17,13 +17,13 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from dogclf._io import atomic_path
 from dogclf.errors import ConfigError, DataError
 from dogclf.labels import DOGIMAGES_133, BreedLabels, get_labels
 
@@ -275,10 +275,9 @@ def make_synthetic_dataset(
             raise DataError(f"dataset root {str(root)!r} exists and is not a directory")
         if any(root.iterdir()) and not overwrite:
             raise DataError(f"dataset root {str(root)!r} is not empty; pass overwrite=True to replace it")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     counts: dict[str, dict[str, int]] = {}
-    try:
+    with atomic_path(root, fsync=False) as tmp:  # a folder: renamed into place when complete, removed on error
+        tmp.mkdir()
         for split_no, split in enumerate(splits):
             counts[split] = {}
             for class_index, folder in enumerate(labels.folder_names):
@@ -293,10 +292,6 @@ def make_synthetic_dataset(
         (tmp / _MARKER).write_text(json.dumps(params))
         if root.exists():
             shutil.rmtree(root)
-        os.replace(tmp, root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     total = sum(sum(c.values()) for c in counts.values())
     log.info("wrote %d synthetic images (%d classes, %s) to %s", total, n_classes, counts_per_split, root)
     return SyntheticDataset(root=root, labels=labels, counts=counts, image_size=image_size, seed=seed)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -11,15 +10,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from dogclf.errors import ConfigError, DataNotFoundError, DatasetLayoutError, LabelMismatchError
+from dogclf.errors import ConfigError, CorruptImageError, DataNotFoundError, DatasetLayoutError, LabelMismatchError
+from dogclf.images import IMAGE_SUFFIXES, verify_image
 from dogclf.labels import BreedLabels, normalize_breed
 
 __all__ = ["find_dataset_root", "scan_layout", "check_files", "FileCheck", "IMAGE_EXTENSIONS", "match_labels"]
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
-"""File extensions (lower case) treated as images; other files in class folders are ignored with a warning."""
+IMAGE_EXTENSIONS: tuple[str, ...] = IMAGE_SUFFIXES
+"""File extensions (lower case) treated as images (:data:`dogclf.images.IMAGE_SUFFIXES`); other files in class
+folders are ignored with a warning."""
 
 _IGNORED = {"__MACOSX", "Thumbs.db"}
 
@@ -145,21 +146,10 @@ def _check_one(path: Path, decode: bool) -> FileCheck:
     sha, md5 = hashlib.sha256(data).hexdigest(), hashlib.md5(data, usedforsecurity=False).hexdigest()
     error = None
     if decode:
-        from PIL import Image, ImageFile, UnidentifiedImageError
-
-        if ImageFile.LOAD_TRUNCATED_IMAGES:
-            log.debug("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set; truncated images may pass validation")
         try:
-            with Image.open(io.BytesIO(data)) as im:
-                if im.format == "JPEG":
-                    im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))  # decode at 1/8 scale
-                im.load()
-                if im.width < 1 or im.height < 1:
-                    error = "image has no pixels"
-        except UnidentifiedImageError:
-            error = "not an image PIL can identify"
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-            error = f"{type(exc).__name__}: {exc}"
+            verify_image(data)  # the checks training and serving decode with
+        except CorruptImageError as exc:
+            error = str(exc)
     return FileCheck(path, len(data), sha, md5, error)
 
 
@@ -167,9 +157,10 @@ def check_files(paths: Sequence[Path], *, decode: bool = True, workers: int = 4,
                 progress: Callable[[int, int], None] | None = None) -> list[FileCheck]:
     """Read every file once: size, sha256, MD5 and (with ``decode``) whether the image decodes fully.
 
-    JPEGs are decoded at 1/8 scale, which still reads every byte of the entropy-coded data, so truncated files
-    are caught at a fraction of the cost of a full decode. Files are processed by ``workers`` threads (hashing
-    and decoding release the GIL).
+    The decode check is :func:`dogclf.images.verify_image`, the checks training and serving decode with (JPEGs
+    at 1/8 scale, which still reads every byte of the entropy-coded data, so truncated files are caught at a
+    fraction of the cost of a full decode). Files are processed by ``workers`` threads (hashing and decoding
+    release the GIL).
 
     Returns:
         One :class:`FileCheck` per path, in the order given.

@@ -1,53 +1,25 @@
-"""Small file helpers: atomic JSON writes and reads."""
+"""Debugger output files: JSON and bytes written atomically (through :mod:`dogclf._io`), JSON read back."""
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _publish(tmp: str, path: Path) -> None:
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; readers expect ordinary permissions
-    os.replace(tmp, path)
+from dogclf._io import atomic_write, atomic_write_json
 
 
 def write_json(path: Path, data: Any) -> Path:
-    """Write ``data`` as JSON to ``path`` atomically (temp file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, default=str)
-        _publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``data`` as compact JSON to ``path`` atomically (values JSON cannot hold are written as ``str``).
+
+    Not fsync'ed: these files are rewritten often during training, and a crash only loses the latest samples.
+    """
+    return atomic_write_json(path, data, indent=None, default=str, fsync=False)
 
 
 def write_bytes(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        _publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``data`` to ``path`` atomically (not fsync'ed, like :func:`write_json`)."""
+    return atomic_write(path, data, fsync=False)
 
 
 def read_json(path: Path, default: Any = None) -> Any:

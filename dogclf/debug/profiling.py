@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dogclf._io import atomic_path
 from dogclf.training.callbacks import Callback, StepInfo, TrainingContext
 
 from ._io import write_json
@@ -222,10 +223,8 @@ class TorchProfilerCallback(Callback):
     def _finish(self) -> None:
         prof, self._prof, self._done = self._prof, None, True
         prof.__exit__(None, None, None)
-        self.debug_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.debug_dir / ".trace.json.tmp"
-        prof.export_chrome_trace(str(tmp))
-        os.replace(tmp, self.debug_dir / "trace.json")
+        with atomic_path(self.debug_dir / "trace.json") as tmp:
+            prof.export_chrome_trace(str(tmp))
         rows = []
         for evt in prof.key_averages():
             rows.append({

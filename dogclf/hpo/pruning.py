@@ -10,10 +10,11 @@ SageMaker's automatic early stopping and Optuna's :class:`~optuna.pruners.Median
 from __future__ import annotations
 
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from dogclf._registry import Registry
 from dogclf.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -21,10 +22,6 @@ if TYPE_CHECKING:
     from dogclf.hpo.trial import Trial
 
 __all__ = ["MedianStopping", "get_early_stopping", "EARLY_STOPPING"]
-
-EARLY_STOPPING = ("off", "auto")
-"""Early-stopping names an experiment accepts (SageMaker's ``"Off"`` and ``"Auto"``, in any case)."""
-
 
 @dataclass(frozen=True)
 class MedianStopping:
@@ -98,6 +95,14 @@ class MedianStopping:
         return cls(data.get("metric"), data.get("min_trials", 3), data.get("warmup_epochs", 1))
 
 
+_POLICIES: Registry[Callable[[], MedianStopping | None]] = Registry("early stopping", unknown_error=ConfigError)
+_POLICIES.register("off", lambda: None)
+_POLICIES.register("auto", MedianStopping)
+
+EARLY_STOPPING = ("off", "auto")
+"""Early-stopping names an experiment accepts (SageMaker's ``"Off"`` and ``"Auto"``, in any case)."""
+
+
 def get_early_stopping(value: str | MedianStopping | None | bool) -> MedianStopping | None:
     """Resolve an experiment's ``early_stopping`` argument.
 
@@ -109,9 +114,9 @@ def get_early_stopping(value: str | MedianStopping | None | bool) -> MedianStopp
     """
     if isinstance(value, MedianStopping):
         return value
-    if value is None or value is False or (isinstance(value, str) and value.lower() == "off"):
-        return None
-    if value is True or (isinstance(value, str) and value.lower() == "auto"):
-        return MedianStopping()
+    if value is None or isinstance(value, bool):
+        value = "auto" if value else "off"
+    if isinstance(value, str) and value.lower() in _POLICIES:
+        return _POLICIES.get(value.lower())()
     raise ConfigError(f"early_stopping must be one of {', '.join(map(repr, EARLY_STOPPING))} or a MedianStopping, "
                       f"got {value!r}")

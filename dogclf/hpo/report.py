@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 from typing import Any
 
+from dogclf._io import atomic_path
 from dogclf.hpo.space import Categorical
 from dogclf.hpo.state import ExperimentState
 
@@ -98,9 +98,6 @@ def plot_experiment(state: ExperimentState, path: str | os.PathLike[str] | None 
                    for s in seen]
         fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize="small")
     if path is not None:
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-        fig.savefig(tmp, format="png", dpi=100)
-        os.replace(tmp, target)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
     return fig

@@ -13,12 +13,12 @@ import json
 import logging
 import os
 import re
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dogclf._io import atomic_write_json
 from dogclf._paths import home
 from dogclf.errors import ConfigError, NotFoundError
 from dogclf.hpo.objective import Objective
@@ -72,7 +72,7 @@ def strategy_from_dict(data: dict[str, Any]) -> Strategy:
     """Inverse of :func:`strategy_to_dict` (imports a custom strategy's class from its module)."""
     name, options = data.get("name"), data.get("options") or {}
     if name in STRATEGIES and data.get("class", "").startswith("dogclf."):
-        return STRATEGIES[name](**options)
+        return STRATEGIES.get(name)(**options)
     module, _, qualname = str(data.get("class", "")).partition(":")
     try:
         obj: Any = importlib.import_module(module)
@@ -163,10 +163,7 @@ class ExperimentState:
         target = Path(path) if path is not None else self.path
         if target is None:
             raise ConfigError("ExperimentState.save needs a path the first time")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1, default=_json_default))
-        os.replace(tmp, target)
+        atomic_write_json(target, self.to_dict(), default=_json_default)
         self.path = target
         return target
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dogclf._registry import Registry
 from dogclf.errors import ConfigError
 from dogclf.hpo.space import Categorical, Continuous, Integer, SearchSpace
 
@@ -190,20 +191,23 @@ class BayesianStrategy(Strategy):
             optuna.logging.set_verbosity(verbosity)
 
 
-STRATEGIES: dict[str, type[Strategy]] = {"random": RandomStrategy, "bayesian": BayesianStrategy,
-                                         "grid": GridStrategy}
-"""The built-in strategies by name."""
+STRATEGIES: Registry[type[Strategy]] = Registry("strategy", unknown_error=ConfigError)
+"""The strategy classes by name (``"random"``, ``"bayesian"``, ``"grid"``); ``STRATEGIES.register("mine", Mine)``
+adds one."""
+for _cls in (RandomStrategy, BayesianStrategy, GridStrategy):
+    STRATEGIES.register(_cls.name, _cls)
 
 
 def get_strategy(strategy: str | Strategy) -> Strategy:
     """Resolve a strategy name (``"random"``, ``"bayesian"``, ``"grid"``, any case) or return a ready object.
 
     Raises:
-        ConfigError: an unknown name or a value that is neither a name nor a :class:`Strategy`.
+        ConfigError: an unknown name (the message lists the registered ones and the closest) or a value that is
+            neither a name nor a :class:`Strategy`.
     """
     if isinstance(strategy, Strategy):
         return strategy
-    if isinstance(strategy, str) and strategy.lower() in STRATEGIES:
-        return STRATEGIES[strategy.lower()]()
-    raise ConfigError(f"unknown strategy {strategy!r}; expected one of {', '.join(map(repr, STRATEGIES))} "
-                      f"or a dogclf.hpo.Strategy")
+    if not isinstance(strategy, str):
+        raise ConfigError(f"strategy must be a name ({', '.join(map(repr, STRATEGIES.names()))}) or a "
+                          f"dogclf.hpo.Strategy, got {type(strategy).__name__}: {strategy!r:.80}")
+    return STRATEGIES.get(strategy.lower())()

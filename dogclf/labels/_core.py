@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, overload
 
+from dogclf._io import atomic_write
 from dogclf.errors import ConfigError, DuplicateError, UnknownBreedError
 
 __all__ = ["BreedLabels", "parse_folder_name", "format_folder_name", "normalize_breed"]
@@ -316,11 +317,7 @@ class BreedLabels:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the JSON form to ``path`` atomically (a temporary file renamed into place) and return the path."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(self.to_json(indent=1), encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+        return atomic_write(path, self.to_json(indent=1))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> BreedLabels:

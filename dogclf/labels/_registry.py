@@ -1,14 +1,13 @@
-"""A process-wide registry of named label sets, with the dogImages 133-breed set built in."""
+"""A process-wide registry of named label sets (a :class:`~dogclf._registry.Registry`), with dogImages' 133 built in."""
 
 from __future__ import annotations
 
-import fnmatch
 import re
-import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from importlib import resources
 
-from dogclf.errors import ConfigError, DuplicateError, UnknownLabelSetError
+from dogclf._registry import Registry
+from dogclf.errors import ConfigError, UnknownLabelSetError
 from dogclf.labels._core import BreedLabels
 
 __all__ = ["register_labels", "get_labels", "list_labels", "unregister_labels", "DOGIMAGES_133"]
@@ -17,8 +16,6 @@ DOGIMAGES_133 = "dogimages-133"
 """Registry name of the 133 breeds of Udacity's dogImages dataset, in label order (``001.Affenpinscher`` first)."""
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
-_lock = threading.RLock()
-_registry: dict[str, BreedLabels | Callable[[], BreedLabels]] = {}
 
 
 def _load_dogimages() -> BreedLabels:
@@ -36,6 +33,16 @@ def _check_name(name: object) -> str:
     return name
 
 
+def _named(name: str, labels: BreedLabels | Iterable[str]) -> BreedLabels:
+    labels = labels if isinstance(labels, BreedLabels) else BreedLabels(labels)
+    return labels.with_name(name) if labels.name != name else labels
+
+
+_LABEL_SETS: Registry[BreedLabels] = Registry("label set", unknown_error=UnknownLabelSetError,
+                                              check_name=_check_name, check=_named)
+_LABEL_SETS.register_lazy(DOGIMAGES_133, _load_dogimages, source="dogclf/labels/data/dogimages_133.txt")
+
+
 def register_labels(name: str, labels: BreedLabels | Iterable[str], *, overwrite: bool = False) -> BreedLabels:
     """Register a label set under ``name`` so :func:`get_labels` finds it, and return it.
 
@@ -51,15 +58,7 @@ def register_labels(name: str, labels: BreedLabels | Iterable[str], *, overwrite
         ConfigError: ``name`` is malformed, or ``labels`` is empty or malformed.
         DuplicateError: ``name`` is taken and ``overwrite`` is false, or ``labels`` repeats a breed.
     """
-    _check_name(name)
-    if not isinstance(labels, BreedLabels):
-        labels = BreedLabels(labels)
-    labels = labels.with_name(name) if labels.name != name else labels
-    with _lock:
-        if name in _registry and not overwrite:
-            raise DuplicateError(f"a label set named {name!r} is already registered; pass overwrite=True to replace it")
-        _registry[name] = labels
-    return labels
+    return _LABEL_SETS.register(name, labels, overwrite=overwrite)
 
 
 def unregister_labels(name: str) -> None:
@@ -68,37 +67,18 @@ def unregister_labels(name: str) -> None:
     Raises:
         UnknownLabelSetError: nothing is registered under ``name``.
     """
-    with _lock:
-        if name not in _registry:
-            raise UnknownLabelSetError(_unknown(name))
-        del _registry[name]
+    _LABEL_SETS.unregister(name)
 
 
 def get_labels(name: str) -> BreedLabels:
     """The label set registered under ``name``, e.g. ``get_labels("dogimages-133")``.
 
     Raises:
-        UnknownLabelSetError: nothing is registered under ``name``; the message lists what is.
+        UnknownLabelSetError: nothing is registered under ``name``; the message lists what is and the closest names.
     """
-    with _lock:
-        entry = _registry.get(name) if isinstance(name, str) else None
-        if entry is None:
-            raise UnknownLabelSetError(_unknown(name))
-        if not isinstance(entry, BreedLabels):
-            entry = _registry[name] = entry()
-        return entry
+    return _LABEL_SETS.get(name)
 
 
 def list_labels(pattern: str | None = None) -> list[str]:
     """Sorted names of the registered label sets, filtered by a shell-style ``pattern`` (``"dogimages-*"``)."""
-    with _lock:
-        names = sorted(_registry)
-    return names if pattern is None else [n for n in names if fnmatch.fnmatchcase(n, pattern)]
-
-
-def _unknown(name: object) -> str:
-    known = ", ".join(repr(n) for n in list_labels()) or "none"
-    return f"unknown label set {name!r}; registered: {known}"
-
-
-_registry[DOGIMAGES_133] = _load_dogimages
+    return _LABEL_SETS.names(pattern)

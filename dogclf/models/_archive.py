@@ -13,6 +13,7 @@ import shutil
 import tarfile
 from pathlib import Path, PurePosixPath
 
+from dogclf._io import atomic_path
 from dogclf.errors import ArtifactError, UnsafeArchiveError
 
 __all__ = ["pack", "unpack", "MAX_UNPACKED_BYTES"]
@@ -23,10 +24,6 @@ MAX_UNPACKED_BYTES = 8 * 1024**3
 """Upper bound on the total size of the members :func:`unpack` extracts (a guard against decompression bombs)."""
 
 _SKIP_CODE = ("__pycache__", ".pytest_cache", ".ipynb_checkpoints")
-
-
-def _tmp_sibling(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
 def pack(artifact_dir: str | os.PathLike[str], tar_path: str | os.PathLike[str],
@@ -59,8 +56,6 @@ def pack(artifact_dir: str | os.PathLike[str], tar_path: str | os.PathLike[str],
     if code is not None and (src / "code").exists():
         raise ArtifactError(f"artifact folder {str(src)!r} already has a 'code' entry; pass code_dir=None")
     dest = Path(tar_path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_sibling(dest)
 
     def skip(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
         if any(part in _SKIP_CODE for part in PurePosixPath(info.name).parts) or info.name.endswith(".pyc"):
@@ -69,18 +64,13 @@ def pack(artifact_dir: str | os.PathLike[str], tar_path: str | os.PathLike[str],
         info.uname = info.gname = ""
         return info
 
-    try:
-        with tarfile.open(tmp, "w:gz", dereference=True) as tar:
-            for entry in sorted(src.iterdir()):
-                if entry.name.startswith(".") and ".tmp-" in entry.name:
-                    continue
-                tar.add(entry, arcname=entry.name, filter=skip)
-            if code is not None:
-                tar.add(code, arcname="code", filter=skip)
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(dest) as tmp, tarfile.open(tmp, "w:gz", dereference=True) as tar:
+        for entry in sorted(src.iterdir()):
+            if entry.name.startswith(".") and ".tmp-" in entry.name:  # an atomic_path write in progress
+                continue
+            tar.add(entry, arcname=entry.name, filter=skip)
+        if code is not None:
+            tar.add(code, arcname="code", filter=skip)
     logger.info("packed %s%s into %s", src, f" with code from {code}" if code else "", dest)
     return dest
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from dogclf._contract import hyperparameter, nested
 from dogclf.errors import ConfigError
+from dogclf.images import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 
 __all__ = [
     "ARTIFACT_FORMAT",
@@ -28,61 +29,9 @@ BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 FREEZE_POLICIES = ("head", "last-block", "full")
 """What is trained: only the new ``fc`` head, ``layer4`` plus the head, or every parameter."""
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-"""Per-channel mean of the ImageNet normalisation the torchvision backbones were trained with."""
-
-IMAGENET_STD = (0.229, 0.224, 0.225)
-"""Per-channel standard deviation of the ImageNet normalisation."""
-
 
 def _choices(values: tuple[str, ...] | list[str]) -> str:
     return ", ".join(repr(v) for v in values)
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """How an image becomes the model's input: resize the short side, centre-crop, normalise.
-
-    Attributes:
-        resize: Length the shorter image side is resized to.
-        crop: Side of the square centre crop taken after resizing.
-        mean: Per-channel mean subtracted after scaling pixels to ``[0, 1]``.
-        std: Per-channel standard deviation divided by.
-    """
-
-    resize: int = hyperparameter(256, "short side images are resized to", ge=1)
-    crop: int = hyperparameter(224, "side of the centre crop fed to the network", ge=1)
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-
-    def __post_init__(self) -> None:
-        for name in ("resize", "crop"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"preprocess {name} must be a positive int, got {value!r}")
-        if self.crop > self.resize:
-            raise ConfigError(f"preprocess crop {self.crop} is larger than resize {self.resize}")
-        for name in ("mean", "std"):
-            value = tuple(getattr(self, name))
-            if len(value) != 3 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-                raise ConfigError(f"preprocess {name} must be three numbers (one per RGB channel), got {value!r}")
-            if name == "std" and any(v <= 0 for v in value):
-                raise ConfigError(f"preprocess std values must be positive, got {value!r}")
-            object.__setattr__(self, name, tuple(float(v) for v in value))
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form: ``{"resize": 256, "crop": 224, "mean": [...], "std": [...]}``."""
-        return {"resize": self.resize, "crop": self.crop, "mean": list(self.mean), "std": list(self.std)}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Preprocess:
-        """Inverse of :meth:`to_dict`; raises :class:`~dogclf.errors.ConfigError` on unknown keys."""
-        if not isinstance(data, dict):
-            raise ConfigError(f"preprocess must be a dict, got {data!r:.100}")
-        unknown = sorted(set(data) - {"resize", "crop", "mean", "std"})
-        if unknown:
-            raise ConfigError(f"unknown preprocess keys {unknown}; expected resize, crop, mean, std")
-        return cls(**data)
 
 
 def weights_names(backbone: str) -> list[str]:

@@ -10,11 +10,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from dogclf._io import atomic_path, atomic_write, atomic_write_json
 from dogclf.errors import ArtifactError, ConfigError, NotFittedError, UnknownLabelSetError
+from dogclf.images import ImageTransform, Preprocess
 from dogclf.labels import BreedLabels
 from dogclf.models._archive import pack as _pack
 from dogclf.models._archive import unpack as _unpack
-from dogclf.models._config import ModelConfig, Preprocess
+from dogclf.models._config import ModelConfig
 
 __all__ = ["ResNetBreedModel", "resolve_labels", "eval_transform", "forward_features", "MODEL_FILE", "LABELS_FILE",
            "CONFIG_FILE"]
@@ -62,28 +64,19 @@ def resolve_labels(labels: Any) -> BreedLabels:
                       f"got {type(labels).__name__}: {labels!r:.80}")
 
 
-def eval_transform(preprocess: Preprocess | dict[str, Any] | None = None) -> Any:
-    """The deterministic input transform: resize the short side, centre-crop, to tensor, normalise.
+def eval_transform(preprocess: Preprocess | dict[str, Any] | None = None) -> ImageTransform:
+    """The deterministic input transform: decode, resize the short side, centre-crop, to tensor, normalise.
 
     Args:
         preprocess: A :class:`Preprocess`, its dict form (an artifact's ``config.json["preprocess"]``), or
             ``None`` for the defaults (256, 224, ImageNet mean/std).
 
     Returns:
-        A ``torchvision.transforms.Compose`` taking a PIL image (RGB) to a normalised float tensor ``(3, crop, crop)``.
+        A :class:`dogclf.images.ImageTransform`: a photo (path, bytes, PIL image, array) to a normalised float
+        tensor ``(3, crop, crop)``, the same pipeline the handler and the training entry point use (equal to
+        torchvision's ``Resize``/``CenterCrop``/``ToTensor``/``Normalize`` on RGB images to float32 rounding).
     """
-    from torchvision import transforms
-
-    if preprocess is None:
-        preprocess = Preprocess()
-    elif isinstance(preprocess, dict):
-        preprocess = Preprocess.from_dict(preprocess)
-    return transforms.Compose([
-        transforms.Resize(preprocess.resize),
-        transforms.CenterCrop(preprocess.crop),
-        transforms.ToTensor(),
-        transforms.Normalize(list(preprocess.mean), list(preprocess.std)),
-    ])
+    return ImageTransform(preprocess)
 
 
 def forward_features(module: Any, x: Any) -> Any:
@@ -102,24 +95,6 @@ def forward_features(module: Any, x: Any) -> Any:
     x = m.maxpool(m.relu(m.bn1(m.conv1(x))))
     x = m.layer4(m.layer3(m.layer2(m.layer1(x))))
     return torch.flatten(m.avgpool(x), 1)
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    _atomic_write(path, lambda fh: fh.write(data))
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(file)`` on a temporary file beside ``path``, fsync it and rename it into place."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _extract_state_dict(obj: Any, source: str) -> dict[str, Any]:
@@ -387,9 +362,9 @@ class ResNetBreedModel:
         (out / CONFIG_FILE).unlink(missing_ok=True)  # the folder is incomplete until config.json is back
         state = {k: v.detach().to("cpu").contiguous() for k, v in self.module_.state_dict().items()}
         # Streamed straight into the temporary file: no second in-memory copy of the ~100 MB state dict.
-        _atomic_write(out / MODEL_FILE, lambda fh: torch.save(state, fh))
-        _atomic_write_bytes(out / LABELS_FILE, self.labels_.to_json(indent=1).encode("utf-8"))
-        _atomic_write_bytes(out / CONFIG_FILE, json.dumps(self.config_dict(), indent=1).encode("utf-8"))
+        atomic_write(out / MODEL_FILE, lambda fh: torch.save(state, fh))
+        atomic_write(out / LABELS_FILE, self.labels_.to_json(indent=1))
+        atomic_write_json(out / CONFIG_FILE, self.config_dict())
         logger.info("saved %s (%d classes) to %s", self.backbone, len(self.labels_), out)
         return out
 
@@ -469,7 +444,6 @@ def copy_artifact(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> 
     s, d = Path(src), Path(dest)
     d.mkdir(parents=True, exist_ok=True)
     for name in (MODEL_FILE, LABELS_FILE, CONFIG_FILE):
-        tmp = d / f".{name}.tmp-{os.getpid()}"
-        shutil.copyfile(s / name, tmp)
-        os.replace(tmp, d / name)
+        with atomic_path(d / name) as tmp:
+            shutil.copyfile(s / name, tmp)
     return d

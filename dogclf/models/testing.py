@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from dogclf._io import atomic_write
+
 __all__ = ["fake_weights_path", "place_fake_weights"]
 
 
@@ -58,7 +60,4 @@ def place_fake_weights(backbone: str, weights_name: str, torch_home: str | os.Pa
             with torch.no_grad():
                 for _ in range(4):
                     module(torch.randn(8, 3, 64, 64))
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(module.state_dict(), tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda fh: torch.save(module.state_dict(), fh))

@@ -156,8 +156,7 @@ class InProcessEndpoint(Endpoint):
         from dogclf.serving.server import _Context
 
         model = self.load()
-        headers = {"x-dogclf-k": str(k)} if k is not None else {}
-        data = handler.input_fn(body, content_type, _Context(headers, model))
+        data = handler.input_fn(body, content_type, _Context({}, model, k))
         return handler.output_fn(handler.predict_fn(data, model), accept)
 
     def delete(self) -> None:

@@ -12,14 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dogclf import images
+from dogclf._io import atomic_path
 from dogclf.errors import ConfigError, DataNotFoundError, DogclfError, NotFittedError, UnknownBreedError
+from dogclf.images import IMAGE_SUFFIXES
 
 __all__ = ["BreedScore", "Prediction", "BreedPredictor", "IMAGE_SUFFIXES", "true_breed_of"]
 
 logger = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-"""File suffixes :meth:`BreedPredictor.predict_folder` treats as photos (case-insensitive)."""
 
 _JSON = "application/json"
 _NPY = "application/x-npy"
@@ -49,8 +49,8 @@ class BreedScore:
 
 
 @dataclass(frozen=True)
-class Prediction:
-    """The most likely breed of one photo and the ``k`` best.
+class Prediction(BreedScore):
+    """The most likely breed of one photo (its :class:`BreedScore`) and the ``k`` best.
 
     Attributes:
         breed: The most likely breed.
@@ -60,18 +60,14 @@ class Prediction:
         top_k: The ``k`` most likely breeds, best first (``top_k[0]`` is the breed above).
     """
 
-    breed: str
-    display_name: str
-    index: int
-    probability: float
-    top_k: tuple[BreedScore, ...]
+    top_k: tuple[BreedScore, ...] = ()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Prediction:
         """From one entry of the handler's JSON ``predictions`` list."""
-        ranked = tuple(BreedScore.from_dict(item) for item in data["top_k"])
-        return cls(str(data["breed"]), str(data["display_name"]), int(data["index"]), float(data["probability"]),
-                   ranked)
+        best = BreedScore.from_dict(data)
+        return cls(best.breed, best.display_name, best.index, best.probability,
+                   tuple(BreedScore.from_dict(item) for item in data["top_k"]))
 
     def __str__(self) -> str:
         return f"{self.display_name} ({self.probability:.1%})"
@@ -87,19 +83,29 @@ def _sniff(data: bytes) -> str:
     return "application/x-image"
 
 
-def _encode_pil(image: Any) -> tuple[bytes, str]:
-    buffer = io.BytesIO()
-    if image.mode in ("RGB", "L") and not getattr(image, "is_animated", False):
-        image.save(buffer, format="JPEG", quality=95)
-        return buffer.getvalue(), "image/jpeg"
-    if image.mode not in ("RGBA", "LA", "P", "I;16", "I", "1", "L", "RGB"):
-        image = image.convert("RGB")
-    image.save(buffer, format="PNG")
-    return buffer.getvalue(), "image/png"
+@dataclass(frozen=True)
+class _Encoded:
+    """An input as a request body: encoded photo bytes, or preprocessed float pixels as ``.npy``."""
+
+    body: bytes
+    content_type: str
 
 
-def _encode(x: Any) -> tuple[bytes, str, int]:
-    """``(body, content_type, number of images)`` for one input."""
+@dataclass(frozen=True)
+class _Decoded:
+    """A decoded photo (PIL image, uint8 array or tensor): handed to :mod:`dogclf.images` as it is in-process,
+    sent losslessly as PNG to an endpoint."""
+
+    image: Any
+
+    def encoded(self) -> _Encoded:
+        buffer = io.BytesIO()
+        images.decode_image(self.image).save(buffer, format="PNG", compress_level=1)
+        return _Encoded(buffer.getvalue(), "image/png")
+
+
+def _prepare(x: Any) -> _Encoded | _Decoded:
+    """What to send for one input."""
     import numpy as np
     from PIL import Image
 
@@ -108,27 +114,27 @@ def _encode(x: Any) -> tuple[bytes, str, int]:
         if not path.is_file():
             raise DataNotFoundError(f"image file {str(path)!r} does not exist")
         data = path.read_bytes()
-        return data, _sniff(data), 1
+        return _Encoded(data, _sniff(data))
     if isinstance(x, (bytes, bytearray, memoryview)):
         data = bytes(x)
-        kind = _sniff(data)
-        if kind == _NPY:
-            shape = np.load(io.BytesIO(data), allow_pickle=False).shape
-            return data, kind, shape[0] if len(shape) == 4 else 1
-        return data, kind, 1
+        return _Encoded(data, _sniff(data))
     if isinstance(x, Image.Image):
-        body, kind = _encode_pil(x)
-        return body, kind, 1
+        return _Decoded(x)
     if type(x).__module__.startswith("torch"):
+        if not x.is_floating_point():
+            if x.dtype.is_signed or x.ndim not in (2, 3) or (x.ndim == 3 and x.shape[0] not in (1, 3, 4)):
+                raise ConfigError(f"cannot predict from a tensor of shape {tuple(x.shape)} and dtype {x.dtype}; "
+                                  "expected a preprocessed float (3, H, W)/(N, 3, H, W) tensor or a uint8 "
+                                  "(C, H, W) image")
+            return _Decoded(x)
         x = x.detach().cpu().numpy()
     if isinstance(x, np.ndarray):
         if x.dtype.kind == "f" and x.ndim in (3, 4) and x.shape[-3] == 3:
             buffer = io.BytesIO()
             np.save(buffer, np.ascontiguousarray(x, dtype=np.float32), allow_pickle=False)
-            return buffer.getvalue(), _NPY, x.shape[0] if x.ndim == 4 else 1
+            return _Encoded(buffer.getvalue(), _NPY)
         if x.dtype == np.uint8 and (x.ndim == 2 or (x.ndim == 3 and x.shape[2] in (3, 4))):
-            body, kind = _encode_pil(Image.fromarray(x))
-            return body, kind, 1
+            return _Decoded(x)
         raise ConfigError(f"cannot predict from an array of shape {x.shape} and dtype {x.dtype}; expected a "
                           "preprocessed float (3, H, W)/(N, 3, H, W) array or a uint8 (H, W[, 3|4]) image")
     raise ConfigError(f"cannot predict from {type(x).__name__}; expected a path, bytes, a PIL image, a NumPy array "
@@ -245,18 +251,21 @@ class BreedPredictor:
                     raise
                 return exc
 
-        encoded = [guarded(_encode, x) for x in xs]
+        prepared = [guarded(_prepare, x) for x in xs]
         results: list[Any] = [None] * len(xs)
-        if isinstance(self.endpoint, InProcessEndpoint):
-            self._predict_in_process(encoded, k, results, guarded)
-        else:
-            todo = [i for i, item in enumerate(encoded) if not isinstance(item, Exception)]
-            workers = max(1, min(self.concurrency, len(todo)))
-            with ThreadPoolExecutor(workers, thread_name_prefix="dogclf-predict") as pool:
-                outs = pool.map(lambda i: guarded(self._invoke, encoded[i][0], encoded[i][1], k), todo)
-                for i, out in zip(todo, outs):
+        todo = [i for i, item in enumerate(prepared) if not isinstance(item, Exception)]
+        workers = max(1, min(self.concurrency, len(todo)))
+        with ThreadPoolExecutor(workers, thread_name_prefix="dogclf-predict") as pool:
+            if isinstance(self.endpoint, InProcessEndpoint):
+                self._predict_in_process(prepared, todo, k, results, guarded, pool)
+            else:
+                def send(item: _Encoded | _Decoded) -> list[Prediction]:
+                    request = item.encoded() if isinstance(item, _Decoded) else item
+                    return self._invoke(request.body, request.content_type, k)
+
+                for i, out in zip(todo, pool.map(lambda i: guarded(send, prepared[i]), todo)):
                     results[i] = out
-        for i, item in enumerate(encoded):
+        for i, item in enumerate(prepared):
             if isinstance(item, Exception):
                 results[i] = item
         if errors is not None:
@@ -264,7 +273,11 @@ class BreedPredictor:
             return [None if isinstance(r, Exception) else r for r in results]
         return results
 
-    def _predict_in_process(self, encoded: list[Any], k: int | None, results: list[Any], guarded: Any) -> None:
+    def _predict_in_process(self, prepared: list[Any], todo: list[int], k: int | None, results: list[Any],
+                            guarded: Any, pool: ThreadPoolExecutor) -> None:
+        """Encoded inputs go through the handler's ``input_fn`` (its checks, as an endpoint would), decoded photos
+        straight to :func:`dogclf.images.collate`; both on ``pool``'s threads, then forward passes of about
+        ``batch_size`` images with ``k`` passed as it is."""
         import torch
 
         from dogclf.serving import handler
@@ -273,26 +286,31 @@ class BreedPredictor:
         model = self.endpoint.model
         k = handler.resolve_k(k, model.num_classes)
         context = _Context({}, model)
-        inputs = [item if isinstance(item, Exception) else guarded(handler.input_fn, item[0], item[1], context)
-                  for item in encoded]
-        ready = [i for i, item in enumerate(inputs) if not isinstance(item, Exception)]
-        for i, item in enumerate(inputs):
-            if isinstance(item, Exception):
-                results[i] = item
+
+        def batch_of(item: _Encoded | _Decoded) -> torch.Tensor:
+            if isinstance(item, _Decoded):
+                return torch.from_numpy(images.collate([item.image], model.preprocess))
+            return handler.input_fn(item.body, item.content_type, context).batch
+
+        inputs: dict[int, Any] = dict(zip(todo, pool.map(lambda i: guarded(batch_of, prepared[i]), todo)))
+        ready = [i for i in todo if not isinstance(inputs[i], Exception)]
+        for i in todo:
+            if isinstance(inputs[i], Exception):
+                results[i] = inputs[i]
         # Group whole inputs into forward passes of about batch_size images.
         start = 0
         while start < len(ready):
             group, size = [], 0
-            while start < len(ready) and (not group or size + len(inputs[ready[start]].batch) <= self.batch_size):
+            while start < len(ready) and (not group or size + len(inputs[ready[start]]) <= self.batch_size):
                 group.append(ready[start])
-                size += len(inputs[ready[start]].batch)
+                size += len(inputs[ready[start]])
                 start += 1
-            batch = torch.cat([inputs[i].batch for i in group])
+            batch = torch.cat([inputs[i] for i in group])
             output = handler.predict_fn(handler.InferenceInput(batch=batch, k=k), model)
             rows = handler.top_k(output.logits, model.labels, k)
             offset = 0
             for i in group:
-                n = len(inputs[i].batch)
+                n = len(inputs[i])
                 results[i] = [Prediction.from_dict(row) for row in rows[offset:offset + n]]
                 offset += n
 
@@ -301,8 +319,10 @@ class BreedPredictor:
         """The breed of one photo.
 
         Args:
-            x: A file path, encoded image bytes (JPEG, PNG, ...), a PIL image, a uint8 ``(H, W, 3)`` array, or a
-                preprocessed float ``(3, 224, 224)`` array or tensor (``(1, 3, 224, 224)`` too).
+            x: A file path, encoded image bytes (JPEG, PNG, ...), a decoded photo (a PIL image, a uint8
+                ``(H, W[, 3|4])`` array or a uint8 ``(C, H, W)`` tensor: used as it is in-process, sent as lossless
+                PNG to an endpoint), or a preprocessed float ``(3, 224, 224)`` array or tensor
+                (``(1, 3, 224, 224)`` too).
             k: How many breeds ``top_k`` lists (default: the predictor's ``k``).
 
         Raises:
@@ -354,7 +374,7 @@ class BreedPredictor:
         if not root.is_dir():
             raise DataNotFoundError(f"folder {str(root)!r} does not exist")
         pattern = root.rglob("*") if recursive else root.glob("*")
-        files = sorted(p for p in pattern if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(p for p in pattern if p.is_file() and images.is_image_file(p))
         if not files:
             raise DataNotFoundError(f"folder {str(root)!r} holds no photos ({', '.join(IMAGE_SUFFIXES)})")
         k = self._k(k)
@@ -383,7 +403,7 @@ class BreedPredictor:
                     try:
                         _annotate(path, pred, target)
                         row["annotated"] = str(target)
-                    except OSError as exc:
+                    except (OSError, DogclfError) as exc:
                         logger.warning("could not write annotated copy of %s: %s", path, exc)
             rows.append(row)
         table = pd.DataFrame(rows)
@@ -425,11 +445,9 @@ class BreedPredictor:
 
 def _annotate(src: Path, prediction: Prediction, target: Path) -> Path:
     """Write ``src`` upright with the top breeds on a banner to ``target`` (atomically)."""
-    from PIL import Image, ImageDraw, ImageFont, ImageOps
+    from PIL import ImageDraw, ImageFont
 
-    with Image.open(src) as opened:
-        image = ImageOps.exif_transpose(opened) or opened
-        image = image.convert("RGB")
+    image = images.decode_image(src)
     width, height = image.size
     size = max(12, min(width, height) // 18)
     try:
@@ -448,11 +466,6 @@ def _annotate(src: Path, prediction: Prediction, target: Path) -> Path:
            ".tif": "TIFF", ".tiff": "TIFF"}.get(suffix, "PNG")
     if fmt == "PNG" and suffix not in (".png",):
         target = target.with_suffix(".png")
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(target, fsync=False) as tmp:
         image.save(tmp, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return target

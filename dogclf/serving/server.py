@@ -6,7 +6,8 @@ told otherwise. Decoding and preprocessing run on a pool of worker threads; the 
 fed by a :class:`DynamicBatcher`, which merges the images of concurrent requests into one forward pass (up to
 ``max_batch_size`` images, waiting at most ``max_delay_ms`` for more after the first arrives). Bodies over
 ``max_request_bytes`` get 413, requests running longer than ``request_timeout_s`` get 504, bad requests a 4xx JSON
-error; the server keeps serving either way.
+error; the server keeps serving either way. How many breeds to answer with, ``k``, is the ``?k=3`` query string
+(SageMaker's ``X-Amzn-SageMaker-Custom-Attributes: k=3`` header and a JSON body's ``"k"`` work too, as on SageMaker).
 
 Run it as ``python -m dogclf.serving.server MODEL_DIR [--port 8080] [--max-batch-size 8] ...``;
 :class:`~dogclf.serving.EndpointDeployer` starts it in a separate process for you.
@@ -111,12 +112,13 @@ class ServerConfig:
 
 
 class _Pending:
-    __slots__ = ("data", "future", "size")
+    __slots__ = ("data", "future", "size", "k")
 
-    def __init__(self, data: Any, future: asyncio.Future[Any]) -> None:
+    def __init__(self, data: Any, future: asyncio.Future[Any], k: int) -> None:
         self.data = data
         self.future = future
         self.size = len(data.batch)
+        self.k = k
 
 
 class DynamicBatcher:
@@ -193,11 +195,11 @@ class DynamicBatcher:
         """
         from dogclf.serving import handler
 
-        handler.resolve_k(data.k, self.model.num_classes)
+        k = handler.resolve_k(data.k, self.model.num_classes)
         if self._arrived is None:
             raise RuntimeError("DynamicBatcher.start() was not called")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(data, future))
+        self._pending.append(_Pending(data, future, k))
         self._arrived.set()
         return await future
 
@@ -254,8 +256,7 @@ class DynamicBatcher:
             self.images += len(merged.batch)
             start = 0
             for item in items:
-                k = handler.resolve_k(item.data.k, self.model.num_classes)
-                result = handler.InferenceOutput(logits=output.logits[start:start + item.size], k=k,
+                result = handler.InferenceOutput(logits=output.logits[start:start + item.size], k=item.k,
                                                  labels=output.labels)
                 start += item.size
                 if not item.future.done():
@@ -273,12 +274,13 @@ class _RequestProcessor:
 
 
 class _Context:
-    """The part of the SageMaker model-server context the handler reads (``request_processor[0]``), plus the
-    model being served."""
+    """The part of the SageMaker model-server context the handler reads (``request_processor[0]``), plus what
+    dogclf's own servers add: the model being served and the request's ``k`` (``None``: not given)."""
 
-    def __init__(self, headers: dict[str, str], served_model: Any = None) -> None:
+    def __init__(self, headers: dict[str, str], served_model: Any = None, k: int | None = None) -> None:
         self.request_processor = [_RequestProcessor(headers)]
         self.served_model = served_model
+        self.k = k
 
 
 def _error(status: int, code: str, message: str) -> Any:
@@ -333,11 +335,11 @@ def create_app(model: Any, config: ServerConfig | None = None) -> Any:
         loop = asyncio.get_running_loop()
         body = await read_body(request)
         headers = {key.lower(): value for key, value in request.headers.items()}
-        if "k" in request.query_params:
-            headers["x-dogclf-k"] = request.query_params["k"]
+        query_k = request.query_params.get("k")
+        k = handler.parse_k(query_k, "query parameter k") if query_k is not None else None
         content_type = headers.get("content-type")
         data = await loop.run_in_executor(pool, handler.input_fn, body, content_type,
-                                          _Context(headers, model))
+                                          _Context(headers, model, k))
         output = await batcher.submit(data)
         payload, media_type = await loop.run_in_executor(pool, handler.output_fn, output, headers.get("accept"))
         return Response(payload, media_type=media_type)

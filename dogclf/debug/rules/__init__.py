@@ -27,12 +27,11 @@ A tensor rule (:class:`TensorRule`, on smdebug's ``Rule`` API) reads Debugger te
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Iterable, Mapping
-from importlib.metadata import entry_points
 from typing import Any
 
-from dogclf.errors import ConfigError, DuplicateError, UnknownRuleError
+from dogclf._registry import Registry
+from dogclf.errors import ConfigError, PluginLoadError, UnknownRuleError
 
 from ..config import RuleConfig
 from .base import ProfileData, ProfilerRule, RuleFinding, TensorRule
@@ -66,13 +65,21 @@ _BUILTINS: tuple[type, ...] = (
     ClassImbalance, StepOutlier, Dataloader, CPUBottleneck, IOBottleneck, BatchSize, LowGPUUtilization,
     GPUMemoryIncrease, MaxInitializationTime,
 )
-_REGISTRY: dict[str, type] = {cls.__name__: cls for cls in _BUILTINS}
-_LOCK = threading.Lock()
-_EPS_LOADED = False
 
 
-def _is_rule_class(obj: Any) -> bool:
-    return isinstance(obj, type) and issubclass(obj, (TensorRule, ProfilerRule))
+def _rule_class(name: str, cls: Any) -> type:
+    """The class to register under ``name``: ``cls`` itself, or a subclass carrying ``name`` as its rule name."""
+    if not (isinstance(cls, type) and issubclass(cls, (TensorRule, ProfilerRule))):
+        raise ConfigError(f"a rule must subclass dogclf.debug.rules.TensorRule or ProfilerRule; got {cls!r}")
+    if name != cls.registered_name():
+        cls = type(cls.__name__, (cls,), {"rule_name": name, "__module__": cls.__module__, "__doc__": cls.__doc__})
+    return cls
+
+
+_RULES: Registry[type] = Registry("rule", group=ENTRY_POINT_GROUP, unknown_error=UnknownRuleError,
+                                  check=_rule_class)
+for _cls in _BUILTINS:  # the classes the entry points name, registered here too so they need no package metadata
+    _RULES.register_lazy(_cls.__name__, lambda c=_cls: c, source=f"{_cls.__module__}:{_cls.__qualname__}")
 
 
 def register_rule(name: str | type | None = None, cls: type | None = None, *, overwrite: bool = False) -> Any:
@@ -87,31 +94,19 @@ def register_rule(name: str | type | None = None, cls: type | None = None, *, ov
         overwrite: Replace a rule already registered under that name.
 
     Returns:
-        The class (so it can be used as a decorator).
+        The registered class (so it can be used as a decorator).
 
     Raises:
-        ConfigError: ``cls`` is not a rule class.
+        ConfigError: ``cls`` is not a rule class, or the name is not a non-empty string.
         DuplicateError: the name is taken by another class and ``overwrite`` is false.
     """
     if isinstance(name, type):
         name, cls = None, name
     if cls is None:
         return lambda c: register_rule(name, c, overwrite=overwrite)
-    if not _is_rule_class(cls):
-        raise ConfigError(f"a rule must subclass dogclf.debug.rules.TensorRule or ProfilerRule; got {cls!r}")
-    key = name or cls.registered_name()
-    if not isinstance(key, str) or not key:
-        raise ConfigError(f"rule name must be a non-empty string; got {key!r}")
-    with _LOCK:
-        existing = _REGISTRY.get(key)
-        if existing is not None and existing is not cls and not overwrite:
-            raise DuplicateError(f"rule {key!r} is already registered ({existing.__module__}.{existing.__qualname__});"
-                                 " pass overwrite=True to replace it")
-        if key != cls.registered_name():
-            cls = type(cls.__name__, (cls,), {"rule_name": key, "__module__": cls.__module__,
-                                              "__doc__": cls.__doc__})
-        _REGISTRY[key] = cls
-    return cls
+    if name is None and isinstance(cls, type) and issubclass(cls, (TensorRule, ProfilerRule)):
+        name = cls.registered_name()
+    return _RULES.register(name, cls, overwrite=overwrite)
 
 
 def unregister_rule(name: str) -> None:
@@ -120,37 +115,11 @@ def unregister_rule(name: str) -> None:
     Raises:
         UnknownRuleError: nothing is registered under ``name``.
     """
-    with _LOCK:
-        if name not in _REGISTRY:
-            raise UnknownRuleError(f"unknown rule {name!r}; registered: {', '.join(sorted(_REGISTRY))}")
-        del _REGISTRY[name]
-
-
-def _load_entry_points() -> None:
-    global _EPS_LOADED
-    if _EPS_LOADED:
-        return
-    _EPS_LOADED = True
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in _REGISTRY and f"{_REGISTRY[ep.name].__module__}:{_REGISTRY[ep.name].__qualname__}" == ep.value:
-            continue
-        try:
-            cls = ep.load()
-        except Exception as exc:  # noqa: BLE001 - a broken plug-in must not break the built-ins
-            logger.warning("rule plug-in %r (%s) failed to import: %s: %s", ep.name, ep.value, type(exc).__name__, exc)
-            continue
-        if not _is_rule_class(cls):
-            logger.warning("rule plug-in %r (%s) is not a TensorRule/ProfilerRule subclass; ignored", ep.name, ep.value)
-            continue
-        if ep.name in _REGISTRY and _REGISTRY[ep.name] is not cls:
-            logger.warning("rule %r from entry point %s shadows nothing: already registered as %s; kept the first",
-                           ep.name, ep.value, _REGISTRY[ep.name].__qualname__)
-            continue
-        register_rule(ep.name, cls)
+    _RULES.unregister(name)
 
 
 def list_rules(kind: str | None = None) -> list[str]:
-    """Sorted names of the registered rules.
+    """Sorted names of the registered rules (plug-ins that fail to load are left out with a warning).
 
     Args:
         kind: ``"tensor"`` or ``"profiler"`` to list one kind, ``None`` for all.
@@ -160,21 +129,27 @@ def list_rules(kind: str | None = None) -> list[str]:
     """
     if kind not in (None, "tensor", "profiler"):
         raise ConfigError(f"kind must be 'tensor', 'profiler' or None; got {kind!r}")
-    _load_entry_points()
-    return sorted(n for n, c in _REGISTRY.items() if kind is None or c.kind == kind)
+    names = []
+    for name in _RULES.names():
+        try:
+            cls = _RULES.get(name)
+        except (PluginLoadError, ConfigError) as exc:  # a broken plug-in must not hide the others
+            logger.warning("rule plug-in %r is left out: %s", name, exc)
+            continue
+        if kind is None or cls.kind == kind:
+            names.append(name)
+    return names
 
 
 def get_rule(name: str) -> type:
     """The rule class registered under ``name``.
 
     Raises:
-        UnknownRuleError: nothing is registered under ``name``; the message lists what is.
+        UnknownRuleError: nothing is registered under ``name``; the message lists what is and the closest names.
+        PluginLoadError: the rule's entry point fails to import.
+        ConfigError: the entry point names something that is not a rule class.
     """
-    _load_entry_points()
-    try:
-        return _REGISTRY[name]
-    except (KeyError, TypeError):
-        raise UnknownRuleError(f"unknown rule {name!r}; registered: {', '.join(sorted(_REGISTRY))}") from None
+    return _RULES.get(name)
 
 
 def _stop_action(config: RuleConfig) -> str:

@@ -7,7 +7,7 @@ judges anything; the rules that need a GPU have no datapoints on a machine witho
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -39,6 +39,11 @@ def _non_negative(p: dict[str, Any], *names: str) -> None:
         value = p[name]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise ConfigError(f"rule parameter {name} must be a number >= 0; got {value!r}")
+
+
+def _window(p: dict[str, Any]) -> None:
+    if not isinstance(p["window"], int) or p["window"] < 1:
+        raise ConfigError(f"rule parameter window must be an integer >= 1; got {p['window']!r}")
 
 
 def _samples(data: ProfileData, patience: int, key: str) -> list[dict[str, Any]]:
@@ -111,15 +116,26 @@ class Dataloader(ProfilerRule):
 
 
 class _ShareRule(ProfilerRule):
-    """Fires when bottleneck samples exceed ``threshold`` percent of the judged samples."""
+    """Fires when the samples whose ``metric`` is over the ``limit`` parameter while the GPU idles (under
+    ``gpu_threshold``) are more than ``threshold`` percent of the judged samples."""
 
-    def _judge(self, samples: list[dict[str, Any]], bottleneck: Any, label: str) -> None:
+    metric: ClassVar[str] = ""
+    limit: ClassVar[str] = ""
+    label: ClassVar[str] = ""
+
+    def validate(self, p: dict[str, Any]) -> None:
+        _non_negative(p, "threshold", self.limit, "gpu_threshold", "patience")
+
+    def analyse(self, data: ProfileData) -> None:
+        p = self.parameters
+        samples = _samples(data, p["patience"], self.metric)
         self.datapoints = len(samples)
-        hits = [i for i, s in enumerate(samples) if bottleneck(s)]
-        if samples and 100.0 * len(hits) / len(samples) > self.parameters["threshold"]:
+        hits = [i for i, s in enumerate(samples)
+                if s[self.metric] > p[self.limit] and (s.get("gpu") or 0.0) < p["gpu_threshold"]]
+        if samples and 100.0 * len(hits) / len(samples) > p["threshold"]:
             share = 100.0 * len(hits) / len(samples)
             for i in hits:
-                self._fire(i, {f"{label}_percent_of_time": share, "samples": len(samples)})
+                self._fire(i, {f"{self.label}_percent_of_time": share, "samples": len(samples)})
 
 
 class CPUBottleneck(_ShareRule):
@@ -133,14 +149,7 @@ class CPUBottleneck(_ShareRule):
     description = ("Checks if the CPU utilization is high and the GPU utilization is low. It might indicate CPU "
                    "bottlenecks, where the GPUs are waiting for data to arrive from the CPUs.")
     recommendation = "Consider increasing the number of data loaders or applying data pre-fetching."
-
-    def validate(self, p: dict[str, Any]) -> None:
-        _non_negative(p, "threshold", "cpu_threshold", "gpu_threshold", "patience")
-
-    def analyse(self, data: ProfileData) -> None:
-        p = self.parameters
-        self._judge(_samples(data, p["patience"], "cpu"),
-                    lambda s: s["cpu"] > p["cpu_threshold"] and (s.get("gpu") or 0.0) < p["gpu_threshold"], "cpu_bottleneck")
+    metric, limit, label = "cpu", "cpu_threshold", "cpu_bottleneck"
 
 
 class IOBottleneck(_ShareRule):
@@ -155,14 +164,7 @@ class IOBottleneck(_ShareRule):
                    "bottlenecks where GPU is waiting for data to arrive from storage.")
     recommendation = ("Pre-fetch data or choose different file formats, such as binary formats that improve I/O "
                       "performance.")
-
-    def validate(self, p: dict[str, Any]) -> None:
-        _non_negative(p, "threshold", "io_threshold", "gpu_threshold", "patience")
-
-    def analyse(self, data: ProfileData) -> None:
-        p = self.parameters
-        self._judge(_samples(data, p["patience"], "iowait"),
-                    lambda s: s["iowait"] > p["io_threshold"] and (s.get("gpu") or 0.0) < p["gpu_threshold"], "io_bottleneck")
+    metric, limit, label = "iowait", "io_threshold", "io_bottleneck"
 
 
 class BatchSize(ProfilerRule):
@@ -182,8 +184,7 @@ class BatchSize(ProfilerRule):
 
     def validate(self, p: dict[str, Any]) -> None:
         _non_negative(p, "cpu_threshold_p95", "gpu_threshold_p95", "gpu_memory_threshold_p95", "patience")
-        if not isinstance(p["window"], int) or p["window"] < 1:
-            raise ConfigError(f"rule parameter window must be an integer >= 1; got {p['window']!r}")
+        _window(p)
 
     def analyse(self, data: ProfileData) -> None:
         p = self.parameters
@@ -214,8 +215,7 @@ class LowGPUUtilization(ProfilerRule):
 
     def validate(self, p: dict[str, Any]) -> None:
         _non_negative(p, "threshold_p95", "threshold_p5", "patience")
-        if not isinstance(p["window"], int) or p["window"] < 1:
-            raise ConfigError(f"rule parameter window must be an integer >= 1; got {p['window']!r}")
+        _window(p)
 
     def analyse(self, data: ProfileData) -> None:
         p = self.parameters
@@ -245,8 +245,7 @@ class GPUMemoryIncrease(ProfilerRule):
 
     def validate(self, p: dict[str, Any]) -> None:
         _non_negative(p, "increase", "patience")
-        if not isinstance(p["window"], int) or p["window"] < 1:
-            raise ConfigError(f"rule parameter window must be an integer >= 1; got {p['window']!r}")
+        _window(p)
 
     def analyse(self, data: ProfileData) -> None:
         p = self.parameters

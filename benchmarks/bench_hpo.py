@@ -46,20 +46,21 @@ def backbone_pass(data: Path, backbone: str, batch_size: int = 32) -> tuple[floa
     """Seconds for one forward pass of the frozen backbone over every image (decode included), and the count."""
     import torch
 
+    from dogclf.images import Normalizer
     from dogclf.models import ResNetBreedModel, forward_features
-    from dogclf.training.data import Normalizer, decode_batches, resolve_data_labels, scan_split
+    from dogclf.training.data import decode_batches, resolve_data_labels, scan_split
 
     labels = resolve_data_labels("auto", data / "train")
     model = ResNetBreedModel(labels, backbone=backbone, weights="IMAGENET1K_V2").build()
     module = model.module_.eval()
     pre = model.config.preprocess
-    norm = Normalizer(pre.mean, pre.std, torch.device("cpu"), False)
+    norm = Normalizer(pre)
     total, n = 0.0, 0
     for split in ("train", "valid", "test"):
         s = scan_split(split, data / split, labels)
         start = time.perf_counter()
         with torch.inference_mode():
-            for images, _ in decode_batches(s, pre.resize, pre.crop, batch_size, 0):
+            for images, _ in decode_batches(s, pre, pre.crop, batch_size, 0):
                 forward_features(module, norm(images))
         total += time.perf_counter() - start
         n += len(s)

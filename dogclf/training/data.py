@@ -3,9 +3,9 @@
 A job's data arrives as SageMaker channels: ``train``, ``valid`` and ``test`` folders, or one ``training`` root
 holding ``train/``, ``valid/`` and ``test/`` (dogImages layout: one folder per class, ``001.Affenpinscher/*.jpg``).
 :func:`resolve_channels` finds the folders, :func:`resolve_data_labels` the label set, :func:`scan_split` lists a
-split's images; :func:`decode_batches` decodes a split with DataLoader workers (each image once, JPEG ``draft``
-mode, resize and centre crop), and :class:`LazyImages` decodes on demand when the decoded data would not fit in
-memory.
+split's images; :func:`decode_batches` decodes a split with DataLoader workers (each image once, through
+:func:`dogclf.images.load_image`, the same pipeline the inference handler runs), and :class:`LazyImages` decodes
+on demand when the decoded data would not fit in memory. Normalisation is :class:`dogclf.images.Normalizer`.
 """
 
 from __future__ import annotations
@@ -17,14 +17,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dogclf.errors import ConfigError, DataError, DataNotFoundError, DatasetLayoutError, DogclfError
+from dogclf.errors import (
+    ConfigError,
+    DataError,
+    DataNotFoundError,
+    DatasetLayoutError,
+    DogclfError,
+)
+from dogclf.images import IMAGE_SUFFIXES, Preprocess, is_image_file, load_image
 
-__all__ = ["Split", "resolve_channels", "resolve_data_labels", "scan_split", "load_image", "DecodedImages",
-           "auto_workers", "decode_batches", "memory_budget", "LazyImages", "Normalizer", "IMAGE_EXTENSIONS"]
+__all__ = ["Split", "resolve_channels", "resolve_data_labels", "scan_split", "DecodedImages", "auto_workers",
+           "decode_batches", "memory_budget", "LazyImages", "load_split_images"]
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 _VALID_NAMES = ("valid", "validation", "val")
 
 
@@ -73,7 +79,7 @@ def _class_folders(root: Path) -> list[str]:
 
 
 def _images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+    return sorted(p for p in folder.rglob("*") if is_image_file(p) and p.is_file()
                   and not p.name.startswith("."))
 
 
@@ -132,47 +138,29 @@ def scan_split(name: str, root: Path, labels: Any) -> Split:
         samples.extend((p, index) for p in _images(root / folder))
     if not samples:
         raise DataError(f"{name} channel {str(root)!r} holds no images (expected class folders with "
-                        f"{', '.join(sorted(IMAGE_EXTENSIONS))} files)")
+                        f"{', '.join(sorted(IMAGE_SUFFIXES))} files)")
     return Split(name, root, tuple(samples))
 
 
-def load_image(path: Path, resize: int, crop: int) -> Any:
-    """Decode one image to a ``uint8`` tensor ``(3, crop, crop)``: JPEG draft mode, resize the short side, centre-crop.
-
-    Raises:
-        CorruptImageError: the file cannot be decoded.
-    """
-    import numpy as np
-    import torch
-    from PIL import Image
-    from torchvision.transforms import functional as F
-
-    from dogclf.errors import CorruptImageError
-
-    try:
-        with Image.open(path) as img:
-            if img.format == "JPEG":
-                img.draft("RGB", (resize, resize))  # decode at a reduced scale that still covers `resize`
-            img = img.convert("RGB")
-            img = F.center_crop(F.resize(img, resize, interpolation=F.InterpolationMode.BILINEAR), [crop, crop])
-            array = np.asarray(img, dtype=np.uint8)
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise CorruptImageError(f"cannot decode image {str(path)!r}: {exc}", [str(path)]) from exc
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
-
-
 class DecodedImages:
-    """A map-style dataset decoding ``Split`` samples with :func:`load_image` (used by DataLoader workers)."""
+    """A map-style dataset decoding ``Split`` samples with :func:`dogclf.images.load_image`, the pipeline the
+    inference handler runs too (used by DataLoader workers).
 
-    def __init__(self, split: Split, resize: int, crop: int) -> None:
-        self.split, self.resize, self.crop = split, resize, crop
+    Args:
+        split: The split.
+        preprocess: The model's :class:`~dogclf.images.Preprocess`.
+        crop: The side of the squares returned (``preprocess.crop``, or ``resize`` for random crops later).
+    """
+
+    def __init__(self, split: Split, preprocess: Preprocess, crop: int) -> None:
+        self.split, self.preprocess, self.crop = split, preprocess, crop
 
     def __len__(self) -> int:
         return len(self.split)
 
     def __getitem__(self, i: int) -> tuple[Any, int]:
         path, label = self.split.samples[i]
-        return load_image(path, self.resize, self.crop), label
+        return load_image(path, self.preprocess, crop=self.crop), label
 
 
 def auto_workers(n_images: int, batch_size: int) -> int:
@@ -186,11 +174,12 @@ def auto_workers(n_images: int, batch_size: int) -> int:
     return max(1, min(8, cpus - 1))
 
 
-def decode_batches(split: Split, size: int, crop: int, batch_size: int, workers: int) -> Iterator[tuple[Any, Any]]:
+def decode_batches(split: Split, preprocess: Preprocess, crop: int, batch_size: int,
+                   workers: int) -> Iterator[tuple[Any, Any]]:
     """Decode a split in order, yielding ``(uint8 images (B,3,crop,crop), labels (B,))`` batches."""
     import torch
 
-    loader = torch.utils.data.DataLoader(DecodedImages(split, size, crop), batch_size=batch_size, shuffle=False,
+    loader = torch.utils.data.DataLoader(DecodedImages(split, preprocess, crop), batch_size=batch_size, shuffle=False,
                                          num_workers=workers, persistent_workers=False,
                                          generator=torch.Generator().manual_seed(0),  # leave the global RNG alone
                                          prefetch_factor=4 if workers else None)
@@ -213,10 +202,10 @@ def memory_budget() -> float:
 class LazyImages:
     """Images decoded on demand (a thread pool; PIL releases the GIL), for data too large to keep decoded."""
 
-    def __init__(self, split: Split, resize: int, size: int, threads: int) -> None:
+    def __init__(self, split: Split, preprocess: Preprocess, crop: int, threads: int) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
-        self.split, self.resize, self.size = split, resize, size
+        self.split, self.preprocess, self.crop = split, preprocess, crop
         self.pool = ThreadPoolExecutor(max_workers=threads)
 
     def __len__(self) -> int:
@@ -226,27 +215,10 @@ class LazyImages:
         import torch
 
         paths = [self.split.samples[int(i)][0] for i in index]
-        return torch.stack(list(self.pool.map(lambda p: load_image(p, self.resize, self.size), paths)))
+        return torch.stack(list(self.pool.map(lambda p: load_image(p, self.preprocess, crop=self.crop), paths)))
 
 
-class Normalizer:
-    """Turns ``uint8`` batches into normalised float batches on the device (optionally channels-last)."""
-
-    def __init__(self, mean: Any, std: Any, device: Any, channels_last: bool) -> None:
-        import torch
-
-        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255.0
-        self.std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255.0
-        self.device, self.channels_last = device, channels_last
-
-    def __call__(self, images: Any) -> Any:
-        import torch
-
-        x = images.to(self.device, non_blocking=True).float().sub_(self.mean).div_(self.std)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
-
-
-def load_split_images(splits: dict[str, Split], resize: int, decode_size: int, batch_size: int,
+def load_split_images(splits: dict[str, Split], preprocess: Preprocess, decode_size: int, batch_size: int,
                       workers: int) -> dict[str, tuple[Any, Any]]:
     """Every split as ``(uint8 images, labels)``: decoded once into memory, or a :class:`LazyImages` that decodes
     on demand when the decoded data would take more than :func:`memory_budget`."""
@@ -262,11 +234,11 @@ def load_split_images(splits: dict[str, Split], resize: int, decode_size: int, b
                        "every epoch instead", needed / 1e9)
     for name, split in splits.items():
         if lazy:
-            data[name] = (LazyImages(split, resize, decode_size, max(1, workers)),
+            data[name] = (LazyImages(split, preprocess, decode_size, max(1, workers)),
                           torch.tensor([label for _, label in split.samples]))
             continue
         t0 = time.perf_counter()
-        batches = list(decode_batches(split, resize, decode_size, batch_size, workers))
+        batches = list(decode_batches(split, preprocess, decode_size, batch_size, workers))
         data[name] = (torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches]).long())
         logger.info("decoded %d %s images in %.1fs", len(split), name, time.perf_counter() - t0)
     return data

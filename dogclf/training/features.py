@@ -19,14 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from dogclf._io import atomic_path
-from dogclf.training.data import Normalizer, Split, decode_batches
+from dogclf.images import PIPELINE, Normalizer
+from dogclf.training.data import Split, decode_batches
 
 __all__ = ["FEATURE_CACHE_VERSION", "manifest_digest", "weights_identity", "feature_cache_key", "feature_cache_dir",
            "fold_batchnorm", "cached_features"]
 
 logger = logging.getLogger(__name__)
 
-FEATURE_CACHE_VERSION = 2
+FEATURE_CACHE_VERSION = 3
 
 
 def _file_digest(path: Path) -> str:
@@ -64,7 +65,7 @@ def feature_cache_key(model: Any, split: Split, seed: int) -> str:
     import torch
 
     doc = {"version": FEATURE_CACHE_VERSION, "backbone": model.backbone, "weights": weights_identity(model, seed),
-           "preprocess": model.config.preprocess.to_dict(), "decoder": "pil-draft+bilinear+centre-crop",
+           "preprocess": model.config.preprocess.to_dict(), "decoder": PIPELINE,
            "backbone_run": "batchnorm-folded",
            "torch": torch.__version__.split("+")[0], "manifest": manifest_digest(split)}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
@@ -136,8 +137,8 @@ def cached_features(model: Any, split: Split, cache_dir: Path, *, seed: int, bat
     module = backbone() if backbone is not None else fold_batchnorm(model.module_, normalizer.channels_last)
     feats, labels = [], []
     with torch.inference_mode():
-        for images, y in decode_batches(split, model.config.preprocess.resize, model.config.preprocess.crop,
-                                        batch_size, workers):
+        pre = model.config.preprocess
+        for images, y in decode_batches(split, pre, pre.crop, batch_size, workers):
             feats.append(forward_features(module, normalizer(images)).float().cpu())
             labels.append(y)
     features, targets = torch.cat(feats), torch.cat(labels).long()

@@ -189,8 +189,8 @@ def run(model_config: Any, training: Any, paths: JobPaths, extra: dict[str, Any]
     from dogclf.models import ResNetBreedModel
     from dogclf.training.callbacks import TrainingContext, make_callbacks
     from dogclf.training.checkpoint import CHECKPOINT_FILE, fingerprint, load_checkpoint
-    from dogclf.training.data import (Normalizer, auto_workers, load_split_images, resolve_channels,
-                                      resolve_data_labels, scan_split)
+    from dogclf.images import Normalizer
+    from dogclf.training.data import auto_workers, load_split_images, resolve_channels, resolve_data_labels, scan_split
     from dogclf.training.features import cached_features, feature_cache_dir, fold_batchnorm
     from dogclf.training.loop import Trainer, make_optimizer
     from dogclf.training.metrics import MetricsPublisher
@@ -221,7 +221,7 @@ def run(model_config: Any, training: Any, paths: JobPaths, extra: dict[str, Any]
     channels_last = training.channels_last in ("on", "auto")
     module = model.module_.to(device)
     pre = model_config.preprocess
-    normalizer = Normalizer(pre.mean, pre.std, device, channels_last)
+    normalizer = Normalizer(pre, device=device, channels_last=channels_last)
     eval_bs = training.eval_batch_size or training.batch_size
     workers = training.num_workers if training.num_workers is not None else \
         auto_workers(len(splits["train"]), training.batch_size)
@@ -258,7 +258,7 @@ def run(model_config: Any, training: Any, paths: JobPaths, extra: dict[str, Any]
                     "epoch; images are decoded once and kept in memory", model_config.freeze, training.augment,
                     training.feature_cache)
         decode_size = pre.resize if training.augment == "crop-flip" else pre.crop
-        data = load_split_images(splits, pre.resize, decode_size, eval_bs, workers)
+        data = load_split_images(splits, pre, decode_size, eval_bs, workers)
 
     # 3. The loop, observed by the registered callbacks.
     hyperparameters = {**encode(model_config, training), **(extra or {})}

@@ -46,7 +46,7 @@ from dogclf.errors import (
     JobError,
     NotFoundError,
 )
-from dogclf.training.data import IMAGE_EXTENSIONS
+from dogclf.images import is_image_file
 from dogclf.training.metrics import last_values, read_metric_events
 from dogclf.training.spec import TrainingJobResult, TrainingJobSpec
 
@@ -75,7 +75,7 @@ def _new_job_name(spec: TrainingJobSpec) -> str:
 
 def _has_images(path: Path) -> bool:
     for _root, _dirs, files in os.walk(path, followlinks=True):
-        if any(os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS for f in files):
+        if any(is_image_file(f) for f in files):
             return True
     return False
 

@@ -20,7 +20,7 @@ import re
 from typing import Any
 
 from dogclf.backends.sagemaker.training import _session, build_estimator, channel_inputs
-from dogclf.errors import ConfigError
+from dogclf.errors import BackendError, ConfigError
 
 __all__ = ["tune", "build_tuner", "parameter_ranges", "list_trials", "trial_from_summary", "state_from_tuning_job",
            "STATUS_MAP"]
@@ -210,6 +210,8 @@ def tune(backend: Any, spec: Any, *, state: Any = None, launch: bool = True, wai
 
     Raises:
         ConfigError: no state, unknown arguments, no IAM role, or a strategy SageMaker lacks.
+        BackendError: the tuning job's training jobs could not be listed (``AccessDenied``, throttling, ...); the
+            message carries the cause. The state keeps its earlier trials and is saved with the job's status.
     """
     if state is None:
         raise ConfigError("SageMakerBackend.tune needs state= (an ExperimentState); use dogclf.hpo.HPOExperiment")
@@ -238,8 +240,12 @@ def tune(backend: Any, spec: Any, *, state: Any = None, launch: bool = True, wai
         state.backend_state["best_training_job"] = best["TrainingJobName"]
     try:
         state.trials = list_trials(client, name, state.space)
-    except Exception as exc:  # botocore errors, or an emulator without the call: keep what we had
-        logger.warning("could not list the training jobs of tuning job %s: %s", name, exc)
+    except Exception as exc:  # botocore errors: the cause goes to the caller, never "no trial yet"
+        state.save()  # what was learnt (the status) is kept; the trials stay as they were
+        error = (getattr(exc, "response", None) or {}).get("Error", {})
+        cause = f"{error['Code']}: {error.get('Message', '')}" if error.get("Code") else f"{type(exc).__name__}: {exc}"
+        raise BackendError(f"could not list the training jobs of SageMaker tuning job {name!r} (status "
+                           f"{state.backend_state.get('status')}), so its trials are unknown here: {cause}") from exc
     state.save()
     return state
 

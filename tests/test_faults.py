@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
+import sys
 import time
 from pathlib import Path
 
@@ -36,6 +38,33 @@ def _same_staged_dataset(got: Path, expected: Path) -> None:
     """Byte-identical files (manifest aside), and manifests equal but for their creation time."""
     assert tree_digest(got, exclude=["manifest.json"]) == tree_digest(expected, exclude=["manifest.json"])
     assert _manifest_without_time(got / "manifest.json") == _manifest_without_time(expected / "manifest.json")
+
+
+# -- the mechanism ---------------------------------------------------------------------------------------------------
+def test_a_fail_point_kills_on_its_nth_hit_and_only_where_armed():
+    script = ("from dogclf._faults import failpoint\n"
+              "for i in range(1, 6):\n"
+              "    failpoint('elsewhere')\n"
+              "    print(i, flush=True)\n"
+              "    failpoint('here')\n")
+    killed = run([sys.executable, "-c", script], failpoints="here@3, other@1")
+    assert_killed_at(killed, "here")
+    assert killed.stdout.split() == ["1", "2", "3"] and "(3)" in killed.stderr
+    assert_ok(unarmed := run([sys.executable, "-c", script]))
+    assert unarmed.stdout.split() == ["1", "2", "3", "4", "5"]
+
+
+@pytest.mark.parametrize("value", ["here@0", "here@x", "@2", "here@-1"])
+def test_a_malformed_fail_point_is_refused(monkeypatch, value):
+    from dogclf import _faults
+
+    monkeypatch.setenv(_faults.ENV, value)
+    try:
+        with pytest.raises(ValueError, match="bad fail point"):
+            _faults.reload()
+    finally:
+        monkeypatch.delenv(_faults.ENV)
+        assert _faults.reload() == {}
 
 
 # -- staging, local target ------------------------------------------------------------------------------------------
@@ -197,7 +226,7 @@ def test_endpoint_server_killed_mid_request(artifact, child_failpoints):
         endpoint.invoke(photo, "image/jpeg")  # refused at once, without a network call
     endpoint.delete()
     assert endpoint.deleted and not workdir.exists() and live_processes(str(workdir)) == []
-    assert not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+    assert endpoint._proc.pid == pid and endpoint._proc.returncode == -signal.SIGKILL  # reaped, by the kill
 
     child_failpoints("")
     with EndpointDeployer(torch_threads=1).deploy(artifact, backend="local") as again:
@@ -216,7 +245,7 @@ def test_deploying_process_killed_while_the_server_starts(artifact, tmp_path):
     scratch.mkdir()
     script = ("from dogclf.serving import EndpointDeployer\n"
               f"EndpointDeployer(torch_threads=1).deploy({str(artifact)!r}, backend='local')\n")
-    killed = run([*_python(), "-c", script], failpoints="serving.endpoint.spawned",
+    killed = run([sys.executable, "-c", script], failpoints="serving.endpoint.spawned",
                  env={**os.environ, "TMPDIR": str(scratch)})
     assert_killed_at(killed, "serving.endpoint.spawned")
     started = time.monotonic()
@@ -233,9 +262,3 @@ def test_delete_leaves_nothing_running(artifact):
     assert live_processes(str(workdir)) == [pid]
     endpoint.delete()
     assert live_processes(str(workdir)) == [] and not workdir.exists() and not endpoint.is_running
-
-
-def _python() -> list[str]:
-    import sys
-
-    return [sys.executable]

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
-from dogclf.backends.sagemaker.session import make_session
+from dogclf.backends.sagemaker.session import error_cause, is_not_found, make_session
 from dogclf.errors import ConfigError, EndpointError
 from dogclf.serving.endpoint import (
     CostWarning,
@@ -139,8 +138,9 @@ class SageMakerEndpoint(Endpoint):
                 pending += [("model", v["ModelName"]) for v in variants if v.get("ModelName")]
                 described = True
             except Exception as exc:  # noqa: BLE001 - botocore errors; only "not found" means gone
-                if not _is_gone(exc):
-                    problems.append(f"describing it to find its endpoint config and models failed: {_cause(exc)}")
+                if not is_not_found(exc):
+                    problems.append("describing it to find its endpoint config and models failed: "
+                                    f"{error_cause(exc)}")
                 else:
                     described = True
                     logger.info("endpoint %s not fully described (%s); deleting what remains", self.name, exc)
@@ -159,11 +159,11 @@ class SageMakerEndpoint(Endpoint):
             try:
                 call(**{key: name})
             except Exception as exc:  # noqa: BLE001 - botocore errors; only "not found" means gone
-                if _is_gone(exc):
+                if is_not_found(exc):
                     logger.info("%s %s was already deleted", kind, name)
                     continue
                 left.append((kind, name))
-                problems.append(f"{kind} {name!r}: {_cause(exc)}")
+                problems.append(f"{kind} {name!r}: {error_cause(exc)}")
         if problems:
             self._pending = left if described else None  # a retry describes again what it could not
             billed = ("the endpoint is still running and billed" if ("endpoint", self.name) in left
@@ -187,27 +187,6 @@ class SageMakerEndpoint(Endpoint):
             warnings.warn(f"SageMaker endpoint {self.name!r} is still running (and billed) but its handle was "
                           "garbage-collected; call delete() or use the handle as a context manager, or keep() it "
                           "on purpose", CostWarning, stacklevel=2)
-
-
-_GONE_CODES = frozenset({"ResourceNotFound", "ResourceNotFoundException", "NotFound", "NoSuchEntity", "404"})
-
-
-def _is_gone(exc: BaseException) -> bool:
-    """Whether a botocore error says the resource does not exist (SageMaker answers ``ValidationException``
-    "Could not find endpoint ..." for endpoints, endpoint configs and models)."""
-    error = (getattr(exc, "response", None) or {}).get("Error", {})
-    code, message = str(error.get("Code", "")), str(error.get("Message", ""))
-    if code in _GONE_CODES:
-        return True
-    return code == "ValidationException" and re.search(r"could not find|does not exist|not found", message,
-                                                       re.IGNORECASE) is not None
-
-
-def _cause(exc: BaseException) -> str:
-    error = (getattr(exc, "response", None) or {}).get("Error", {})
-    if error.get("Code"):
-        return f"{error['Code']}: {error.get('Message', '')}".rstrip(": ")
-    return f"{type(exc).__name__}: {exc}"
 
 
 def _upload_artifact(artifact: Any, session: Any, key_prefix: str) -> str:

@@ -19,6 +19,7 @@ import math
 import re
 from typing import Any
 
+from dogclf.backends.sagemaker.session import error_cause
 from dogclf.backends.sagemaker.training import _session, build_estimator, channel_inputs
 from dogclf.errors import BackendError, ConfigError
 
@@ -242,10 +243,9 @@ def tune(backend: Any, spec: Any, *, state: Any = None, launch: bool = True, wai
         state.trials = list_trials(client, name, state.space)
     except Exception as exc:  # botocore errors: the cause goes to the caller, never "no trial yet"
         state.save()  # what was learnt (the status) is kept; the trials stay as they were
-        error = (getattr(exc, "response", None) or {}).get("Error", {})
-        cause = f"{error['Code']}: {error.get('Message', '')}" if error.get("Code") else f"{type(exc).__name__}: {exc}"
         raise BackendError(f"could not list the training jobs of SageMaker tuning job {name!r} (status "
-                           f"{state.backend_state.get('status')}), so its trials are unknown here: {cause}") from exc
+                           f"{state.backend_state.get('status')}), so its trials are unknown here: "
+                           f"{error_cause(exc)}") from exc
     state.save()
     return state
 

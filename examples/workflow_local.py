@@ -306,6 +306,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             log.warning("endpoint %s left running (--keep-endpoint)", endpoint.name)
         else:
             endpoint.delete()
+        # measured here, right after delete(), not later: once this script exits, an orphaned server stops anyway
+        outputs["endpoint_running_after_delete"] = getattr(endpoint, "is_running", None)
         steps.update()
         steps.close()
 

@@ -108,14 +108,19 @@ def test_artifact_is_the_trained_model_and_endpoint_is_gone(demo):
     assert [model.labels_.folder_name(i) for i in range(len(model.labels_))] == staged_classes
     assert model.config.backbone == "resnet18"
     pid = outputs["endpoint_pid"]
-    assert pid and not Path(f"/proc/{pid}").exists() or _zombie(pid)
+    assert isinstance(pid, int) and pid > 0, outputs  # a local endpoint ran in a process of its own
+    assert outputs["endpoint_running_after_delete"] is False  # stopped by delete(), before the script ended
+    assert not _runs_the_server(pid)
 
 
-def _zombie(pid: int) -> bool:
+def _runs_the_server(pid: int) -> bool:
+    """Whether ``pid`` is a live (not zombie) local endpoint server (the pid may have been reused since)."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
-        return True
+        return False
+    return state != "Z" and b"dogclf.serving.server" in cmdline
 
 
 def test_fallback_photos_are_real_images_of_several_formats(tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import io
 import json
 import os
@@ -75,7 +77,7 @@ def test_config_is_frozen_and_init_touches_no_disk(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     model = ResNetBreedModel("no-such-label-set", backbone="resnet50", weights="IMAGENET1K_V2")
     assert list(tmp_path.iterdir()) == []
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         model.config.backbone = "resnet18"  # type: ignore[misc]
     with pytest.raises(NotFittedError):
         model.save(tmp_path / "x")

@@ -85,7 +85,7 @@ def _cmd_stage(args: argparse.Namespace) -> int:
     counts = {split: sum(c.values()) for split, c in staged.counts.items()}
     data = {"uri": staged.uri, "channels": dict(staged.channels), "manifest": staged.manifest_uri,
             "breeds": len(staged.labels), "images": counts, "skipped": list(staged.skipped), "noop": staged.noop,
-            "cache": staged.cache_uri}
+            "cache": staged.cache_uri, "stats": dict(staged.stats)}
     lines = [f"{'already staged' if staged.noop else 'staged'} {staged.n_images} images of {len(staged.labels)} "
              f"breeds at {staged.uri}",
              "  " + ", ".join(f"{split}: {n}" for split, n in counts.items()),

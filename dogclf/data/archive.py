@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 from dogclf._io import atomic_path
+from dogclf._faults import failpoint
 from dogclf.errors import DataError, DataNotFoundError, UnsafeArchiveError
 
 __all__ = ["safe_extract", "check_archive", "zip_fingerprint", "DEFAULT_MAX_BYTES", "DEFAULT_MAX_ENTRIES"]
@@ -151,6 +152,7 @@ def safe_extract(archive: str | os.PathLike[str], dest: str | os.PathLike[str], 
                                 f"archive {str(path)!r} inflates past {max_bytes} bytes (max_bytes) at member "
                                 f"{info.filename!r}, more than its headers declare")
                         out.write(chunk)
+                failpoint("data.archive.member")
                 if progress is not None:
                     progress(done, total)
         except zipfile.BadZipFile as exc:

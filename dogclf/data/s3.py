@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dogclf._faults import failpoint
 from dogclf.errors import BackendError, DataNotFoundError, InvalidURIError
 
 __all__ = ["S3Location", "parse_s3_uri", "make_client", "list_objects", "expected_etag", "upload_files",
@@ -236,6 +237,7 @@ def upload_files(client: Any, loc: S3Location, files: Sequence[tuple[Path, str, 
             future.result()
             stats.uploaded += 1
             stats.bytes_uploaded += size
+            failpoint("data.s3.upload.done")
             done += 1
             if progress is not None:
                 progress(done, total)

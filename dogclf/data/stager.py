@@ -6,7 +6,6 @@ import hashlib
 import logging
 import os
 import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -15,6 +14,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from dogclf._faults import failpoint
+from dogclf._io import exchange_paths
+from dogclf.data._work import work_folder
 from dogclf._io import atomic_write
 from dogclf.data.archive import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, safe_extract, zip_fingerprint
 from dogclf.data.fetch import ProgressCallback, download, sha256_file
@@ -416,18 +418,15 @@ class DatasetStager:
             check_bucket(client, target_loc)
 
         # 2. Get the data onto local disk, in a work folder next to a local target (so files move by rename).
+        #    The work folder is locked while in use; those of earlier runs that were killed are removed first.
         work_parent = Path(target).parent if target_loc is None else Path(cfg.download_dir or self._downloads())
-        work_parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=f".{cfg.name}.staging-", dir=work_parent))
-        try:
+        with work_folder(work_parent, cfg.name) as work:
             data_root, owned = self._materialise(kind, source_path, client, work)
             manifest = self._validate(data_root, source_info)
             if target_loc is None:
                 stats = self._write_local(manifest, data_root, owned, Path(target), work)
             else:
                 stats = self._write_s3(manifest, data_root, client, target_loc, work)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
         return self._finish(manifest, target, noop=False, started=started, stats=stats)
 
     # -- steps ------------------------------------------------------------------------------------------------
@@ -635,18 +634,20 @@ class DatasetStager:
             manifest = _with_cache(manifest, sizes)
         atomic_write(stage / LABELS_NAME, manifest.labels.to_json())
         manifest.save(stage / MANIFEST_NAME)
-        # swap into place: the old dataset (if any) is moved aside first, so the target is never half-written
+        # swap into place: in one atomic exchange where the system has it (the old dataset, if any, ends up in the
+        # work folder), else the old one is moved aside first; either way the target is never half-written
         target.parent.mkdir(parents=True, exist_ok=True)
-        old = None
-        if target.exists():
+        failpoint("data.stager.swap")
+        if not target.exists():
+            os.replace(stage, target)
+        elif not exchange_paths(stage, target):
             old = work / f"previous-{uuid.uuid4().hex[:8]}"
             os.replace(target, old)
-        try:
-            os.replace(stage, target)
-        except BaseException:
-            if old is not None:
+            try:
+                os.replace(stage, target)
+            except BaseException:
                 os.replace(old, target)
-            raise
+                raise
         self.__dict__["_manifest_"] = manifest
         return stats
 

@@ -334,7 +334,10 @@ def build_report(output_dir: str | os.PathLike[str], path: str | os.PathLike[str
             rows.setdefault("train step time: data loading / compute",
                             f"{data_s:.2f}s / {compute_s:.2f}s ({100 * data_s / (data_s + compute_s):.1f}% waiting "
                             "for data)")
-    rows.setdefault("CPU cores / GPUs", f"{meta.get('cpu_count')} / {meta.get('gpu_count', 0)}")
+    gpus = meta.get("gpu_count", 0)
+    if gpus is None:
+        gpus = f"unknown (the query failed: {meta.get('gpu_error', 'no cause recorded')})"
+    rows.setdefault("CPU cores / GPUs", f"{meta.get('cpu_count')} / {gpus}")
     rows.setdefault("rules triggered", ", ".join(f.rule for f in findings if f.triggered) or "none")
 
     html_path = Path(path) if path is not None else output_dir / "report" / "debug-report.html"

@@ -24,6 +24,7 @@ import weakref
 from pathlib import Path
 from typing import Any
 
+from dogclf._faults import failpoint
 from dogclf.errors import EndpointError, InvalidRequestError
 
 __all__ = ["CostWarning", "Endpoint", "LocalEndpoint", "InProcessEndpoint", "raise_for_error", "new_endpoint_name"]
@@ -198,7 +199,8 @@ class LocalEndpoint(Endpoint):
 
     :meth:`start` (called by :class:`~dogclf.serving.EndpointDeployer`) binds the socket here, so the port is known
     before the child starts, and waits until ``GET /ping`` answers. The child is stopped by :meth:`delete`, by the
-    context manager's exit, when the handle is garbage-collected, and at interpreter exit.
+    context manager's exit, when the handle is garbage-collected, and at interpreter exit. If the deploying process
+    itself dies (even by ``SIGKILL``), the server notices within a second, stops, and removes its temporary folder.
 
     Attributes:
         url: ``http://host:port`` once started.
@@ -231,6 +233,25 @@ class LocalEndpoint(Endpoint):
     def is_running(self) -> bool:
         """Whether the server process is alive."""
         return self._proc is not None and self._proc.poll() is None
+
+    def _exit_status(self) -> str | None:
+        """How the server process ended (``"was killed by SIGKILL"``, ``"exited with status 1"``), or None while
+        it runs."""
+        if self._proc is None or self._proc.poll() is None:
+            return None
+        code = self._proc.returncode
+        if code < 0:
+            try:
+                return f"was killed by {signal.Signals(-code).name}"
+            except ValueError:
+                return f"was killed by signal {-code}"
+        return f"exited with status {code}"
+
+    def _check_server(self, cause: BaseException | None = None) -> None:
+        ended = self._exit_status()
+        if ended is not None:
+            raise EndpointError(f"local endpoint {self.name!r} is not running: its server process {self.pid} "
+                                f"{ended}; delete() it and deploy again. Its log ends:\n{self._log_tail()}") from cause
 
     def start(self) -> LocalEndpoint:
         """Start the server process and wait for ``/ping``; returns ``self``.
@@ -267,6 +288,8 @@ class LocalEndpoint(Endpoint):
                 env = {**os.environ, "PYTHONUNBUFFERED": "1"}
                 cmd = [sys.executable, "-m", "dogclf.serving.server", str(model_dir), "--fd", str(sock.fileno()),
                        "--config", json.dumps(config.to_dict()), "--parent-pid", str(os.getpid())]
+                if remove:
+                    cmd += ["--remove-when-orphaned", str(workdir)]
                 with open(self.log_path, "ab") as log:
                     self._proc = subprocess.Popen(cmd, pass_fds=(sock.fileno(),), stdout=log,
                                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
@@ -278,6 +301,7 @@ class LocalEndpoint(Endpoint):
                 shutil.rmtree(workdir, ignore_errors=True)
             raise
         self._finalizer = weakref.finalize(self, _cleanup, self._proc, workdir, remove)
+        failpoint("serving.endpoint.spawned")
         url_host = f"[{host}]" if family == socket.AF_INET6 else host
         self.url = f"http://{url_host}:{port}"
         try:
@@ -325,7 +349,7 @@ class LocalEndpoint(Endpoint):
         """Whether ``GET /ping`` answers 200."""
         import requests
 
-        if self.url is None or self.deleted:
+        if self.url is None or self.deleted or not self.is_running:
             return False
         try:
             return self._session().get(f"{self.url}/ping", timeout=5).status_code == 200
@@ -333,23 +357,36 @@ class LocalEndpoint(Endpoint):
             return False
 
     def stats(self) -> dict[str, Any]:
-        """The server's counters: requests, 4xx/5xx errors, forward passes (``batches``) and ``images``."""
+        """The server's counters: requests, 4xx/5xx errors, forward passes (``batches``), ``images``, and the
+        requests ``queued`` for a forward pass now."""
         self._check_live()
         return self._session().get(f"{self.url}/stats", timeout=10).json()
 
     def invoke(self, body: bytes, content_type: str, *, accept: str = "application/json",
                k: int | None = None, timeout: float = 120.0) -> tuple[bytes, str]:
-        """``POST /invocations``; see :meth:`Endpoint.invoke`. ``timeout`` bounds the HTTP call in seconds."""
+        """``POST /invocations``; see :meth:`Endpoint.invoke`. ``timeout`` bounds the HTTP call in seconds.
+
+        If the server process has ended (crashed, or killed), or ends while answering, the call raises
+        :class:`~dogclf.errors.EndpointError` saying how it ended, with the end of its log; :attr:`is_running`
+        is then False, and :meth:`delete` cleans up what is left.
+        """
         import requests
 
         self._check_live()
         if self.url is None:
             raise EndpointError(f"local endpoint {self.name!r} was not started")
+        self._check_server()
         params = {"k": str(k)} if k is not None else None
         try:
             response = self._session().post(f"{self.url}/invocations", data=body, params=params, timeout=timeout,
                                             headers={"Content-Type": content_type, "Accept": accept})
         except requests.RequestException as exc:
+            if self._proc is not None:
+                try:  # a connection cut by the server's death: report the death, not just the reset
+                    self._proc.wait(timeout=2)
+                except subprocess.TimeoutExpired:
+                    pass
+            self._check_server(exc)
             raise EndpointError(f"local endpoint {self.name!r} at {self.url} could not be reached: {exc}") from exc
         raise_for_error(response.status_code, response.content, f"local endpoint {self.name!r}")
         return response.content, response.headers.get("content-type", "")

@@ -21,12 +21,14 @@ import collections
 import json
 import logging
 import os
+import signal
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from dogclf._faults import failpoint
 from dogclf.errors import ConfigError, InvalidRequestError
 
 __all__ = ["ServerConfig", "DynamicBatcher", "create_app", "serve", "main"]
@@ -152,6 +154,11 @@ class DynamicBatcher:
         self._task: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
 
+    @property
+    def queued(self) -> int:
+        """Requests waiting for a forward pass (not counting those of the pass running now)."""
+        return len(self._pending)
+
     def start(self) -> None:
         """Start the batching task on the running event loop."""
         self._arrived = asyncio.Event()
@@ -245,6 +252,7 @@ class DynamicBatcher:
             if not items:
                 continue
             merged = handler.InferenceInput(batch=torch.cat([item.data.batch for item in items]), k=1)
+            failpoint("serving.batcher.forward")
             try:
                 output = await loop.run_in_executor(self._executor, handler.predict_fn, merged, self.model)
             except Exception as exc:  # noqa: BLE001 - handed to each waiting request
@@ -298,7 +306,7 @@ def create_app(model: Any, config: ServerConfig | None = None) -> Any:
 
     Returns:
         A Starlette application with ``GET /ping`` and ``POST /invocations`` (plus ``GET /stats``: batches run,
-        images seen, requests served and refused).
+        images seen, requests served and refused, requests queued for a forward pass).
     """
     from contextlib import asynccontextmanager
 
@@ -363,7 +371,8 @@ def create_app(model: Any, config: ServerConfig | None = None) -> Any:
             return _error(500, "internal_error", f"{type(exc).__name__}: {exc}")
 
     async def get_stats(request: Request) -> Response:
-        return JSONResponse({**stats, "batches": batcher.batches, "images": batcher.images})
+        return JSONResponse({**stats, "batches": batcher.batches, "images": batcher.images,
+                             "queued": batcher.queued})
 
     @asynccontextmanager
     async def lifespan(app: Any) -> Any:
@@ -410,7 +419,6 @@ def serve(model_dir: str | os.PathLike[str], config: ServerConfig | None = None,
 def _watch_parent(parent_pid: int, interval_s: float = 1.0) -> None:
     """Stop this server gracefully (SIGTERM to itself) once ``parent_pid`` has exited, so a crashed or killed
     client process leaves no orphaned server behind."""
-    import signal
     import threading
 
     def watch() -> None:
@@ -422,6 +430,10 @@ def _watch_parent(parent_pid: int, interval_s: float = 1.0) -> None:
     threading.Thread(target=watch, name="dogclf-parent-watch", daemon=True).start()
 
 
+def _exit_on_signal(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point: ``python -m dogclf.serving.server MODEL_DIR [options]``."""
     parser = argparse.ArgumentParser(prog="python -m dogclf.serving.server", description=__doc__.split("\n\n")[0])
@@ -430,6 +442,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fd", type=int, default=None, help="serve on this inherited listening socket")
     parser.add_argument("--parent-pid", type=int, default=None,
                         help="stop when this process (the one that started the server) is gone")
+    parser.add_argument("--remove-when-orphaned", default=None, metavar="DIR",
+                        help="with --parent-pid: remove this folder (the endpoint's temporary one) when stopping "
+                             "because that process is gone")
     for f in fields(ServerConfig):
         if f.name in ("host", "log_level"):
             parser.add_argument(f"--{f.name.replace('_', '-')}", default=None)
@@ -444,12 +459,22 @@ def main(argv: list[str] | None = None) -> int:
     config = ServerConfig.from_dict(options)
     logging.basicConfig(level=config.log_level.upper() if config.log_level != "trace" else "DEBUG",
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.parent_pid is not None:
-        _watch_parent(args.parent_pid)
-    sock = socket.socket(fileno=args.fd) if args.fd is not None else None
-    serve(args.model_dir, config, sock=sock)
+    try:  # from here on, a SIGTERM (SystemExit) still runs the clean-up below
+        if args.parent_pid is not None:
+            _watch_parent(args.parent_pid)
+        sock = socket.socket(fileno=args.fd) if args.fd is not None else None
+        serve(args.model_dir, config, sock=sock)
+    finally:
+        if args.remove_when_orphaned and args.parent_pid is not None and os.getppid() != args.parent_pid:
+            import shutil
+
+            # the process that would have removed it is gone (killed): nothing else will
+            shutil.rmtree(args.remove_when_orphaned, ignore_errors=True)
     return 0
 
 
 if __name__ == "__main__":  # pragma: no cover - run as a process
+    # SIGTERM (from delete(), or from the parent watch) ends the process through SystemExit, so main()'s clean-up
+    # runs even while the model is still loading; uvicorn handles it gracefully while serving, then re-raises it.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     raise SystemExit(main())

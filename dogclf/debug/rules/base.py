@@ -233,7 +233,8 @@ class ProfileData:
         steps: Per-step timings (dicts with ``mode``, ``step``, ``start``, ``data_time``, ``compute_time``,
             ``batch_size``).
         meta: Run facts (``process_start``, ``train_begin``, ``first_step``, ``cpu_count``, ``num_workers``,
-            ``gpu_count``, ``gpu_memory_total``).
+            ``gpu_count``, ``gpu_memory_total``; ``gpu_count`` is None, with the cause in ``gpu_error``, when the
+            GPU query failed).
     """
 
     system: list[dict[str, Any]] = field(default_factory=list)

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from dogclf import __version__
+from dogclf._extras import require
 from dogclf.errors import ConfigError, DogclfError
 
 __all__ = ["main", "build_parser", "parse_space", "parse_assignments"]
@@ -162,9 +163,7 @@ def _emit(args: argparse.Namespace, data: dict[str, Any], lines: Sequence[str]) 
 
 
 def _tqdm() -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm
+    return require("cli", "tqdm.auto", "command's progress bars").tqdm
 
 
 class _EpochProgress:

@@ -8,7 +8,10 @@ the SageMaker backend knows AWS request shapes; user code talks to the protocol.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from typing import Any, ClassVar, Protocol, runtime_checkable
+
+from dogclf._extras import require
 
 __all__ = ["Backend", "PackageBackend"]
 
@@ -47,8 +50,13 @@ class PackageBackend:
 
     capability_package: ClassVar[str]
     """Dotted name of the package holding the capability modules (the backend's own package)."""
+    extras: ClassVar[Mapping[str, tuple[tuple[str, str], ...]]] = {}
+    """Optional modules each capability needs, as ``{"train": (("local", "sagemaker_training"),), ...}`` (keys:
+    ``train``, ``attach``, ``tune``, ``deploy``); checked with :func:`dogclf._extras.require` before it runs."""
 
     def _capability(self, module: str, function: str) -> Any:
+        for extra, name in self.extras.get(function, ()):
+            require(extra, name, f"{self.name} backend's {function}")  # type: ignore[attr-defined]
         return getattr(importlib.import_module(f"{self.capability_package}.{module}"), function)
 
     def train(self, spec: Any, **kwargs: Any) -> Any:

@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from dogclf._extras import require
 from dogclf.errors import ConfigError, JobError, NotFittedError
 
 from .callbacks import DEBUG_ENV, HYPERPARAMETER, encode_settings
@@ -138,6 +139,8 @@ class DebugTrainer:
         """
         from dogclf.backends import get_backend
 
+        require("debug", "smdebug")  # before the job runs: the rules and the report need both
+        require("report", "matplotlib")
         from .report import build_report
 
         backend = get_backend(self.backend)
@@ -201,7 +204,7 @@ class DebugTrainer:
 
 def _download_output(output_uri: str, tensors_uri: str | None, job_name: str) -> tuple[Path, Any]:
     """Fetch a SageMaker job's ``output.tar.gz`` (the output data folder) to a local folder."""
-    import boto3
+    boto3 = require("s3", "boto3", "reading a SageMaker job's output from S3")
 
     from dogclf.backends.local import default_root
 

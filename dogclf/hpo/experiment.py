@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from dogclf._extras import require
 from dogclf.errors import ConfigError, NotFittedError, NotFoundError
 from dogclf.hpo.objective import Objective
 from dogclf.hpo.pruning import MedianStopping, get_early_stopping
@@ -363,7 +364,7 @@ class HPOExperiment:
         Columns: one per tuned hyperparameter, then ``job_name``, ``status``, ``objective``, ``duration_s``,
         ``failure_reason``, ``created`` and ``ended`` (UTC timestamps).
         """
-        import pandas as pd
+        pd = require("tune", "pandas", "trial tables")
 
         state = self._require_state()
         rows = []
@@ -437,7 +438,7 @@ class HPOExperiment:
         Columns: ``Name``, ``Status``, ``Final objective metric value``, ``Creation time``,
         ``Training Duration``; newest first, like the console.
         """
-        import pandas as pd
+        pd = require("tune", "pandas", "trial tables")
 
         state = self._require_state()
         rows = [{

@@ -24,6 +24,7 @@ import weakref
 from pathlib import Path
 from typing import Any
 
+from dogclf._extras import require
 from dogclf.errors import EndpointError, InvalidRequestError
 
 __all__ = ["CostWarning", "Endpoint", "LocalEndpoint", "InProcessEndpoint", "raise_for_error", "new_endpoint_name"]
@@ -296,7 +297,7 @@ class LocalEndpoint(Endpoint):
             return ""
 
     def _wait_ready(self) -> None:
-        import requests
+        requests = require("serve", "requests", "local endpoint client")
 
         deadline = time.monotonic() + self.startup_timeout_s
         while True:
@@ -315,7 +316,7 @@ class LocalEndpoint(Endpoint):
             time.sleep(0.1)
 
     def _session(self) -> Any:
-        import requests
+        requests = require("serve", "requests", "local endpoint client")
 
         session = getattr(self._local, "session", None)
         if session is None:
@@ -324,7 +325,7 @@ class LocalEndpoint(Endpoint):
 
     def ping(self) -> bool:
         """Whether ``GET /ping`` answers 200."""
-        import requests
+        requests = require("serve", "requests", "local endpoint client")
 
         if self.url is None or self.deleted:
             return False
@@ -341,7 +342,7 @@ class LocalEndpoint(Endpoint):
     def invoke(self, body: bytes, content_type: str, *, accept: str = "application/json",
                k: int | None = None, timeout: float = 120.0) -> tuple[bytes, str]:
         """``POST /invocations``; see :meth:`Endpoint.invoke`. ``timeout`` bounds the HTTP call in seconds."""
-        import requests
+        requests = require("serve", "requests", "local endpoint client")
 
         self._check_live()
         if self.url is None:

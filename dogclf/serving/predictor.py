@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dogclf._extras import require
 from dogclf.errors import ConfigError, DataNotFoundError, DogclfError, NotFittedError, UnknownBreedError
 
 __all__ = ["BreedScore", "Prediction", "BreedPredictor", "IMAGE_SUFFIXES", "true_breed_of"]
@@ -348,7 +349,7 @@ class BreedPredictor:
         Raises:
             DataNotFoundError: ``folder`` does not exist or holds no photos.
         """
-        import pandas as pd
+        pd = require("report", "pandas", "prediction tables")
 
         root = Path(folder)
         if not root.is_dir():

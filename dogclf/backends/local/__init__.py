@@ -29,6 +29,11 @@ class LocalBackend(PackageBackend):
 
     name = "local"
     capability_package = __name__
+    extras = {
+        "train": (("local", "sagemaker_training"),),  # jobs run under the container contract through the toolkit
+        "tune": (("local", "sagemaker_training"),),
+        "deploy": (("serve", "starlette"), ("serve", "uvicorn"), ("serve", "requests")),
+    }
 
     def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
         # Absolute from the start: jobs run in other working directories (SAGEMAKER_BASE_DIR, child processes).

@@ -35,6 +35,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
+from dogclf._extras import require
 from dogclf.errors import (
     ConfigError,
     DataError,
@@ -494,6 +495,7 @@ def attach(backend: Any, job_name: str) -> TrainingJobResult:
 def _run_in_job_folder(base: str) -> int:
     """The job process: run the entry point through the sagemaker-training toolkit (``SAGEMAKER_BASE_DIR`` set)."""
     os.environ["SAGEMAKER_BASE_DIR"] = base
+    require("local", "sagemaker_training", "local backend's training job")
     from sagemaker_training import entry_point, environment, errors
 
     env = environment.Environment()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from dogclf._extras import require
 from dogclf.backends.base import PackageBackend
 
 __all__ = ["SageMakerBackend"]
@@ -27,6 +28,7 @@ class SageMakerBackend(PackageBackend):
 
     name = "sagemaker"
     capability_package = __name__
+    extras = {capability: (("sagemaker", "sagemaker"),) for capability in ("train", "attach", "tune", "deploy")}
 
     def __init__(self, role: str | None = None, bucket: str | None = None, region: str | None = None,
                  session: Any = None) -> None:
@@ -40,6 +42,7 @@ class SageMakerBackend(PackageBackend):
 
     def tuning_state(self, name: str) -> Any:
         """Rebuild a tuning experiment's state from a SageMaker tuning job by name; see :mod:`.tuning`."""
+        require("sagemaker", "sagemaker", "SageMaker backend's tuning_state")
         from .tuning import state_from_tuning_job
 
         return state_from_tuning_job(self, name)

@@ -17,6 +17,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from dogclf._extras import require
 from dogclf.backends.sagemaker.session import make_session
 from dogclf.errors import ConfigError, EndpointError
 from dogclf.serving.endpoint import (
@@ -69,7 +70,7 @@ class SageMakerEndpoint(Endpoint):
             EndpointError: the endpoint does not exist.
         """
         if session is None:
-            import sagemaker
+            sagemaker = require("sagemaker", "sagemaker", "SageMaker endpoint")
 
             session = sagemaker.Session()
         try:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from dogclf._extras import require
+
 __all__ = ["make_session"]
 
 
@@ -16,8 +18,8 @@ def make_session(backend: Any) -> Any:
     """
     if getattr(backend, "session", None) is not None:
         return backend.session
+    sagemaker = require("sagemaker", "sagemaker", "SageMaker backend")
     import boto3
-    import sagemaker
 
     region = backend.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     return sagemaker.Session(boto_session=boto3.Session(region_name=region), default_bucket=backend.bucket)

@@ -21,16 +21,16 @@ __all__ = ["EXTRAS", "require"]
 EXTRAS: dict[str, tuple[str, tuple[str, ...]]] = {
     # extra: (what it enables, the top-level modules dogclf imports from it)
     "http": ("dataset staging from http(s) URLs", ("requests",)),
-    "s3": ("S3 staging and reading job output from S3", ("boto3", "botocore", "s3transfer")),
+    "s3": ("S3 access (staging, job output)", ("boto3", "botocore", "s3transfer")),
     "sagemaker": ("SageMaker backend", ("sagemaker", "boto3")),
     "debug": ("Debugger support (tensors, rules, profiling)", ("smdebug", "psutil")),
     "tune": ("tuning (Bayesian search, trial tables)", ("optuna", "pandas")),
     "serve": ("local endpoint", ("starlette", "uvicorn", "requests")),
-    "report": ("reports, plots and tables", ("matplotlib", "pandas")),
-    "local": ("local backend's training jobs", ("sagemaker_training",)),
-    "cli": ("progress bars", ("tqdm",)),
+    "report": ("report and table support (plots, prediction tables)", ("matplotlib", "pandas")),
+    "local": ("local backend's job runner", ("sagemaker_training",)),
+    "cli": ("command-line progress display", ("tqdm",)),
 }
-"""Each extra: what it enables (in words, for error messages) and the modules dogclf imports from it."""
+"""Each extra: what it enables (a singular noun phrase, for error messages) and the modules dogclf imports from it."""
 
 
 def require(extra: str, module: str, feature: str | None = None) -> ModuleType:
@@ -41,7 +41,7 @@ def require(extra: str, module: str, feature: str | None = None) -> ModuleType:
     Args:
         extra: The extra that brings ``module`` (a key of :data:`EXTRAS`).
         module: The module to import.
-        feature: What needs it, in words, for the message (defaults to what the extra enables).
+        feature: What needs it, a singular noun phrase for the message (default: what the extra enables).
 
     Returns:
         The imported module.

@@ -163,7 +163,7 @@ def _emit(args: argparse.Namespace, data: dict[str, Any], lines: Sequence[str]) 
 
 
 def _tqdm() -> Any:
-    return require("cli", "tqdm.auto", "command's progress bars").tqdm
+    return require("cli", "tqdm.auto").tqdm
 
 
 class _EpochProgress:

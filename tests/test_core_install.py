@@ -133,7 +133,7 @@ def test_predict_folder_needs_report(hide, tmp_path):
     with pytest.raises(MissingExtraError) as info:
         BreedPredictor(make_artifact(tmp_path / "model")).predict_folder(tmp_path / "photos")
     _check(info, "report")
-    assert "prediction tables" in str(info.value)
+    assert str(info.value).startswith("dogclf's prediction table needs pandas")
 
 
 def test_local_training_needs_local_before_any_job_folder(hide, tmp_path):
@@ -217,7 +217,8 @@ def test_an_installed_module_whose_own_import_is_missing_names_both(hide, tmp_pa
     with pytest.raises(MissingExtraError) as info:
         require("report", "dogclf_fake_extra")
     message = str(info.value)
-    assert message.startswith("dogclf's reports, plots and tables needs dogclf_fake_extra, which failed to import")
+    assert message.startswith("dogclf's report and table support (plots, prediction tables) needs dogclf_fake_extra, "
+                              "which failed to import")
     assert "pandas" in message and message.endswith('pip install "dogclf[report]"')
     assert info.value.module == "pandas" and info.value.name == "pandas"
     sys.modules.pop("dogclf_fake_extra", None)

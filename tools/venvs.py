@@ -154,12 +154,14 @@ def pinned_venv(python: str, requirements: Sequence[str], key: str, *, cache: Pa
                 pip_args: Sequence[str] = ()) -> tuple[Path, dict[str, float]]:
     """A venv for ``python`` with exactly ``requirements`` installed, cached under ``cache/venvs/<key>-<hash>``.
 
-    The wheels are downloaded once into ``cache/wheels/<key>-<hash>`` and the venv is built from them offline;
+    The wheels are fetched once into ``cache/wheels/<key>-<hash>`` and the venv is built from them offline;
     a later call with the same requirements reuses the venv (a stamp file marks it complete). Returns the
     interpreter and the seconds spent downloading and installing (0 when cached).
     """
     cache = cache or cache_root()
-    digest = hashlib.sha256(json.dumps([python, list(requirements)]).encode()).hexdigest()[:10]
+    version = subprocess.run([python, "-c", "import platform; print(platform.python_version())"], check=True,
+                             capture_output=True, text=True).stdout.strip()
+    digest = hashlib.sha256(json.dumps([version, list(requirements)]).encode()).hexdigest()[:10]
     name = f"{key}-{digest}"
     venv, wheels = cache / "venvs" / name, cache / "wheels" / name
     stamp = venv / ".dogclf-compat-complete"
@@ -174,9 +176,14 @@ def pinned_venv(python: str, requirements: Sequence[str], key: str, *, cache: Pa
     py = str(venv_python(venv))
     pip = [py, "-m", "pip", "--disable-pip-version-check", "-q"]
     started = time.perf_counter()
-    _log(f"{key}: downloading {' '.join(requirements)} into {wheels}")
-    subprocess.run([*pip, "download", "-d", str(wheels), *pip_args, *requirements], check=True)
-    times["download_s"] = time.perf_counter() - started
+    fetched = wheels / ".dogclf-compat-complete"
+    if not fetched.is_file():
+        _log(f"{key}: downloading {' '.join(requirements)} into {wheels}")
+        # `pip wheel` rather than `pip download`: a requirement published only as an sdist is built into a wheel
+        # once, so the install below (and any rebuild of the venv) needs no network and no build tools.
+        subprocess.run([*pip, "wheel", "-w", str(wheels), *pip_args, *requirements], check=True)
+        fetched.write_text("\n".join(sorted(p.name for p in wheels.glob("*.whl"))) + "\n")
+        times["download_s"] = time.perf_counter() - started
     started = time.perf_counter()
     subprocess.run([*pip, "install", "--no-index", "--find-links", str(wheels), *pip_args, *requirements],
                    check=True)

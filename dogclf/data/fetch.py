@@ -74,7 +74,7 @@ def download(url: str, dest: str | os.PathLike[str], *, sha256: str | None = Non
         DownloadError: another HTTP error, or the connection failed more than ``retries`` times.
         ChecksumMismatchError: the complete file's sha256 differs from ``sha256``; the bad file is deleted.
     """
-    requests = require("http", "requests", "download")
+    requests = require("http", "requests", "dataset download")
 
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:

@@ -417,7 +417,7 @@ class RuleCallback(Callback):
         if self._trial is None:
             if not has_tensors(self.tensor_dir):
                 return
-            create_trial = require("debug", "smdebug.trials", "Debugger rules").create_trial
+            create_trial = require("debug", "smdebug.trials", "Debugger rule evaluation").create_trial
 
             self._trial = create_trial(str(self.tensor_dir))
             self._trial._training_end_delay_refresh = 0  # local files are complete once the hook has closed

@@ -60,7 +60,7 @@ def sagemaker_debugger_kwargs(config: DebuggerConfig, s3_output_path: str | None
         ConfigError: a name in ``config.sagemaker_rules`` is not one of SageMaker's built-in rules.
     """
     os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
-    require("sagemaker", "sagemaker.debugger", "SageMaker Debugger settings")
+    require("sagemaker", "sagemaker.debugger", "SageMaker Debugger configuration")
     from sagemaker.debugger import CollectionConfig, DebuggerHookConfig, ProfilerConfig, ProfilerRule, Rule, rule_configs
 
     collections = []

@@ -364,7 +364,7 @@ class HPOExperiment:
         Columns: one per tuned hyperparameter, then ``job_name``, ``status``, ``objective``, ``duration_s``,
         ``failure_reason``, ``created`` and ``ended`` (UTC timestamps).
         """
-        pd = require("tune", "pandas", "trial tables")
+        pd = require("tune", "pandas", "trial table")
 
         state = self._require_state()
         rows = []
@@ -438,7 +438,7 @@ class HPOExperiment:
         Columns: ``Name``, ``Status``, ``Final objective metric value``, ``Creation time``,
         ``Training Duration``; newest first, like the console.
         """
-        pd = require("tune", "pandas", "trial tables")
+        pd = require("tune", "pandas", "trial table")
 
         state = self._require_state()
         rows = [{

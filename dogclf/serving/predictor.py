@@ -349,7 +349,7 @@ class BreedPredictor:
         Raises:
             DataNotFoundError: ``folder`` does not exist or holds no photos.
         """
-        pd = require("report", "pandas", "prediction tables")
+        pd = require("report", "pandas", "prediction table")
 
         root = Path(folder)
         if not root.is_dir():

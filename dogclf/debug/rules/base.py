@@ -133,7 +133,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def _smdebug_rule_base() -> type:
-    return require("debug", "smdebug.rules.rule", "Debugger rules").Rule
+    return require("debug", "smdebug.rules.rule", "Debugger rule support").Rule
 
 
 class TensorRule(RuleParameters, _smdebug_rule_base()):  # type: ignore[misc]

@@ -94,6 +94,21 @@ def test_artifact_round_trip_and_in_process_predictor(tmp_path):
     assert [p.index for p in batch] == [prediction.index] * 2
 
 
+def test_local_folder_and_zip_staging(tmp_path):
+    import shutil
+
+    from dogclf.data import DatasetStager, make_synthetic_dataset
+
+    data = make_synthetic_dataset(tmp_path / "data", n_classes=3, per_class=2, image_size=32)
+    staged = DatasetStager(data.root, tmp_path / "staged").run()
+    assert set(staged.channels) == {"train", "valid", "test"}
+    assert sorted(p.name for p in Path(staged.channels["train"]).iterdir()) == sorted(
+        p.name for p in (Path(data.root) / "train").iterdir())
+    archive = shutil.make_archive(str(tmp_path / "dogImages"), "zip", tmp_path / "data")
+    from_zip = DatasetStager(archive, tmp_path / "from-zip").run()
+    assert len(list(Path(from_zip.channels["test"]).rglob("*.jpg"))) == 3 * 2
+
+
 @pytest.mark.slow
 def test_training_entry_point_without_debugger(tmp_path):
     from dogclf.data import make_synthetic_dataset

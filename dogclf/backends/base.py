@@ -56,7 +56,7 @@ class PackageBackend:
 
     def _capability(self, module: str, function: str) -> Any:
         for extra, name in self.extras.get(function, ()):
-            require(extra, name, f"{self.name} backend's {function}")  # type: ignore[attr-defined]
+            require(extra, name, f"{getattr(self, 'name', type(self).__name__)} backend's {function}")
         return getattr(importlib.import_module(f"{self.capability_package}.{module}"), function)
 
     def train(self, spec: Any, **kwargs: Any) -> Any:

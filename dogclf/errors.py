@@ -44,6 +44,7 @@ __all__ = [
     "InvalidURIError",
     "DownloadError",
     "LabelMismatchError",
+    "MissingExtraError",
 ]
 
 
@@ -92,6 +93,21 @@ class BackendError(DogclfError, RuntimeError):
 
 class PluginLoadError(DogclfError, ImportError):
     """A plug-in (an entry point of a ``dogclf.*`` group, or a lazily loaded built-in) failed to import or load."""
+
+
+class MissingExtraError(DogclfError, ImportError):
+    """An optional dependency is not installed; the message names the ``pip install "dogclf[extra]"`` that brings it.
+
+    Args:
+        message: What needs the module and how to install it.
+        extra: The extra that brings the module (``"debug"``, ``"sagemaker"``, ...).
+        module: The module that failed to import (also :attr:`ImportError.name`).
+    """
+
+    def __init__(self, message: str, *, extra: str, module: str) -> None:
+        super().__init__(message, name=module)
+        self.extra = extra
+        self.module = module
 
 
 class BackendLoadError(BackendError, PluginLoadError):

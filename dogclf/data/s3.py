@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dogclf._extras import require
 from dogclf._faults import failpoint
 from dogclf.errors import BackendError, DataNotFoundError, InvalidURIError
 
@@ -77,7 +78,7 @@ def make_client(workers: int = 16, region: str | None = None) -> Any:
     The endpoint, credentials and region come from the usual places (``AWS_ENDPOINT_URL``, ``AWS_PROFILE``, ...).
     Clients are thread-safe and slow to create (~0.1 s), so one is kept per pool size, region and environment.
     """
-    import boto3
+    boto3 = require("s3", "boto3", "S3 staging")
     from botocore.config import Config
 
     env = tuple(os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE",

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dogclf._extras import require
 from dogclf.errors import ConfigError, OutputExistsError
 from dogclf.training.callbacks import Callback, StepInfo, TrainingContext
 
@@ -91,13 +92,7 @@ class HookCallback(Callback):
         _check_fresh(self.out_dir)
         self.hook_config["LocalPath"] = str(self.out_dir)
         write_json(self.config_path, self.hook_config)
-        try:
-            from smdebug.pytorch import Hook
-        except ImportError as exc:
-            raise ConfigError(
-                f"Debugger tensors need smdebug in the training environment ({type(exc).__name__}: {exc}); install "
-                "smdebug==1.0.34 with protobuf<=3.20.3 and numpy<2.3 (on SageMaker: the job's requirements.txt)"
-            ) from exc
+        Hook = require("debug", "smdebug.pytorch", "Debugger hook").Hook  # on SageMaker: the job's requirements.txt
 
         try:
             self.hook = Hook.create_from_json_file(str(self.config_path))
@@ -204,7 +199,7 @@ class RuleCallback(Callback):
         if self._trial is None:
             if not has_tensors(self.tensor_dir):
                 return
-            from smdebug.trials import create_trial
+            create_trial = require("debug", "smdebug.trials", "Debugger rule evaluation").create_trial
 
             self._trial = create_trial(str(self.tensor_dir))
             self._trial._training_end_delay_refresh = 0  # local files are complete once the hook has closed

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dogclf._extras import require
 from dogclf._io import atomic_path
 from dogclf.training.callbacks import Callback, StepInfo, TrainingContext
 
@@ -43,7 +44,7 @@ class StepTimer(Callback):
 
     def on_train_begin(self, ctx: TrainingContext) -> None:
         """Note the start times, cores, data-loader workers and GPU."""
-        import psutil
+        psutil = require("debug", "psutil", "profiler")
 
         try:
             process_start = psutil.Process().create_time()

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dogclf._extras import require
 from dogclf.errors import EmptyTrialError
 
 from ._io import read_json, write_bytes
@@ -274,7 +275,9 @@ def build_report(output_dir: str | os.PathLike[str], path: str | os.PathLike[str
 
     Raises:
         EmptyTrialError: there are no tensors to read (and no profiling data either).
+        MissingExtraError: matplotlib (the ``report`` extra) or smdebug (``debug``) is not installed.
     """
+    require("report", "matplotlib", "Debugger report")
     from .rules import evaluate_profile, evaluate_trial
     from .rules.profiler import step_durations
     from .trial import loss_series, open_trial

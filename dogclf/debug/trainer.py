@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dogclf._extras import require
 from dogclf._io import atomic_path
 from dogclf.errors import ConfigError, DogclfError, JobError, NotFittedError
 
@@ -143,6 +144,8 @@ class DebugTrainer:
         """
         from dogclf.backends import get_backend
 
+        require("debug", "smdebug")  # before the job runs: the rules and the report need both
+        require("report", "matplotlib")
         from .report import build_report
 
         backend = get_backend(self.backend)

@@ -24,6 +24,7 @@ import weakref
 from pathlib import Path
 from typing import Any
 
+from dogclf._extras import require
 from dogclf._faults import failpoint
 from dogclf.errors import EndpointError, InvalidRequestError
 
@@ -319,7 +320,7 @@ class LocalEndpoint(Endpoint):
             return ""
 
     def _wait_ready(self) -> None:
-        import requests
+        requests = require("serve", "requests", "local endpoint client")
 
         deadline = time.monotonic() + self.startup_timeout_s
         while True:
@@ -338,7 +339,7 @@ class LocalEndpoint(Endpoint):
             time.sleep(0.1)
 
     def _session(self) -> Any:
-        import requests
+        requests = require("serve", "requests", "local endpoint client")
 
         session = getattr(self._local, "session", None)
         if session is None:
@@ -347,7 +348,7 @@ class LocalEndpoint(Endpoint):
 
     def ping(self) -> bool:
         """Whether ``GET /ping`` answers 200."""
-        import requests
+        requests = require("serve", "requests", "local endpoint client")
 
         if self.url is None or self.deleted or not self.is_running:
             return False
@@ -370,7 +371,7 @@ class LocalEndpoint(Endpoint):
         :class:`~dogclf.errors.EndpointError` saying how it ended, with the end of its log; :attr:`is_running`
         is then False, and :meth:`delete` cleans up what is left.
         """
-        import requests
+        requests = require("serve", "requests", "local endpoint client")
 
         self._check_live()
         if self.url is None:

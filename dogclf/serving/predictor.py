@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from dogclf import images
+from dogclf._extras import require
 from dogclf._io import atomic_path
 from dogclf.errors import ConfigError, DataNotFoundError, DogclfError, NotFittedError, UnknownBreedError
 from dogclf.images import IMAGE_SUFFIXES
@@ -368,7 +369,7 @@ class BreedPredictor:
         Raises:
             DataNotFoundError: ``folder`` does not exist or holds no photos.
         """
-        import pandas as pd
+        pd = require("report", "pandas", "prediction table")
 
         root = Path(folder)
         if not root.is_dir():

@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from dogclf._extras import require
 from dogclf._faults import failpoint
 from dogclf.errors import ConfigError, InvalidRequestError
 
@@ -310,6 +311,7 @@ def create_app(model: Any, config: ServerConfig | None = None) -> Any:
     """
     from contextlib import asynccontextmanager
 
+    require("serve", "starlette", "local endpoint server")
     from starlette.applications import Starlette
     from starlette.requests import ClientDisconnect, Request
     from starlette.responses import JSONResponse, Response
@@ -401,8 +403,8 @@ def serve(model_dir: str | os.PathLike[str], config: ServerConfig | None = None,
         sock: An already bound and listening socket to serve on (``config.host``/``port`` are then ignored).
     """
     import torch
-    import uvicorn
 
+    uvicorn = require("serve", "uvicorn", "local endpoint server")
     from dogclf.serving import handler
 
     config = config or ServerConfig()

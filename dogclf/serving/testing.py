@@ -76,7 +76,9 @@ def running_app(app: Any, host: str = "127.0.0.1") -> Iterator[str]:
     process for the duration of the ``with`` block; yields its base URL. Always stops the server."""
     import socket
 
-    import uvicorn
+    from dogclf._extras import require
+
+    uvicorn = require("serve", "uvicorn", "test server")
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind((host, 0))

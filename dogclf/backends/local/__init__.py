@@ -34,6 +34,11 @@ class LocalBackend(PackageBackend):
     delivers_debugger_config = True
     """Jobs get ``debughookconfig.json`` / ``profilerconfig.json`` written from the spec, as SageMaker's Debugger
     service does."""
+    extras = {
+        "train": (("local", "sagemaker_training"),),  # jobs run under the container contract through the toolkit
+        "trial_pool": (("local", "sagemaker_training"),),
+        "deploy": (("serve", "starlette"), ("serve", "uvicorn"), ("serve", "requests")),
+    }
 
     def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
         # Absolute from the start: jobs run in other working directories (SAGEMAKER_BASE_DIR, child processes).

@@ -36,6 +36,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from dogclf._extras import require
 from dogclf._io import atomic_write_json
 from dogclf._source import copy_package_source
 from dogclf.errors import (
@@ -478,6 +479,7 @@ def attach(backend: LocalBackend, job_name: str) -> TrainingJobResult:
 def _run_in_job_folder(base: str) -> int:
     """The job process: run the entry point through the sagemaker-training toolkit (``SAGEMAKER_BASE_DIR`` set)."""
     os.environ["SAGEMAKER_BASE_DIR"] = base
+    require("local", "sagemaker_training", "local backend's training job")
     from sagemaker_training import entry_point, environment, errors
 
     env = environment.Environment()

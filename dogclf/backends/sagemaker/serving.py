@@ -17,6 +17,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dogclf._extras import require
 from dogclf.backends.sagemaker.session import error_cause, is_not_found, make_session
 from dogclf.errors import ConfigError, EndpointError
 from dogclf.serving.endpoint import (
@@ -73,7 +74,7 @@ class SageMakerEndpoint(Endpoint):
             EndpointError: the endpoint does not exist.
         """
         if session is None:
-            import sagemaker
+            sagemaker = require("sagemaker", "sagemaker", "SageMaker endpoint")
 
             session = sagemaker.Session()
         try:

@@ -6,6 +6,8 @@ import os
 import re
 from typing import TYPE_CHECKING, Any
 
+from dogclf._extras import require
+
 if TYPE_CHECKING:
     from dogclf.backends.sagemaker import SageMakerBackend
 
@@ -23,8 +25,8 @@ def make_session(backend: SageMakerBackend) -> Any:
     """
     if getattr(backend, "session", None) is not None:
         return backend.session
+    sagemaker = require("sagemaker", "sagemaker", "SageMaker backend")
     import boto3
-    import sagemaker
 
     region = backend.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     return sagemaker.Session(boto_session=boto3.Session(region_name=region), default_bucket=backend.bucket)

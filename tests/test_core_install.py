@@ -158,7 +158,7 @@ def test_local_training_needs_local_before_any_job_folder(hide, tmp_path):
     hide("sagemaker_training")
     backend = get_backend("local", root=tmp_path / "home")
     with pytest.raises(MissingExtraError) as info:
-        backend.train(TrainingJobSpec({"epochs": 1}, channels={"training": str(tmp_path)}))
+        backend.train(TrainingJobSpec({"backbone": "resnet18"}, tmp_path, {"epochs": 1}))
     _check(info, "local")
     assert not (tmp_path / "home").exists()
 
@@ -179,16 +179,17 @@ def test_sagemaker_backend_needs_sagemaker(hide):
     hide("sagemaker")
     backend = get_backend("sagemaker", role="arn:aws:iam::123456789012:role/R", bucket="b", region="us-east-1")
     with pytest.raises(MissingExtraError) as info:
-        backend.train(TrainingJobSpec({"epochs": 1}, channels={"training": "s3://b/data"}))
+        backend.train(TrainingJobSpec({"backbone": "resnet18"}, "s3://b/data", {"epochs": 1}))
     _check(info, "sagemaker")
 
 
 def test_debug_trainer_needs_debug_before_the_job(hide, tmp_path):
     from dogclf.debug import DebugTrainer
+    from dogclf.training import TrainingJobSpec
 
     hide("smdebug")
     with pytest.raises(MissingExtraError) as info:
-        DebugTrainer({"epochs": 1}, {"training": str(tmp_path)}, backend="local").fit()
+        DebugTrainer(TrainingJobSpec({"backbone": "resnet18"}, tmp_path, {"epochs": 1}), backend="local").fit()
     _check(info, "debug")
 
 
@@ -207,7 +208,7 @@ def test_url_and_s3_staging_need_http_and_s3(hide, tmp_path):
 
 
 def test_bayesian_search_and_cli_progress_need_tune_and_cli(hide):
-    from dogclf.cli import _tqdm
+    from dogclf.cli._common import _tqdm
     from dogclf.hpo import Categorical
     from dogclf.hpo.objective import Objective
     from dogclf.hpo.space import SearchSpace

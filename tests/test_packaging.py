@@ -34,8 +34,8 @@ PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text("utf-8"))
 CORE = {"torch": "torch", "torchvision": "torchvision", "numpy": "numpy", "PIL": "pillow"}
 # Optional imports that are not dogclf extras: each falls back when the module is missing.
 OPTIONAL_BY_FALLBACK = {
-    ("dogclf/serving/handler.py", "sagemaker_inference"),  # the serving container's toolkit, for its error class
-    ("dogclf/training/train.py", "psutil"),  # the decode-cache budget; 4 GB without it
+    ("dogclf/serving/_request.py", "sagemaker_inference"),  # the serving container's toolkit, for its error class
+    ("dogclf/training/data.py", "psutil"),  # the decode-cache budget; 4 GB without it
 }
 
 

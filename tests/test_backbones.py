@@ -419,3 +419,49 @@ def test_efficientnet_lite_imagenet_weights_recognise_real_dogs(pet_images, vari
     model.module_.eval()
     with torch.inference_mode():
         assert torch.allclose(net.fc(model.forward_features(batch)), net(batch), atol=1e-4)
+
+
+# -- the stock SageMaker container ---------------------------------------------------------------------------------
+NO_DOGCLF_METADATA = '''
+import importlib.metadata as _md
+_entry_points = _md.entry_points
+def _without_dogclf(**kw):  # the stock container has no dogclf distribution, hence no dogclf entry points
+    if str(kw.get("group", "")).startswith("dogclf."):
+        return _md.EntryPoints([])
+    return _entry_points(**kw)
+_md.entry_points = _without_dogclf
+'''
+
+
+@pytest.mark.slow
+def test_an_efficientnet_artifact_in_the_stock_sagemaker_handler_with_only_the_vendored_code(tmp_path):
+    pytest.importorskip("sagemaker_pytorch_serving_container", reason="needs sagemaker-pytorch-inference (test extra)")
+    import subprocess
+    import tarfile
+
+    from test_serving_sagemaker import STOCK_SCRIPT
+
+    from dogclf.serving import handler, pack_artifact
+    from dogclf.serving.testing import make_artifact, synthetic_photo
+
+    artifact = make_artifact(tmp_path / "model", LABELS, backbone="efficientnet_lite1")
+    with tarfile.open(pack_artifact(artifact, tmp_path / "model.tar.gz")) as archive:
+        archive.extractall(tmp_path / "opt_ml_model", filter="data")
+    assert (tmp_path / "opt_ml_model" / "code" / "dogclf" / "models" / "backbones" / "efficientnet_lite.py").is_file()
+    image = tmp_path / "dog.jpg"
+    image.write_bytes(synthetic_photo(300, 200, seed=5))
+    script = tmp_path / "stock.py"
+    script.write_text(NO_DOGCLF_METADATA + STOCK_SCRIPT)
+    env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([sys.executable, str(script), str(tmp_path / "opt_ml_model"), str(image)],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["dogclf"].startswith(str(tmp_path / "opt_ml_model" / "code"))
+    good, _, npy = report["answers"]
+    served = handler.model_fn(artifact)
+    assert served.crop == 240  # EfficientNet-Lite1's preprocessing travels in the artifact
+    expected = handler.predict_fn(handler.input_fn(image.read_bytes(), "image/jpeg"), served).logits
+    assert good["status"] == 200
+    assert json.loads(bytes.fromhex(good["body"]))["predictions"][0]["index"] == int(expected.argmax())
+    assert np.allclose(np.load(io.BytesIO(bytes.fromhex(npy["body"]))), expected.numpy(), atol=1e-4)

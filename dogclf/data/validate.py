@@ -131,43 +131,51 @@ def match_labels(found: BreedLabels, expected: BreedLabels, where: str) -> None:
 
 @dataclass(frozen=True)
 class FileCheck:
-    """The result of reading one file: its size and digests, and why it does not decode (``None`` if it does)."""
+    """The result of reading one file: its size and digests, why it does not decode (``None`` if it does), and its
+    perceptual hash (:func:`~dogclf.data.duplicates.perceptual_hash`; ``""`` when not decoded)."""
 
     path: Path
     size: int
     sha256: str
     md5: str
     error: str | None = None
+    phash: str = ""
 
 
 def _check_one(path: Path, decode: bool) -> FileCheck:
     data = path.read_bytes()
     sha, md5 = hashlib.sha256(data).hexdigest(), hashlib.md5(data, usedforsecurity=False).hexdigest()
-    error = None
+    error, phash = None, ""
     if decode:
         from PIL import Image, ImageFile, UnidentifiedImageError
+
+        from dogclf.data.duplicates import HASH_DECODE_SIZE, perceptual_hash
 
         if ImageFile.LOAD_TRUNCATED_IMAGES:
             log.debug("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set; truncated images may pass validation")
         try:
             with Image.open(io.BytesIO(data)) as im:
-                if im.format == "JPEG":
-                    im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))  # decode at 1/8 scale
+                if im.format == "JPEG":  # decode at up to 1/8 scale, keeping enough pixels for the perceptual hash
+                    im.draft("RGB", (max(HASH_DECODE_SIZE, im.width // 8), max(HASH_DECODE_SIZE, im.height // 8)))
                 im.load()
                 if im.width < 1 or im.height < 1:
                     error = "image has no pixels"
+                else:
+                    phash = perceptual_hash(im)
         except UnidentifiedImageError:
             error = "not an image PIL can identify"
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
             error = f"{type(exc).__name__}: {exc}"
-    return FileCheck(path, len(data), sha, md5, error)
+    return FileCheck(path, len(data), sha, md5, error, phash if error is None else "")
 
 
 def check_files(paths: Sequence[Path], *, decode: bool = True, workers: int = 4,
                 progress: Callable[[int, int], None] | None = None) -> list[FileCheck]:
-    """Read every file once: size, sha256, MD5 and (with ``decode``) whether the image decodes fully.
+    """Read every file once: size, sha256, MD5 and (with ``decode``) whether the image decodes fully, and its
+    perceptual hash.
 
-    JPEGs are decoded at 1/8 scale, which still reads every byte of the entropy-coded data, so truncated files
+    JPEGs are decoded at 1/8 scale (less reduced for small images, keeping
+    :data:`~dogclf.data.duplicates.HASH_DECODE_SIZE` pixels a side), which still reads every byte of the entropy-coded data, so truncated files
     are caught at a fraction of the cost of a full decode. Files are processed by ``workers`` threads (hashing
     and decoding release the GIL).
 

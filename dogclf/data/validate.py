@@ -175,9 +175,9 @@ def check_files(paths: Sequence[Path], *, decode: bool = True, workers: int = 4,
     perceptual hash.
 
     JPEGs are decoded at 1/8 scale (less reduced for small images, keeping
-    :data:`~dogclf.data.duplicates.HASH_DECODE_SIZE` pixels a side), which still reads every byte of the entropy-coded data, so truncated files
-    are caught at a fraction of the cost of a full decode. Files are processed by ``workers`` threads (hashing
-    and decoding release the GIL).
+    :data:`~dogclf.data.duplicates.HASH_DECODE_SIZE` pixels a side), which still reads every byte of the
+    entropy-coded data, so truncated files are caught at a fraction of the cost of a full decode. Files are
+    processed by ``workers`` threads (hashing and decoding release the GIL).
 
     Returns:
         One :class:`FileCheck` per path, in the order given.

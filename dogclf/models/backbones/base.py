@@ -492,8 +492,9 @@ class Backbone:
             key, why = min(problems, key=lambda p: order.get(p[0], 0))
             missing = sum(1 for _, w in problems if w.startswith("missing"))
             raise ArtifactError(
-                f"{source} does not fit backbone {self.name}: first mismatched key {key!r} ({why}); {missing} keys missing, "
-                f"{len(problems) - missing} unexpected or of another shape. Is it truncated, or for another network?")
+                f"{source} does not fit backbone {self.name}: first mismatched key {key!r} ({why}); {missing} keys "
+                f"missing, {len(problems) - missing} unexpected or of another shape. Is it truncated, or for another "
+                "network?")
         module.load_state_dict(body, strict=False, assign=True)
         fc = {k: v for k, v in state.items() if k.startswith(h)}
         if fc and set(fc) == head_keys and all(tuple(v.shape) == tuple(own[k].shape) for k, v in fc.items()):

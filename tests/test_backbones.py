@@ -49,6 +49,15 @@ def randomise_batchnorm(module: torch.nn.Module, seed: int = 0) -> None:
             m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
 
 
+@pytest.fixture(autouse=True)
+def _handler_state(monkeypatch):
+    """model_fn publishes the loaded model's preprocessing for input_fn (SageMaker's contract): keep the 240 and 260
+    px of these tests out of other test modules."""
+    from dogclf.serving import handler
+
+    monkeypatch.setattr(handler, "_PREPROCESS", dict(handler._PREPROCESS))
+
+
 @pytest.fixture(scope="module")
 def built():
     """One randomly initialised model per backbone (built lazily), with realistic BatchNorm statistics."""
@@ -472,3 +481,13 @@ def test_an_efficientnet_artifact_in_the_stock_sagemaker_handler_with_only_the_v
     assert good["status"] == 200
     assert json.loads(bytes.fromhex(good["body"]))["predictions"][0]["index"] == int(expected.argmax())
     assert np.allclose(np.load(io.BytesIO(bytes.fromhex(npy["body"]))), expected.numpy(), atol=1e-4)
+
+
+def test_checkpoints_without_batchnorm_step_counters_load(tmp_path):
+    """Checkpoints saved before PyTorch 0.4.1 (some published ImageNet weights) have no ``num_batches_tracked``."""
+    src = create_model("resnet18")
+    state = {k: v for k, v in src.state_dict().items() if not k.endswith("num_batches_tracked")}
+    torch.save(state, tmp_path / "old.pth")
+    model = BreedModel(LABELS, backbone="resnet18", weights=str(tmp_path / "old.pth")).build()
+    assert torch.equal(model.module_.state_dict()["layer1.0.bn1.running_var"], state["layer1.0.bn1.running_var"])
+    assert int(model.module_.state_dict()["layer1.0.bn1.num_batches_tracked"]) == 0

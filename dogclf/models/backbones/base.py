@@ -478,6 +478,11 @@ class Backbone:
         h = f"{self.head}."
         head_keys = {k for k in own if k.startswith(h)}
         body = {k: v for k, v in state.items() if not k.startswith(h)}
+        import torch
+
+        for k in own:  # checkpoints saved before PyTorch 0.4.1 have no BatchNorm step counters
+            if k.endswith(".num_batches_tracked") and k not in body and not k.startswith(h):
+                body[k] = torch.zeros((), dtype=torch.long)
         problems = []
         for k in own:
             if k not in head_keys and k not in body:

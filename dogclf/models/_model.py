@@ -18,7 +18,7 @@ from dogclf.models._archive import pack as _pack
 from dogclf.models._archive import unpack as _unpack
 from dogclf.models._config import ModelConfig, Preprocess
 from dogclf.models.backbones.base import Backbone, FreezePolicy, extract_state_dict
-from dogclf.models.backbones.base import forward_features as _forward_features
+from dogclf.models.backbones.folding import forward_features as _forward_features
 
 __all__ = ["BreedModel", "ResNetBreedModel", "resolve_labels", "eval_transform", "forward_features", "MODEL_FILE",
            "LABELS_FILE", "CONFIG_FILE"]

@@ -31,16 +31,8 @@ from typing import Any
 
 from dogclf._registry import Registry
 from dogclf.errors import ConfigError, UnknownBackboneError
-from dogclf.models.backbones.base import (
-    Backbone,
-    FreezePolicy,
-    Weights,
-    batchnorm_pairs,
-    fold_batchnorm,
-    forward_features,
-    load_state_dict_file,
-    standard_policies,
-)
+from dogclf.models.backbones.base import Backbone, FreezePolicy, Weights, load_state_dict_file, standard_policies
+from dogclf.models.backbones.folding import batchnorm_pairs, fold_batchnorm, forward_features
 
 __all__ = [
     "ENTRY_POINT_GROUP",

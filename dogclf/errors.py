@@ -45,6 +45,10 @@ __all__ = [
     "DownloadError",
     "LabelMismatchError",
     "MissingExtraError",
+    "UnknownBackboneError",
+    "UnknownWeightsError",
+    "WeightsUnavailableError",
+    "DuplicateImagesError",
 ]
 
 
@@ -201,6 +205,29 @@ class DownloadError(DataError, ConnectionError):
 
 class LabelMismatchError(DatasetLayoutError):
     """A dataset's classes differ from the label set it was expected to have."""
+
+
+class UnknownBackboneError(NotFoundError, ConfigError):
+    """No backbone is registered under the requested name (see :func:`dogclf.models.backbones.list_models`)."""
+
+
+class UnknownWeightsError(NotFoundError, ConfigError):
+    """A backbone has no pretrained weights under the requested name; the message lists its weights."""
+
+
+class WeightsUnavailableError(ArtifactError, FileNotFoundError):
+    """Pretrained weights cannot be had here (no network for a download, the weights package not installed); the
+    message says what to install or where to put the file."""
+
+
+class DuplicateImagesError(DataError):
+    """A dataset holds the same photo more than once where that is refused (by default: in two splits).
+
+    ``groups`` lists the duplicate groups, each a list of paths."""
+
+    def __init__(self, message: str, groups: list[list[str]] | None = None) -> None:
+        super().__init__(message)
+        self.groups = groups or []
 
 
 class InvalidRequestError(DogclfError, ValueError):

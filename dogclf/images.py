@@ -78,6 +78,7 @@ class Preprocess:
         crop: Side of the square centre crop taken after resizing.
         mean: Per-channel mean subtracted after scaling pixels to ``[0, 1]``.
         std: Per-channel standard deviation divided by.
+        interpolation: The resize filter, one of :data:`INTERPOLATIONS` (training and serving both use it).
 
     Raises ConfigError when a value is out of range or of the wrong type; the message names it.
     """
@@ -86,6 +87,7 @@ class Preprocess:
     crop: int = hyperparameter(224, "side of the centre crop fed to the network", ge=1)
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: str = "bilinear"
 
     def __post_init__(self) -> None:
         for name in ("resize", "crop"):
@@ -101,19 +103,24 @@ class Preprocess:
             if name == "std" and any(v <= 0 for v in value):
                 raise ConfigError(f"preprocess std values must be positive, got {value!r}")
             object.__setattr__(self, name, tuple(float(v) for v in value))
+        if self.interpolation not in INTERPOLATIONS:
+            raise ConfigError(f"preprocess interpolation must be one of {', '.join(map(repr, INTERPOLATIONS))}, "
+                              f"got {self.interpolation!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form: ``{"resize": 256, "crop": 224, "mean": [...], "std": [...]}``."""
-        return {"resize": self.resize, "crop": self.crop, "mean": list(self.mean), "std": list(self.std)}
+        """JSON-ready form: ``{"resize": 256, "crop": 224, "mean": [...], "std": [...], "interpolation": ...}``."""
+        return {"resize": self.resize, "crop": self.crop, "mean": list(self.mean), "std": list(self.std),
+                "interpolation": self.interpolation}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Preprocess:
-        """Inverse of :meth:`to_dict`; raises :class:`~dogclf.errors.ConfigError` on unknown keys."""
+        """Inverse of :meth:`to_dict` (a missing ``interpolation`` is bilinear, as ``dogclf.model/1`` artifacts
+        were); raises :class:`~dogclf.errors.ConfigError` on unknown keys."""
         if not isinstance(data, dict):
             raise ConfigError(f"preprocess must be a dict, got {data!r:.100}")
-        unknown = sorted(set(data) - {"resize", "crop", "mean", "std"})
+        unknown = sorted(set(data) - {"resize", "crop", "mean", "std", "interpolation"})
         if unknown:
-            raise ConfigError(f"unknown preprocess keys {unknown}; expected resize, crop, mean, std")
+            raise ConfigError(f"unknown preprocess keys {unknown}; expected resize, crop, mean, std, interpolation")
         return cls(**data)
 
     @classmethod
@@ -360,18 +367,18 @@ def to_uint8_chw(image: Image.Image) -> torch.Tensor:
 
 
 def load_image(source: Any, preprocess: Preprocess | dict[str, Any] | None = None, *, crop: int | None = None,
-               interpolation: str = "bilinear", max_pixels: int | None = None, allow_animated: bool = True,
+               interpolation: str | None = None, max_pixels: int | None = None, allow_animated: bool = True,
                what: str | None = None) -> torch.Tensor:
     """Decode, orient, convert, resize and centre-crop one photo: the model's input before normalisation.
 
     Training and serving both call this, so they see the same pixels (JPEG draft at ``preprocess.resize``,
-    bilinear resize, centre crop).
+    resize with ``preprocess.interpolation``, centre crop).
 
     Args:
         source: Anything :func:`decode_image` reads (a path, bytes, a file object, a PIL image, an array, a tensor).
         preprocess: The artifact's :class:`Preprocess` (or its dict form); ``None`` for the defaults.
         crop: Crop side instead of ``preprocess.crop`` (training keeps ``resize``-sized squares for random crops).
-        interpolation: One of :data:`INTERPOLATIONS`.
+        interpolation: One of :data:`INTERPOLATIONS` instead of ``preprocess.interpolation``.
         max_pixels, allow_animated, what: As for :func:`decode_image`.
 
     Returns:
@@ -385,7 +392,7 @@ def load_image(source: Any, preprocess: Preprocess | dict[str, Any] | None = Non
     image = decode_image(source, draft_size=pre.resize, max_pixels=max_pixels, allow_animated=allow_animated,
                          what=what)
     return to_uint8_chw(resize_crop(image, pre.resize, pre.crop if crop is None else crop,
-                                    interpolation=interpolation))
+                                    interpolation=interpolation or pre.interpolation))
 
 
 # -- normalisation -----------------------------------------------------------------------------------------------
@@ -486,11 +493,11 @@ class ImageTransform:
 
     Args:
         preprocess: The :class:`Preprocess` (or its dict form; ``None`` for the defaults).
-        interpolation: One of :data:`INTERPOLATIONS`.
+        interpolation: One of :data:`INTERPOLATIONS` instead of ``preprocess.interpolation``.
     """
 
     def __init__(self, preprocess: Preprocess | dict[str, Any] | None = None, *,
-                 interpolation: str = "bilinear") -> None:
+                 interpolation: str | None = None) -> None:
         self.preprocess = Preprocess.coerce(preprocess)
         self.interpolation = interpolation
 

@@ -111,7 +111,13 @@ def test_second_run_is_a_noop_and_a_change_restages(src, tmp_path):
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "staged").rglob("*")} == before
     # a new file in the source: staged again, and the new file is there
     extra = src.root / "train" / "001.Affenpinscher" / "new.jpg"
-    shutil.copy(next((src.root / "valid" / "001.Affenpinscher").glob("*.jpg")), extra)
+    import numpy as np
+    from PIL import Image
+
+    from dogclf.data import synthetic_image
+
+    # a new photo (a copy of a valid one would be refused as a duplicate across splits)
+    Image.fromarray(synthetic_image(0, 64, np.random.default_rng(123))).save(extra)
     third = DatasetStager(src, tmp_path / "staged").run()
     assert not third.noop and third.counts["train"]["001.Affenpinscher"] == 4
     assert (tmp_path / "staged" / "train" / "001.Affenpinscher" / "new.jpg").is_file()

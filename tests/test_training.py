@@ -402,7 +402,7 @@ def test_fold_batchnorm_computes_the_same_features_without_batchnorm(arch):
     import torchvision
 
     from dogclf.models import forward_features
-    from dogclf.training.features import fold_batchnorm
+    from dogclf.models.backbones.folding import fold_batchnorm
 
     torch.manual_seed(0)
     module = getattr(torchvision.models, arch)(weights=None)

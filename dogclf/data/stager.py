@@ -19,6 +19,7 @@ from dogclf._io import exchange_paths
 from dogclf.data._work import work_folder
 from dogclf._io import atomic_write
 from dogclf.data.archive import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, safe_extract, zip_fingerprint
+from dogclf.data.duplicates import DUPLICATE_POLICIES, NEAR_DUPLICATE_DISTANCE, DuplicateGroup, apply_policies
 from dogclf.data.fetch import ProgressCallback, download, sha256_file
 from dogclf.data.manifest import MANIFEST_NAME, Manifest, ManifestEntry
 from dogclf.data.s3 import MIB, S3Location, parse_s3_uri
@@ -76,6 +77,15 @@ class StagerConfig:
         sha256: Expected sha256 of the downloaded (or given) zip archive.
         on_corrupt: ``"fail"`` raises :class:`~dogclf.errors.CorruptImageError` listing every image that does not
             decode; ``"skip"`` leaves them out and lists them in the manifest's ``skipped``.
+        on_duplicate: The same bytes in more than one split (they inflate test accuracy): ``"fail"`` (default)
+            raises :class:`~dogclf.errors.DuplicateImagesError` listing the paths, ``"warn"`` keeps every copy,
+            ``"keep-first"`` keeps the earliest split's copy only (see :mod:`dogclf.data.duplicates`).
+        on_duplicate_in_split: The same bytes twice within a split: ``"warn"`` (default), ``"fail"`` or
+            ``"keep-first"``.
+        on_near_duplicate: Resized or re-encoded copies (perceptual hashes within ``near_duplicate_distance``):
+            ``"warn"`` (default), ``"fail"`` or ``"keep-first"``.
+        near_duplicate_distance: Largest Hamming distance (of 63 bits) of near duplicates; ``None`` skips the
+            search.
         splits: The split folders required.
         workers: Threads for hashing/decoding and concurrent S3 transfers.
         max_archive_bytes: Refuse archives that unpack to more bytes than this.
@@ -102,6 +112,10 @@ class StagerConfig:
     labels: BreedLabels | str | Sequence[str] | None = None
     sha256: str | None = None
     on_corrupt: str = "fail"
+    on_duplicate: str = "fail"
+    on_duplicate_in_split: str = "warn"
+    on_near_duplicate: str = "warn"
+    near_duplicate_distance: int | None = NEAR_DUPLICATE_DISTANCE
     splits: tuple[str, ...] = SPLITS
     workers: int = 8
     max_archive_bytes: int = DEFAULT_MAX_BYTES
@@ -150,6 +164,12 @@ class StagerConfig:
             set_("sha256", sha)
         if self.on_corrupt not in _POLICIES:
             raise ConfigError(f"on_corrupt must be one of {_POLICIES}, got {self.on_corrupt!r}")
+        for key in ("on_duplicate", "on_duplicate_in_split", "on_near_duplicate"):
+            if getattr(self, key) not in DUPLICATE_POLICIES:
+                raise ConfigError(f"{key} must be one of {DUPLICATE_POLICIES}, got {getattr(self, key)!r}")
+        d = self.near_duplicate_distance
+        if d is not None and (isinstance(d, bool) or not isinstance(d, int) or not 0 <= d <= 32):
+            raise ConfigError(f"near_duplicate_distance must be None or an int in 0..32, got {d!r}")
         splits = (self.splits,) if isinstance(self.splits, str) else tuple(self.splits)
         if not splits or len(set(splits)) != len(splits) or any(
                 not isinstance(s, str) or not s or "/" in s or s.startswith(".") for s in splits):
@@ -192,6 +212,8 @@ class StagerConfig:
         return {
             "splits": list(self.splits),
             "on_corrupt": self.on_corrupt,
+            "duplicates": [self.on_duplicate, self.on_duplicate_in_split, self.on_near_duplicate,
+                           self.near_duplicate_distance],
             "labels": list(self.labels.names) if self.labels is not None else None,
             "cache_short_side": self.cache_short_side,
             "cache_quality": self.cache_quality if self.cache_short_side else None,
@@ -210,6 +232,7 @@ class StagedDataset:
         counts: Images per split and class folder.
         manifest_uri: Where the manifest is (``<uri>/manifest.json``).
         skipped: Relative paths of images left out because they did not decode.
+        duplicates: The duplicate groups found, with what was done (:class:`~dogclf.data.duplicates.DuplicateGroup`).
         noop: True when nothing had to be done (this source was already staged there).
         stats: Measurements of the run: ``seconds``, ``files``, ``bytes``, ``uploaded``, ``skipped_existing``,
             ``bytes_uploaded``, and with a cache ``cache_bytes``.
@@ -222,6 +245,7 @@ class StagedDataset:
     counts: Mapping[str, Mapping[str, int]]
     manifest_uri: str
     skipped: tuple[str, ...] = ()
+    duplicates: tuple[DuplicateGroup, ...] = ()
     noop: bool = False
     stats: Mapping[str, Any] = field(default_factory=dict)
     cache_uri: str | None = None
@@ -572,13 +596,16 @@ class DatasetStager:
                 log.warning("skipping corrupt image %s: %s", path, check.error)
                 skipped.append(rel)
                 continue
-            entries.append(ManifestEntry(split, cls, rel, check.size, check.sha256, check.md5))
+            entries.append(ManifestEntry(split, cls, rel, check.size, check.sha256, check.md5, check.phash))
         for split in cfg.splits:
             if not any(e.split == split for e in entries):
                 raise CorruptImageError(f"every image of split {str(data_root / split)!r} is corrupt",
                                         paths=[str(data_root / s) for s in skipped if s.startswith(split + "/")])
+        entries, duplicates = apply_policies(
+            entries, cfg.splits, on_duplicate=cfg.on_duplicate, on_duplicate_in_split=cfg.on_duplicate_in_split,
+            on_near_duplicate=cfg.on_near_duplicate, near_distance=cfg.near_duplicate_distance, where=str(data_root))
         return Manifest(name=cfg.name, labels=labels, files=Manifest.sorted_entries(entries), source=source_info,
-                        skipped=tuple(sorted(skipped)), options=cfg.options())
+                        skipped=tuple(sorted(skipped)), options=cfg.options(), duplicates=tuple(duplicates))
 
     def _cache(self, manifest: Manifest, data_root: Path, dest: Path) -> tuple[int, dict[str, int]]:
         from dogclf.data.cache import build_cache
@@ -596,6 +623,9 @@ class DatasetStager:
         stats: dict[str, Any] = {"files": len(manifest.files), "bytes": manifest.total_bytes}
         if data_root.resolve() == target.resolve():
             # staged in place: validate, then record the manifest (and the cache) beside the splits
+            if any(g.action == "kept-first" for g in manifest.duplicates):
+                raise DataError(f"cannot leave duplicate copies out of {str(target)!r} when staging it in place (the "
+                                "source is the target, and its files are never deleted); stage to another target")
             if cfg.cache_short_side:
                 cache_tmp = work / "cache"
                 stats["cache_bytes"], sizes = self._cache(manifest, data_root, cache_tmp)
@@ -697,6 +727,7 @@ class DatasetStager:
             counts=manifest.counts,
             manifest_uri=_join(target, MANIFEST_NAME),
             skipped=manifest.skipped,
+            duplicates=manifest.duplicates,
             noop=noop,
             stats=stats,
             cache_uri=_join(target, f"cache-{cfg.cache_short_side}") if cfg.cache_short_side else None,
@@ -710,4 +741,5 @@ class DatasetStager:
 def _with_cache(manifest: Manifest, sizes: dict[str, int]) -> Manifest:
     source = dict(manifest.source, cache_files=sizes)
     return Manifest(name=manifest.name, labels=manifest.labels, files=manifest.files, source=source,
-                    skipped=manifest.skipped, options=manifest.options, created=manifest.created)
+                    skipped=manifest.skipped, options=manifest.options, created=manifest.created,
+                    duplicates=manifest.duplicates)

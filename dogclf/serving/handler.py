@@ -137,13 +137,13 @@ def model_fn(model_dir: str | os.PathLike[str]) -> ServedModel:
     Raises:
         ArtifactError: the folder is not a dogclf model artifact.
     """
-    from dogclf.models import ResNetBreedModel
+    from dogclf.models import BreedModel
 
     folder = Path(model_dir)
     if not (folder / "config.json").is_file():
         raise ArtifactError(f"{str(folder)!r} is not a dogclf model artifact: config.json is missing")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = ResNetBreedModel.load(folder, map_location=device)
+    model = BreedModel.load(folder, map_location=device)  # any registered backbone; old dogclf.model/1 too
     module = model.module_.eval().to(device)
     if device.type == "cpu":
         module = module.to(memory_format=torch.channels_last)

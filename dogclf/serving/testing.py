@@ -24,17 +24,17 @@ def make_artifact(path: str | os.PathLike[str], labels: Sequence[str] | str = ("
     Args:
         path: The artifact folder to write.
         labels: Breed names, or a registered label-set name such as ``"dogimages-133"``.
-        backbone: A :data:`~dogclf.models.BACKBONES` entry.
+        backbone: A registered backbone (:func:`~dogclf.models.backbones.list_models`).
         seed: Seed for the random weights (the same seed writes the same model).
     """
     import torch
 
-    from dogclf.models import ResNetBreedModel
+    from dogclf.models import BreedModel
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = ResNetBreedModel(labels if isinstance(labels, str) else list(labels), backbone=backbone,
-                                 weights=None).build()
+        model = BreedModel(labels if isinstance(labels, str) else list(labels), backbone=backbone,
+                           weights=None).build()
     return model.save(path)
 
 

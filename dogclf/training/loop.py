@@ -57,7 +57,7 @@ class Trainer:
         self.cached, self.device, self.normalizer, self.crop = cached, device, normalizer, crop
         self.checkpoint_path, self.fingerprint = checkpoint_path, fingerprint
         self.callbacks, self.metrics, self.ctx = callbacks, metrics, context
-        self.module = model.module_.fc if cached else model.module_
+        self.module = model.head_ if cached else model.module_
         self.steps = {"train": 0, "eval": 0}
         self.history: list[dict[str, Any]] = []
 

@@ -2,9 +2,9 @@
 
 With ``freeze='head'`` and no augmentation (the seed's setup) the frozen backbone gives the same features every
 epoch: :func:`cached_features` runs it once per image under ``torch.inference_mode`` (with BatchNorm folded into
-the convolutions, :meth:`~dogclf.models.BreedModel.fold_batchnorm`) and stores the pooled features under a key of backbone, weights,
-preprocessing, decoder and the data's content (:func:`feature_cache_key`), in ``$DOGCLF_FEATURE_CACHE_DIR`` (shared
-by the jobs of a backend) or the job's ``checkpoints/features``. Every epoch, and every later job on the same
+the convolutions, :meth:`~dogclf.models.BreedModel.fold_batchnorm`) and stores the pooled features under a key of
+backbone, weights, preprocessing, decoder and the data's content (:func:`feature_cache_key`), in
+``$DOGCLF_FEATURE_CACHE_DIR`` (shared by the jobs of a backend) or the job's ``checkpoints/features``. Every epoch, and every later job on the same
 data, then trains only the head on those features.
 """
 

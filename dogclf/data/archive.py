@@ -10,8 +10,8 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
-from dogclf._io import atomic_path
 from dogclf._faults import failpoint
+from dogclf._io import atomic_path
 from dogclf.errors import DataError, DataNotFoundError, UnsafeArchiveError
 
 __all__ = ["safe_extract", "check_archive", "zip_fingerprint", "DEFAULT_MAX_BYTES", "DEFAULT_MAX_ENTRIES"]

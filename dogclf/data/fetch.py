@@ -12,7 +12,13 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from dogclf._extras import require
-from dogclf.errors import ChecksumMismatchError, ConfigError, DataNotFoundError, DownloadError, InvalidURIError
+from dogclf.errors import (
+    ChecksumMismatchError,
+    ConfigError,
+    DataNotFoundError,
+    DownloadError,
+    InvalidURIError,
+)
 
 __all__ = ["download", "sha256_file", "ProgressCallback"]
 

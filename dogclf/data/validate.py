@@ -10,7 +10,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from dogclf.errors import ConfigError, CorruptImageError, DataNotFoundError, DatasetLayoutError, LabelMismatchError
+from dogclf.errors import (
+    ConfigError,
+    CorruptImageError,
+    DataNotFoundError,
+    DatasetLayoutError,
+    LabelMismatchError,
+)
 from dogclf.images import IMAGE_SUFFIXES, decode_image
 from dogclf.labels import BreedLabels, normalize_breed
 

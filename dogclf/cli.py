@@ -419,7 +419,8 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     from dogclf.serving import EndpointDeployer
 
     backend = _backend(args)
-    options: dict[str, Any] = {"max_batch_size": args.max_batch_size}
+    options: dict[str, Any] = {"max_batch_size": args.max_batch_size, "runtime": args.runtime or "torch",
+                               "calibration": args.calibration}
     if args.port is not None:
         options["port"] = args.port
     if args.endpoint_name:
@@ -463,13 +464,17 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         source: Any = SageMakerEndpoint.attach(args.endpoint, make_session(_backend(args)), labels=args.labels)
         cleanup = None
     elif args.deploy:
-        source = EndpointDeployer().deploy(args.model, backend=_backend(args))
+        source = EndpointDeployer(runtime=args.runtime or "torch", calibration=args.calibration).deploy(
+            args.model, backend=_backend(args))
         cleanup = source.delete
     else:
         source, cleanup = args.model, None
+    in_process = not args.endpoint and not args.deploy
     try:
         photos = Path(args.photos)
-        predictor = BreedPredictor(source, k=args.k, labels=args.labels)
+        predictor = BreedPredictor(source, k=args.k, labels=args.labels,
+                                   runtime=args.runtime if in_process else None,
+                                   calibration=args.calibration if in_process else None)
         if photos.is_file():
             with _tqdm()(total=1, desc="predict", unit="photo") as bar:
                 pred = predictor.predict(photos)
@@ -503,6 +508,17 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 # -- the parser ------------------------------------------------------------------------------------------------
+def _runtime_options(p: argparse.ArgumentParser) -> None:
+    from dogclf.serving.runtimes import RUNTIMES
+
+    p.add_argument("--runtime", choices=RUNTIMES, default=None,
+                   help="inference runtime: torch (eager, default), onnx (ONNX Runtime fp32) or onnx-int8 (static "
+                        "int8); an "
+                        "ONNX runtime the artifact lacks is exported and checked first (needs dogclf[onnx])")
+    p.add_argument("--calibration", default=None, metavar="DIR",
+                   help="training photos to calibrate onnx-int8 with when the artifact has none recorded")
+
+
 def _backend_options() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("backend")
@@ -626,6 +642,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--endpoint-name", default=None, help="the endpoint's name")
     p.add_argument("--instance-type", default=None, help="sagemaker: endpoint instance type (ml.m5.large)")
     p.add_argument("--duration", type=float, default=None, help="local: serve this many seconds, then stop")
+    _runtime_options(p)
     p.set_defaults(func=_cmd_deploy)
 
     p = add("predict", "predict breeds of photos, write an annotated gallery (BreedPredictor)",
@@ -640,6 +657,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", default=None, help="write the predictions table here")
     p.add_argument("-k", type=int, default=3, help="breeds listed per photo")
     p.add_argument("--labels", default=None, help="label set to read true breeds from file names")
+    _runtime_options(p)
     p.set_defaults(func=_cmd_predict)
 
     p = add("labels", "list, show and look up breed label sets",
@@ -669,6 +687,9 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             parser.error("predict: give a model artifact or --endpoint, not both")
         if not args.endpoint and not args.model:
             parser.error("predict: give a model artifact (or --endpoint NAME)")
+        if args.endpoint and (args.runtime or args.calibration):
+            parser.error("predict: --runtime and --calibration choose how a model artifact is served; an --endpoint "
+                         "serves the runtime it was deployed with (dogclf deploy --runtime ...)")
     if getattr(args, "backend", None) == "sagemaker" and args.command in ("tune", "train", "deploy") \
             and not args.role:
         parser.error(f"{args.command} --backend sagemaker needs --role (the IAM role ARN jobs assume)")

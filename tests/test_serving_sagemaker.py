@@ -329,3 +329,30 @@ def test_deploy_an_s3_training_output_repacks_it_with_the_code(aws, artifact, tm
             names = set(archive.getnames())
         assert {"model.pt", "labels.json", "config.json", "code/inference.py",
                 "code/dogclf/serving/handler.py"} <= names
+
+
+def test_deploy_an_s3_training_output_with_the_onnx_runtime_exports_and_packs_it(aws, artifact, tmp_path):
+    pytest.importorskip("onnxruntime", reason="needs dogclf[onnx]")
+    import boto3
+    import onnxruntime
+
+    from dogclf.models import pack
+
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="dogclf-training-output")
+    s3.upload_file(str(pack(artifact, tmp_path / "model.tar.gz")), "dogclf-training-output", "job/output/model.tar.gz")
+    endpoint = EndpointDeployer(endpoint_name="dogclf-onnx-from-s3", wait_poll_s=0.2, runtime="onnx").deploy(
+        "s3://dogclf-training-output/job/output/model.tar.gz", backend="sagemaker", role=ROLE,
+        bucket="dogclf-training-output")
+    with endpoint:
+        container = boto3.client("sagemaker").describe_model(ModelName="dogclf-onnx-from-s3")["PrimaryContainer"]
+        assert container["Environment"]["SAGEMAKER_SUBMIT_DIRECTORY"] == "/opt/ml/model/code"
+        bucket, key = container["ModelDataUrl"][len("s3://"):].split("/", 1)
+        assert key.startswith("dogclf/endpoints/dogclf-onnx-from-s3/")  # downloaded, exported, packed, uploaded
+        with tarfile.open(fileobj=io.BytesIO(s3.get_object(Bucket=bucket, Key=key)["Body"].read())) as archive:
+            names = set(archive.getnames())
+            inference = archive.extractfile("code/inference.py").read().decode()
+            requirements = archive.extractfile("code/requirements.txt").read().decode()
+    assert {"model.pt", "runtimes/model.onnx", "runtimes/manifest.json", "code/inference.py"} <= names
+    assert "RUNTIME = 'onnx'" in inference
+    assert requirements.split() == [f"onnxruntime=={onnxruntime.__version__}"]

@@ -7,7 +7,9 @@ printed, on those photos and on held-out real ones (dogs10 valid/test, pet_image
 random, so the agreement shows the export's and int8's numerical drift on real photos, not accuracy. Then, per
 runtime: 8 concurrent clients send the seed's ``dog2.jpg`` (2123x1413 JPEG) to a local endpoint with dynamic
 batching (max batch 8), and the runtime's in-process limit is measured: decode + preprocess + forward of the same
-image in one process at the best batch size (1, 2, 4 or 8), with the same handler code. Each runtime prints
+image in one process at the best batch size (1, 2, 4 or 8), with the same handler code. All runtimes' endpoints
+stay up and take turns for several rounds (medians count), so load from other work on a shared machine falls on
+each alike. Each runtime prints
 requests/s, p50 and p99 latency and the error count, and the CPU time each request cost the server process (and
 each image in-process): on a machine shared with other work, requests/s follow the CPU share a process gets, while
 CPU-ms per request is what a dedicated instance would pay.
@@ -91,41 +93,35 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def in_process_limit(model, body: bytes, seconds: float) -> tuple[float, int, float]:
-    """Best images/s of decode + preprocess + forward in this process, the batch size that reached it, and the
-    CPU milliseconds per image there."""
+def in_process_rate(model, body: bytes, batch_size: int, seconds: float) -> tuple[float, float]:
+    """Images/s of decode + preprocess + forward in this process at ``batch_size``, and CPU milliseconds per image."""
     import torch
 
     from dogclf.serving import handler
 
-    def make_step(batch_size: int):
-        def step() -> None:
-            arrays = [handler.input_fn(body, "image/jpeg").batch for _ in range(batch_size)]
-            handler.predict_fn(handler.InferenceInput(batch=torch.cat(arrays)), model)
-        return step
+    def step() -> None:
+        arrays = [handler.input_fn(body, "image/jpeg").batch for _ in range(batch_size)]
+        handler.predict_fn(handler.InferenceInput(batch=torch.cat(arrays)), model)
 
-    # Warm-up until a forward pass stops getting faster: the first passes in a fresh process are several times
-    # slower (allocator and oneDNN caches), which would flatter the endpoint.
+    step()
+    done, start, cpu = 0, time.perf_counter(), time.process_time()
+    while time.perf_counter() - start < seconds or done < 2 * batch_size:
+        step()
+        done += batch_size
+    return done / (time.perf_counter() - start), 1000 * (time.process_time() - cpu) / done
+
+
+def warm_up(model, body: bytes) -> None:
+    """Run until a forward pass stops getting faster: the first passes in a fresh process are several times slower
+    (allocator and oneDNN caches), which would flatter the endpoint."""
     warm, last = time.perf_counter(), float("inf")
     while time.perf_counter() - warm < 60:
         t0 = time.perf_counter()
-        make_step(4)()
+        in_process_rate(model, body, 4, 0.0)
         took = time.perf_counter() - t0
         if took > 0.9 * last and time.perf_counter() - warm > 3:
             break
         last = min(last, took)
-    best, best_batch, best_cpu = 0.0, 1, float("nan")
-    for batch_size in (1, 2, 4, 8):
-        step = make_step(batch_size)
-        step()
-        done, start, cpu = 0, time.perf_counter(), time.process_time()
-        while time.perf_counter() - start < seconds or done < 2 * batch_size:
-            step()
-            done += batch_size
-        rate = done / (time.perf_counter() - start)
-        if rate > best:
-            best, best_batch, best_cpu = rate, batch_size, 1000 * (time.process_time() - cpu) / done
-    return best, best_batch, best_cpu
 
 
 def load(endpoint, body: bytes, per_client: int) -> dict[str, float]:
@@ -161,7 +157,8 @@ def load(endpoint, body: bytes, per_client: int) -> dict[str, float]:
     latencies.sort()
     p99_index = min(len(latencies) - 1, max(0, int(round(0.99 * len(latencies))) - 1))
     return {"rps": len(latencies) / wall, "p50": statistics.median(latencies) if latencies else float("nan"),
-            "p99": latencies[p99_index] if latencies else float("nan"), "errors": errors[0], "n": len(latencies)}
+            "p99": latencies[p99_index] if latencies else float("nan"), "errors": errors[0], "n": len(latencies),
+            "latencies": latencies}
 
 
 def bench_model(backbone: str, runtimes: list[str], args, body: bytes, tmp: Path, photos) -> dict[str, dict]:
@@ -170,8 +167,9 @@ def bench_model(backbone: str, runtimes: list[str], args, body: bytes, tmp: Path
 
     calibration, held_out, where = photos
     model_dir = make_artifact(tmp / backbone, "dogimages-133", backbone=backbone)
-    print(f"\n== {backbone}, 133 breeds, random init; {CLIENTS} clients x {args.requests_per_client} requests of "
-          f"{len(body)} bytes; cpus={os.cpu_count()}, load {os.getloadavg()[0]:.1f}")
+    print(f"\n== {backbone}, 133 breeds, random init; {args.rounds} rounds of {CLIENTS} clients x "
+          f"{args.requests_per_client} requests of {len(body)} bytes; cpus={os.cpu_count()}, load "
+          f"{os.getloadavg()[0]:.1f}")
     onnx = [r for r in runtimes if r != "torch"]
     if onnx:
         from dogclf.serving.export import export_runtimes
@@ -186,30 +184,58 @@ def bench_model(backbone: str, runtimes: list[str], args, body: bytes, tmp: Path
             print(f"  {runtime:9s}: top-1 {agreement.top1_agreement:.2%} of {agreement.images} calibration photos "
                   f"(max |logit diff| {agreement.max_abs_logit_diff:.3g}); top-1 {top1:.2%} of {len(held_out)} "
                   f"held-out (max |logit diff| {diff:.3g}); eager logits span {abs(eager).max():.3g}")
-    results = {}
+    # Every runtime's endpoint and in-process model stay up, and the runtimes take turns, round after round, so that
+    # other work on a shared machine weighs on each of them alike; the medians over the rounds count.
     pool = ThreadPoolExecutor(1)  # in-process forwards on a worker thread, as the server's run
-    for runtime in runtimes:
-        # Measured before and after the endpoint (the better one counts): other processes on a shared machine can
-        # slow either phase.
-        model = handler.load_model(model_dir, runtime)
-        limits = [pool.submit(in_process_limit, model, body, args.limit_seconds).result()]
-        options = {"max_batch_size": args.max_batch_size, "max_delay_ms": args.max_delay_ms, "runtime": runtime}
-        options.update({k: getattr(args, k) for k in ("workers", "intra_op_threads") if getattr(args, k)})
-        with EndpointDeployer(**options).deploy(model_dir, backend="local") as endpoint:
-            cpu = process_cpu_seconds(endpoint.pid)
-            r = load(endpoint, body, args.requests_per_client)
-            r["cpu_ms"] = 1000 * (process_cpu_seconds(endpoint.pid) - cpu) / max(1, r["n"] + 2)
+    models = {runtime: handler.load_model(model_dir, runtime) for runtime in runtimes}
+    endpoints = {}
+    results: dict[str, dict] = {runtime: {"rps": [], "lat": [], "errors": 0, "n": 0, "cpu": 0.0, "limit": [],
+                                          "limit_cpu": []} for runtime in runtimes}
+    try:
+        for runtime in runtimes:
+            options = {"max_batch_size": args.max_batch_size, "max_delay_ms": args.max_delay_ms, "runtime": runtime}
+            options.update({k: getattr(args, k) for k in ("workers", "intra_op_threads") if getattr(args, k)})
+            endpoints[runtime] = EndpointDeployer(**options).deploy(model_dir, backend="local")
+            pool.submit(warm_up, models[runtime], body).result()
+            # The best in-process batch size, found once; later rounds measure at it.
+            rates = {b: pool.submit(in_process_rate, models[runtime], body, b, args.limit_seconds).result()
+                     for b in (1, 2, 4, 8)}
+            results[runtime]["limit_batch"] = max(rates, key=lambda b: rates[b][0])
+        for round_ in range(args.rounds):
+            for runtime in runtimes[round_ % len(runtimes):] + runtimes[:round_ % len(runtimes)]:
+                r, endpoint = results[runtime], endpoints[runtime]
+                cpu = process_cpu_seconds(endpoint.pid)
+                run = load(endpoint, body, args.requests_per_client)
+                r["cpu"] += process_cpu_seconds(endpoint.pid) - cpu
+                r["n"] += run["n"] + 2  # with load()'s two warm-up requests
+                r["rps"].append(run["rps"])
+                r["lat"] += run["latencies"]
+                r["errors"] += run["errors"]
+                rate, cpu_ms = pool.submit(in_process_rate, models[runtime], body, r["limit_batch"],
+                                           args.limit_seconds).result()
+                r["limit"].append(rate)
+                r["limit_cpu"].append(cpu_ms)
+            print(f"round {round_ + 1}: " + "  ".join(f"{rt} {results[rt]['rps'][-1]:.2f} rps / "
+                                                      f"{results[rt]['limit'][-1]:.2f} img/s" for rt in runtimes)
+                  + f"  (load {os.getloadavg()[0]:.1f})", flush=True)
+        for runtime, endpoint in endpoints.items():
             stats = endpoint.stats()
-        limits.append(pool.submit(in_process_limit, model, body, args.limit_seconds).result())
-        r["limit"], r["limit_batch"], r["limit_cpu_ms"] = max(limits)
-        r["mean_batch"] = stats["images"] / max(1, stats["batches"])
-        r["threads"] = f"{stats['intra_op_threads']} intra-op, {stats['workers']} workers"
+            results[runtime]["mean_batch"] = stats["images"] / max(1, stats["batches"])
+            results[runtime]["threads"] = f"{stats['intra_op_threads']} intra-op, {stats['workers']} workers"
+    finally:
+        for endpoint in endpoints.values():
+            endpoint.delete()
+        pool.shutdown()
+    for runtime, r in results.items():
+        lat = sorted(r.pop("lat"))
+        r.update(rps=statistics.median(r["rps"]), p50=statistics.median(lat) if lat else float("nan"),
+                 p99=lat[min(len(lat) - 1, max(0, int(round(0.99 * len(lat))) - 1))] if lat else float("nan"),
+                 cpu_ms=1000 * r["cpu"] / max(1, r["n"]), limit=statistics.median(r["limit"]),
+                 limit_cpu_ms=statistics.median(r["limit_cpu"]))
         print(f"{runtime:9s} endpoint {r['rps']:6.2f} requests/s  p50 {r['p50'] * 1000:7.1f} ms  p99 "
               f"{r['p99'] * 1000:7.1f} ms  errors {r['errors']}  {r['cpu_ms']:4.0f} CPU-ms/request (mean batch "
               f"{r['mean_batch']:.2f}; {r['threads']})  | in-process limit {r['limit']:6.2f} images/s at batch "
-              f"{r['limit_batch']}, {r['limit_cpu_ms']:4.0f} CPU-ms/image; load {os.getloadavg()[0]:.1f}", flush=True)
-        results[runtime] = r
-    pool.shutdown()
+              f"{r['limit_batch']}, {r['limit_cpu_ms']:4.0f} CPU-ms/image", flush=True)
     return results
 
 
@@ -219,8 +245,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default=",".join(MODELS), help="backbones, comma-separated")
     parser.add_argument("--runtimes", default=",".join(RUNTIMES), help="runtimes, comma-separated")
-    parser.add_argument("--requests-per-client", type=int, default=12)
-    parser.add_argument("--limit-seconds", type=float, default=3.0)
+    parser.add_argument("--requests-per-client", type=int, default=6, help="per client and round")
+    parser.add_argument("--rounds", type=int, default=4, help="turns each runtime takes")
+    parser.add_argument("--limit-seconds", type=float, default=2.0)
     parser.add_argument("--max-batch-size", type=int, default=8)
     parser.add_argument("--max-delay-ms", type=float, default=10.0)
     parser.add_argument("--workers", type=int, default=None, help="decode threads (default: the server's choice)")

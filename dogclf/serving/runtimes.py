@@ -162,14 +162,16 @@ class OnnxModule:
         session: The ``onnxruntime.InferenceSession``.
         runtime: The runtime name (``"onnx"`` or ``"onnx-int8"``).
         path: The model file it was loaded from.
+        intra_op_threads: The session's intra-op threads (reported by the server's ``/stats``).
 
     ``session.run`` releases the GIL, so decoding threads keep running during a forward pass.
     """
 
-    def __init__(self, session: Any, runtime: str, path: Path) -> None:
+    def __init__(self, session: Any, runtime: str, path: Path, intra_op_threads: int | None = None) -> None:
         self.session = session
         self.runtime = runtime
         self.path = path
+        self.intra_op_threads = intra_op_threads
         self.input_name = session.get_inputs()[0].name
 
     def __call__(self, batch: Any) -> Any:
@@ -250,7 +252,7 @@ def open_session(path: str | os.PathLike[str], runtime: str = "onnx", *, intra_o
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     logger.info("loaded %s (%s, onnxruntime %s, %d intra-op threads)", path, runtime, ort.__version__,
                 options.intra_op_num_threads)
-    return OnnxModule(session, runtime, Path(path))
+    return OnnxModule(session, runtime, Path(path), options.intra_op_num_threads)
 
 
 def _torch_threads() -> int:

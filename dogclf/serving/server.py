@@ -321,6 +321,7 @@ def create_app(model: Any, config: ServerConfig | None = None) -> Any:
     batcher = DynamicBatcher(model, config.effective_batch_size, config.max_delay_ms / 1000.0)
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dogclf-worker")
     stats = {"requests": 0, "errors_4xx": 0, "errors_5xx": 0}
+    intra_op_threads = getattr(model.module, "intra_op_threads", None) or intra_op_threads  # what the session has
     if intra_op_threads is None:
         import torch
 

@@ -354,8 +354,9 @@ def _quantize(fp32: Path, dest: Path, images: np.ndarray) -> dict[str, Any]:
 
 
 def _is_current(entry: dict[str, Any] | None, folder: Path, runtime: str, source_sha: str) -> bool:
+    """Whether ``entry`` is an accepted export of this ``model.pt`` whose file is there."""
     return bool(entry) and entry.get("source_sha256") == source_sha and (folder / RUNTIME_FILES[runtime]).is_file() \
-        and Agreement.from_dict(entry["agreement"]).passed
+        and entry["agreement"]["top1_agreement"] >= AGREEMENT_THRESHOLDS[runtime]
 
 
 def _versions() -> dict[str, str]:
@@ -390,8 +391,8 @@ def export_runtimes(artifact_dir: str | os.PathLike[str], runtimes: str | Iterab
     Raises:
         MissingDependencyError: onnx, onnxscript or onnxruntime is not installed.
         RuntimeExportError: the export or the quantization failed, or ``onnx-int8`` has no calibration photos.
-        AgreementError: an export disagrees with the eager model beyond its threshold (runtimes accepted before it
-            in ``runtimes`` are kept).
+        AgreementError: an export disagrees with the eager model beyond its threshold (an accepted ``onnx`` export
+            is kept when ``onnx-int8`` is refused).
         ArtifactError: ``artifact_dir`` is not an artifact.
     """
     from dogclf.models import ResNetBreedModel

@@ -161,10 +161,10 @@ def _upload_artifact(artifact: Any, session: Any, key_prefix: str, runtime: str 
 
 def _download(uri: str, session: Any, dest: Path) -> Path:
     """Download an ``s3://`` object (a training job's ``model.tar.gz``) to ``dest``."""
-    from dogclf.data.s3 import parse_s3_uri
+    from sagemaker.s3 import parse_s3_url
 
-    loc = parse_s3_uri(uri)
-    session.boto_session.client("s3").download_file(loc.bucket, loc.prefix, str(dest))
+    bucket, key = parse_s3_url(uri)
+    session.boto_session.client("s3").download_file(bucket, key, str(dest))
     return dest
 
 

@@ -49,6 +49,9 @@ __all__ = [
     "UnknownWeightsError",
     "WeightsUnavailableError",
     "DuplicateImagesError",
+    "MissingDependencyError",
+    "RuntimeExportError",
+    "AgreementError",
 ]
 
 
@@ -93,6 +96,11 @@ class NotFittedError(DogclfError, ValueError, AttributeError):
 
 class BackendError(DogclfError, RuntimeError):
     """A backend could not do what was asked of it."""
+
+
+class MissingDependencyError(DogclfError, ImportError):
+    """An optional dependency a chosen feature needs is not installed; the message names the extra to install
+    (e.g. ``pip install 'dogclf[onnx]'``)."""
 
 
 class PluginLoadError(DogclfError, ImportError):
@@ -181,6 +189,33 @@ class ChecksumMismatchError(DataError):
 
 class ArtifactError(DogclfError, ValueError):
     """A model artifact (folder, checkpoint or ``model.tar.gz``) is missing parts, corrupt or unsafe."""
+
+
+class RuntimeExportError(ArtifactError):
+    """A model could not be made ready for an inference runtime (``onnx``, ``onnx-int8``): the export or the
+    quantization failed, or the artifact lacks what it needs (e.g. calibration images for ``onnx-int8``)."""
+
+
+class AgreementError(RuntimeExportError):
+    """An exported model's predictions differ too much from the eager fp32 model's, so it is refused.
+
+    Args:
+        message: The measured agreement against the threshold, and what to do.
+        runtime: The runtime refused (``"onnx"`` or ``"onnx-int8"``).
+        top1_agreement: Fraction of images whose top-1 breed matches the eager model's.
+        threshold: The smallest agreement accepted.
+        max_abs_logit_diff: The largest absolute logit difference seen.
+        images: How many images were compared.
+    """
+
+    def __init__(self, message: str, *, runtime: str, top1_agreement: float, threshold: float,
+                 max_abs_logit_diff: float, images: int) -> None:
+        super().__init__(message)
+        self.runtime = runtime
+        self.top1_agreement = top1_agreement
+        self.threshold = threshold
+        self.max_abs_logit_diff = max_abs_logit_diff
+        self.images = images
 
 
 class UnknownRuleError(NotFoundError):

@@ -210,7 +210,7 @@ def test_endpoint_server_killed_mid_request(artifact, child_failpoints):
 
     photo = synthetic_photo()
     child_failpoints("serving.batcher.forward@2")
-    endpoint = EndpointDeployer(torch_threads=1, backend="local").deploy(artifact)
+    endpoint = EndpointDeployer(intra_op_threads=1, backend="local").deploy(artifact)
     workdir, pid = endpoint.log_path.parent, endpoint.pid
     first, _ = endpoint.invoke(photo, "image/jpeg")
 
@@ -229,7 +229,7 @@ def test_endpoint_server_killed_mid_request(artifact, child_failpoints):
     assert endpoint._proc.pid == pid and endpoint._proc.returncode == -signal.SIGKILL  # reaped, by the kill
 
     child_failpoints("")
-    with EndpointDeployer(torch_threads=1, backend="local").deploy(artifact) as again:
+    with EndpointDeployer(intra_op_threads=1, backend="local").deploy(artifact) as again:
         assert again.invoke(photo, "image/jpeg")[0] == first
         workdir = again.log_path.parent
     assert not workdir.exists() and live_processes(str(workdir)) == []
@@ -244,7 +244,7 @@ def test_deploying_process_killed_while_the_server_starts(artifact, tmp_path):
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     script = ("from dogclf.serving import EndpointDeployer\n"
-              f"EndpointDeployer(torch_threads=1, backend='local').deploy({str(artifact)!r})\n")
+              f"EndpointDeployer(intra_op_threads=1, backend='local').deploy({str(artifact)!r})\n")
     killed = run([sys.executable, "-c", script], failpoints="serving.endpoint.spawned",
                  env={**os.environ, "TMPDIR": str(scratch)})
     assert_killed_at(killed, "serving.endpoint.spawned")
@@ -257,7 +257,7 @@ def test_delete_leaves_nothing_running(artifact):
     """delete() stops the server process and removes its folder before it returns; nothing else is left."""
     from dogclf.serving import EndpointDeployer
 
-    endpoint = EndpointDeployer(torch_threads=1, backend="local").deploy(artifact)
+    endpoint = EndpointDeployer(intra_op_threads=1, backend="local").deploy(artifact)
     workdir, pid = endpoint.log_path.parent, endpoint.pid
     assert live_processes(str(workdir)) == [pid]
     endpoint.delete()

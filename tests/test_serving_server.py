@@ -26,10 +26,16 @@ def artifact(tmp_path_factory):
     return make_artifact(tmp_path_factory.mktemp("server") / "model")
 
 
-@pytest.fixture(scope="module")
-def endpoint(artifact):
+# Every test of the endpoint runs against the eager runtime and ONNX Runtime (fp32; the export takes a few seconds
+# on the tiny model and the synthetic check images). int8 serves through the same OnnxModule path.
+RUNTIMES = ["torch", pytest.param("onnx", marks=pytest.mark.skipif(
+    __import__("importlib").util.find_spec("onnxruntime") is None, reason="needs dogclf[onnx]"))]
+
+
+@pytest.fixture(scope="module", params=RUNTIMES)
+def endpoint(artifact, request):
     deployer = EndpointDeployer(max_batch_size=8, max_delay_ms=40, max_request_bytes=2_000_000, workers=2,
-                                torch_threads=1)
+                                intra_op_threads=1, runtime=request.param)
     ep = deployer.deploy(artifact)
     yield ep
     ep.delete()
@@ -68,7 +74,9 @@ def test_ping_and_a_good_request(endpoint, artifact):
 
 
 def test_responses_match_the_handler_in_process(endpoint, artifact):
-    model = handler.model_fn(artifact)
+    runtime = endpoint.stats()["runtime"]
+    assert runtime == endpoint.config.runtime  # the runtime asked for, not a fallback
+    model = handler.load_model(artifact, runtime)
     body = synthetic_photo(120, 80, seed=3)
     remote = np.load(io.BytesIO(_post(endpoint, body, headers={"Accept": "application/x-npy"}).content))
     local = handler.predict_fn(handler.input_fn(body, "image/jpeg"), model).logits.numpy()

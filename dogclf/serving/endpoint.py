@@ -122,28 +122,48 @@ class InProcessEndpoint(Endpoint):
     Args:
         artifact: An artifact folder, a ``model.tar.gz`` or a built :class:`~dogclf.models.ResNetBreedModel`.
         name: A name for logs.
+        runtime: The inference runtime (``"torch"``, ``"onnx"`` or ``"onnx-int8"``); an ONNX runtime the artifact
+            lacks is exported on first use (into an artifact folder, so once).
+        calibration: Training photos to calibrate ``onnx-int8`` with when the artifact has none recorded.
+        intra_op_threads: Threads of one ONNX Runtime forward pass (``None``: as many as torch uses).
 
     The model is loaded on first use (or by :meth:`load`).
     """
 
     backend = "in-process"
 
-    def __init__(self, artifact: Any, name: str = "in-process") -> None:
+    def __init__(self, artifact: Any, name: str = "in-process", *, runtime: str = "torch", calibration: Any = None,
+                 intra_op_threads: int | None = None) -> None:
+        from dogclf.serving.runtimes import check_runtime
+
         self.artifact = artifact
         self.name = name
+        self.runtime = check_runtime(runtime)
+        self.calibration = calibration
+        self.intra_op_threads = intra_op_threads
         self._model: Any = None
         self._lock = threading.Lock()
 
     def load(self) -> Any:
-        """Load the model (once) and return the :class:`~dogclf.serving.handler.ServedModel`."""
+        """Load the model (once) and return the :class:`~dogclf.serving.handler.ServedModel`.
+
+        Raises:
+            ArtifactError: the artifact is not usable (:class:`~dogclf.errors.AgreementError` and
+                :class:`~dogclf.errors.RuntimeExportError` when its ONNX export is refused or fails).
+            MissingDependencyError: an ONNX runtime without its packages installed.
+        """
         from dogclf.serving import handler
+        from dogclf.serving.export import ensure_runtime
         from dogclf.serving.package import resolve_model_dir
 
         with self._lock:
             if self._model is None:
                 self._check_live()
                 with tempfile.TemporaryDirectory(prefix="dogclf-inproc-") as tmp:
-                    self._model = handler.model_fn(resolve_model_dir(self.artifact, tmp))
+                    model_dir = resolve_model_dir(self.artifact, tmp)
+                    ensure_runtime(model_dir, self.runtime, calibration=self.calibration)
+                    self._model = handler.load_model(model_dir, self.runtime,
+                                                     intra_op_threads=self.intra_op_threads)
             return self._model
 
     @property
@@ -197,6 +217,7 @@ class LocalEndpoint(Endpoint):
         workdir: Folder for the unpacked model and the server log; a temporary folder (removed on
             :meth:`delete`) by default.
         startup_timeout_s: How long :meth:`start` waits for ``/ping``.
+        calibration: Training photos to calibrate an ``onnx-int8`` runtime with when the artifact has none recorded.
 
     :meth:`start` (called by :class:`~dogclf.serving.EndpointDeployer`) binds the socket here, so the port is known
     before the child starts, and waits until ``GET /ping`` answers. The child is stopped by :meth:`delete`, by the
@@ -212,9 +233,11 @@ class LocalEndpoint(Endpoint):
     backend = "local"
 
     def __init__(self, artifact: Any, config: Any = None, *, name: str | None = None,
-                 workdir: str | os.PathLike[str] | None = None, startup_timeout_s: float = 120.0) -> None:
+                 workdir: str | os.PathLike[str] | None = None, startup_timeout_s: float = 120.0,
+                 calibration: Any = None) -> None:
         self.artifact = artifact
         self.config = config
+        self.calibration = calibration
         self.name = name or new_endpoint_name()
         self.workdir = Path(workdir) if workdir is not None else None
         self.startup_timeout_s = startup_timeout_s
@@ -260,9 +283,13 @@ class LocalEndpoint(Endpoint):
         Raises:
             EndpointError: the process exited or did not answer ``/ping`` in time (the message carries the end
                 of its log).
-            ArtifactError: the artifact is not usable.
+            ArtifactError: the artifact is not usable (:class:`~dogclf.errors.AgreementError` and
+                :class:`~dogclf.errors.RuntimeExportError` when the configured ONNX runtime's export is refused or
+                fails; it is made here, before the server starts).
+            MissingDependencyError: an ONNX runtime without its packages installed.
         """
         from dogclf.labels import BreedLabels
+        from dogclf.serving.export import ensure_runtime
         from dogclf.serving.package import resolve_model_dir
         from dogclf.serving.server import ServerConfig
 
@@ -276,6 +303,7 @@ class LocalEndpoint(Endpoint):
         workdir.mkdir(parents=True, exist_ok=True)
         try:
             model_dir = resolve_model_dir(self.artifact, workdir)
+            ensure_runtime(model_dir, config.runtime, calibration=self.calibration)
             self.labels = BreedLabels.load(model_dir / "labels.json")
             family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
             sock = socket.socket(family, socket.SOCK_STREAM)

@@ -25,12 +25,13 @@ import signal
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from dogclf._extras import require
 from dogclf._faults import failpoint
 from dogclf.errors import ConfigError, InvalidRequestError
+from dogclf.serving.runtimes import check_runtime, plan_threads
 
 __all__ = ["ServerConfig", "DynamicBatcher", "create_app", "serve", "main"]
 
@@ -49,8 +50,12 @@ class ServerConfig:
         batching: ``False`` runs every request alone (same as ``max_batch_size=1``).
         max_request_bytes: Larger bodies are refused with 413 (SageMaker real-time endpoints allow 6 MB).
         request_timeout_s: Requests taking longer get 504.
-        workers: Threads that decode, preprocess and serialise requests.
-        torch_threads: Intra-op threads for the forward pass; ``None`` keeps torch's default.
+        runtime: The inference runtime: ``"torch"`` (eager PyTorch), ``"onnx"`` or ``"onnx-int8"`` (the artifact's
+            exported model in ONNX Runtime; see :mod:`dogclf.serving.runtimes`).
+        workers: Threads that decode, preprocess and serialise requests; ``None`` lets the server choose for the
+            machine it runs on (:func:`~dogclf.serving.runtimes.plan_threads`).
+        intra_op_threads: Threads one forward pass uses; ``None`` lets the server choose (torch keeps its own
+            default, one per core).
         log_level: uvicorn's log level.
 
     Raises:
@@ -64,8 +69,9 @@ class ServerConfig:
     batching: bool = True
     max_request_bytes: int = 6 * 1024 * 1024
     request_timeout_s: float = 60.0
-    workers: int = 2
-    torch_threads: int | None = None
+    runtime: str = "torch"
+    workers: int | None = None
+    intra_op_threads: int | None = None
     log_level: str = "warning"
 
     def __post_init__(self) -> None:
@@ -79,10 +85,12 @@ class ServerConfig:
         positive_int("port", allow_zero=True)
         if self.port > 65535:
             raise ConfigError(f"port must be in 0..65535, got {self.port}")
-        for name in ("max_batch_size", "max_request_bytes", "workers"):
+        for name in ("max_batch_size", "max_request_bytes"):
             positive_int(name)
-        if self.torch_threads is not None:
-            positive_int("torch_threads")
+        for name in ("workers", "intra_op_threads"):
+            if getattr(self, name) is not None:
+                positive_int(name)
+        check_runtime(self.runtime)
         for name in ("max_delay_ms", "request_timeout_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or value != value:
@@ -307,7 +315,8 @@ def create_app(model: Any, config: ServerConfig | None = None) -> Any:
 
     Returns:
         A Starlette application with ``GET /ping`` and ``POST /invocations`` (plus ``GET /stats``: batches run,
-        images seen, requests served and refused, requests queued for a forward pass).
+        images seen, requests served, refused and queued for a forward pass, and the runtime, workers and
+        intra-op threads serving them).
     """
     from contextlib import asynccontextmanager
 
@@ -320,9 +329,17 @@ def create_app(model: Any, config: ServerConfig | None = None) -> Any:
     from dogclf.serving import handler
 
     config = config or ServerConfig()
+    runtime = getattr(model, "runtime", "torch")
+    intra_op_threads, workers = plan_threads(runtime, intra_op_threads=config.intra_op_threads, workers=config.workers)
     batcher = DynamicBatcher(model, config.effective_batch_size, config.max_delay_ms / 1000.0)
-    pool = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="dogclf-worker")
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dogclf-worker")
     stats = {"requests": 0, "errors_4xx": 0, "errors_5xx": 0}
+    intra_op_threads = getattr(model.module, "intra_op_threads", None) or intra_op_threads  # what the session has
+    if intra_op_threads is None:
+        import torch
+
+        intra_op_threads = torch.get_num_threads()
+    serving = {"runtime": runtime, "workers": workers, "intra_op_threads": intra_op_threads}
 
     async def ping(request: Request) -> Response:
         return JSONResponse({"status": "healthy", "breeds": model.num_classes})
@@ -374,7 +391,7 @@ def create_app(model: Any, config: ServerConfig | None = None) -> Any:
 
     async def get_stats(request: Request) -> Response:
         return JSONResponse({**stats, "batches": batcher.batches, "images": batcher.images,
-                             "queued": batcher.queued})
+                             "queued": batcher.queued, **serving})
 
     @asynccontextmanager
     async def lifespan(app: Any) -> Any:
@@ -397,6 +414,9 @@ def serve(model_dir: str | os.PathLike[str], config: ServerConfig | None = None,
           sock: socket.socket | None = None) -> None:
     """Load the artifact in ``model_dir`` and serve it until interrupted (SIGINT/SIGTERM stop it gracefully).
 
+    The ``onnx`` runtimes serve the artifact's exported model (:func:`dogclf.serving.export.export_runtimes` makes
+    it; :class:`~dogclf.serving.EndpointDeployer` does so before starting the server); the server never exports.
+
     Args:
         model_dir: An unpacked artifact folder.
         config: Serving options.
@@ -408,10 +428,12 @@ def serve(model_dir: str | os.PathLike[str], config: ServerConfig | None = None,
     from dogclf.serving import handler
 
     config = config or ServerConfig()
-    if config.torch_threads is not None:
-        torch.set_num_threads(config.torch_threads)
-    model = handler.model_fn(model_dir)
-    app = create_app(model, config)
+    intra_op_threads, workers = plan_threads(config.runtime, intra_op_threads=config.intra_op_threads,
+                                             workers=config.workers)
+    if config.runtime == "torch" and intra_op_threads is not None:
+        torch.set_num_threads(intra_op_threads)
+    model = handler.load_model(model_dir, config.runtime, intra_op_threads=intra_op_threads)
+    app = create_app(model, replace(config, intra_op_threads=intra_op_threads, workers=workers))
     uv_config = uvicorn.Config(app, host=config.host, port=config.port, log_level=config.log_level,
                                access_log=False, timeout_graceful_shutdown=5, lifespan="on")
     server = uvicorn.Server(uv_config)
@@ -448,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --parent-pid: remove this folder (the endpoint's temporary one) when stopping "
                              "because that process is gone")
     for f in fields(ServerConfig):
-        if f.name in ("host", "log_level"):
+        if f.name in ("host", "log_level", "runtime"):
             parser.add_argument(f"--{f.name.replace('_', '-')}", default=None)
         elif f.name == "batching":
             parser.add_argument("--no-batching", dest="batching", action="store_false", default=None)

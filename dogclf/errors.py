@@ -49,7 +49,6 @@ __all__ = [
     "UnknownWeightsError",
     "WeightsUnavailableError",
     "DuplicateImagesError",
-    "MissingDependencyError",
     "RuntimeExportError",
     "AgreementError",
 ]
@@ -96,11 +95,6 @@ class NotFittedError(DogclfError, ValueError, AttributeError):
 
 class BackendError(DogclfError, RuntimeError):
     """A backend could not do what was asked of it."""
-
-
-class MissingDependencyError(DogclfError, ImportError):
-    """An optional dependency a chosen feature needs is not installed; the message names the extra to install
-    (e.g. ``pip install 'dogclf[onnx]'``)."""
 
 
 class PluginLoadError(DogclfError, ImportError):

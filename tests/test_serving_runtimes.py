@@ -19,7 +19,7 @@ from dogclf.errors import (
     ArtifactError,
     ConfigError,
     DataNotFoundError,
-    MissingDependencyError,
+    MissingExtraError,
     RuntimeExportError,
 )
 from dogclf.serving import BreedPredictor, EndpointDeployer, ServerConfig, handler, runtimes
@@ -205,7 +205,7 @@ def test_choosing_onnx_without_onnxruntime_names_the_extra_and_torch_still_serve
     script = textwrap.dedent(f"""
         import sys
         sys.modules["onnxruntime"] = None  # as if not installed: importing it raises ImportError
-        from dogclf.errors import MissingDependencyError
+        from dogclf.errors import MissingExtraError
         from dogclf.serving import ServerConfig, handler
         from dogclf.serving.testing import synthetic_photo
         model = handler.load_model({str(exported)!r}, "torch")
@@ -213,20 +213,21 @@ def test_choosing_onnx_without_onnxruntime_names_the_extra_and_torch_still_serve
         ServerConfig(runtime="onnx")  # a config is only a choice
         try:
             handler.load_model({str(exported)!r}, "onnx")
-        except MissingDependencyError as exc:
+        except MissingExtraError as exc:
             print("refused:", exc)
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "refused: runtime 'onnx' needs onnxruntime" in done.stdout and "pip install 'dogclf[onnx]'" in done.stdout
+    assert "refused: dogclf's inference runtime 'onnx' needs onnxruntime" in done.stdout
+    assert 'pip install "dogclf[onnx]"' in done.stdout
 
 
-def test_missing_dependency_error_is_an_import_error(monkeypatch, tmp_path):
+def test_missing_extra_error_is_an_import_error(monkeypatch, tmp_path):
     folder = make_artifact(tmp_path / "model", LABELS)
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(ImportError, match=r"dogclf\[onnx\]"):
         runtimes.import_onnxruntime("onnx-int8")
-    with pytest.raises(MissingDependencyError):
+    with pytest.raises(MissingExtraError):
         export.export_runtimes(folder, "onnx")
     assert not (folder / "runtimes").exists()
 

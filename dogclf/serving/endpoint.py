@@ -150,7 +150,7 @@ class InProcessEndpoint(Endpoint):
         Raises:
             ArtifactError: the artifact is not usable (:class:`~dogclf.errors.AgreementError` and
                 :class:`~dogclf.errors.RuntimeExportError` when its ONNX export is refused or fails).
-            MissingDependencyError: an ONNX runtime without its packages installed.
+            MissingExtraError: an ONNX runtime without its packages installed.
         """
         from dogclf.serving import handler
         from dogclf.serving.export import ensure_runtime
@@ -286,7 +286,7 @@ class LocalEndpoint(Endpoint):
             ArtifactError: the artifact is not usable (:class:`~dogclf.errors.AgreementError` and
                 :class:`~dogclf.errors.RuntimeExportError` when the configured ONNX runtime's export is refused or
                 fails; it is made here, before the server starts).
-            MissingDependencyError: an ONNX runtime without its packages installed.
+            MissingExtraError: an ONNX runtime without its packages installed.
         """
         from dogclf.labels import BreedLabels
         from dogclf.serving.export import ensure_runtime

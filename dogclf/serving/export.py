@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from dogclf._extras import require
 from dogclf._io import atomic_write, atomic_write_json
 from dogclf.errors import (
     AgreementError,
@@ -39,13 +40,11 @@ from dogclf.errors import (
     ConfigError,
     DataNotFoundError,
     DogclfError,
-    MissingDependencyError,
     RuntimeExportError,
 )
 from dogclf.serving.runtimes import (
     AGREEMENT_THRESHOLDS,
     CALIBRATION_FILE,
-    EXTRA_HINT,
     MANIFEST_FILE,
     RUNTIME_FILES,
     available_cpus,
@@ -290,12 +289,8 @@ def _eager_logits(served: Any, images: np.ndarray) -> np.ndarray:
 
 # -- export -----------------------------------------------------------------------------------------------------
 def _import_exporter() -> None:
-    try:
-        import onnx  # noqa: F401 - torch's exporters and the quantizer need it
-        import onnxscript  # noqa: F401 - the dynamo exporter needs it
-    except ImportError as exc:
-        raise MissingDependencyError(f"exporting to ONNX needs onnx and onnxscript ({exc}); install dogclf's onnx "
-                                     f"extra: {EXTRA_HINT}") from exc
+    require("onnx", "onnx", "ONNX export")  # torch's exporters and the quantizer need it
+    require("onnx", "onnxscript", "ONNX export")  # the dynamo exporter needs it
 
 
 def _export_fp32(module: Any, crop: int, dest: Path, exporter: str) -> dict[str, Any]:
@@ -390,7 +385,7 @@ def export_runtimes(artifact_dir: str | os.PathLike[str], runtimes: str | Iterab
         The :class:`Agreement` of each runtime, by name.
 
     Raises:
-        MissingDependencyError: onnx, onnxscript or onnxruntime is not installed.
+        MissingExtraError: onnx, onnxscript or onnxruntime is not installed.
         RuntimeExportError: the export or the quantization failed, or ``onnx-int8`` has no calibration photos.
         AgreementError: an export disagrees with the eager model beyond its threshold (an accepted ``onnx`` export
             is kept when ``onnx-int8`` is refused).

@@ -159,7 +159,7 @@ def load_model(model_dir: str | os.PathLike[str], runtime: str = "torch", *,
     Raises:
         ArtifactError: the folder is not a dogclf model artifact, or has no accepted, current export for
             ``runtime``.
-        MissingDependencyError: an ONNX runtime without onnxruntime installed.
+        MissingExtraError: an ONNX runtime without onnxruntime installed.
         ConfigError: an unknown runtime.
     """
     from dogclf.models import BreedModel

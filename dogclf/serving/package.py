@@ -52,7 +52,7 @@ def runtime_requirements(runtime: str) -> list[str]:
     one the export's agreement was measured with.
 
     Raises:
-        MissingDependencyError: an ONNX runtime without onnxruntime installed here.
+        MissingExtraError: an ONNX runtime without onnxruntime installed here.
     """
     from dogclf.serving.runtimes import check_runtime, import_onnxruntime
 

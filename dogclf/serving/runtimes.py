@@ -33,7 +33,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from dogclf.errors import ArtifactError, ConfigError, MissingDependencyError
+from dogclf._extras import require
+from dogclf.errors import ArtifactError, ConfigError
 
 __all__ = [
     "RUNTIMES",
@@ -71,9 +72,6 @@ CALIBRATION_FILE = "calibration.npz"
 """The recorded calibration photos, relative to the artifact folder."""
 MANIFEST_FORMAT = "dogclf.runtimes/1"
 """The ``format`` value of ``runtimes/manifest.json``."""
-EXTRA_HINT = "pip install 'dogclf[onnx]'"
-"""How to install what the ONNX runtimes need."""
-
 
 def check_runtime(runtime: Any) -> str:
     """Validate a runtime name.
@@ -93,14 +91,9 @@ def import_onnxruntime(runtime: str = "onnx") -> Any:
     """Import ``onnxruntime`` for ``runtime``.
 
     Raises:
-        MissingDependencyError: it is not installed (the message names the extra to install).
+        MissingExtraError: it is not installed (the message names the extra to install).
     """
-    try:
-        import onnxruntime
-    except ImportError as exc:
-        raise MissingDependencyError(f"runtime {runtime!r} needs onnxruntime, which is not installed here; install "
-                                     f"dogclf's onnx extra: {EXTRA_HINT} (or choose runtime='torch')") from exc
-    return onnxruntime
+    return require("onnx", "onnxruntime", f"inference runtime {runtime!r}")
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
@@ -209,7 +202,7 @@ def load_onnx_module(model_dir: str | os.PathLike[str], runtime: str, *, intra_o
             request decoding threads share the cores, and spinning threads take their time.
 
     Raises:
-        MissingDependencyError: onnxruntime is not installed.
+        MissingExtraError: onnxruntime is not installed.
         ArtifactError: the artifact has no accepted export for ``runtime``, or it was exported from another
             ``model.pt`` than the one beside it (stale).
     """
@@ -246,7 +239,7 @@ def open_session(path: str | os.PathLike[str], runtime: str = "onnx", *, intra_o
     execution, one inter-op thread), without the artifact checks of :func:`load_onnx_module`.
 
     Raises:
-        MissingDependencyError: onnxruntime is not installed.
+        MissingExtraError: onnxruntime is not installed.
     """
     ort = import_onnxruntime(runtime)
     options = ort.SessionOptions()

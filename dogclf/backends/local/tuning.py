@@ -218,17 +218,26 @@ class WarmPoolBackend:
             w.close()
 
 
-def _pool_worker_main() -> int:
-    """The worker: read job requests (one JSON line each) from stdin and run each job's entry point in-process."""
+def _mark_my_jobs(root: Path, reason: str) -> None:
+    """Record as ended every job under ``root`` that names this worker as its process and claims to run (the one it
+    runs, and one handed to it that it has not read yet)."""
+    from ._jobstate import mark_ended, read_state
+
+    for job in (root / "jobs").glob("*"):
+        state = read_state(job)
+        if state and state.get("pid") == os.getpid() and state.get("status") == "InProgress" and "result" not in state:
+            mark_ended(job, reason)
+
+
+def _pool_worker_main(root: str | None = None) -> int:
+    """The worker: read job requests (one JSON line each) from stdin and run each job's entry point in-process;
+    die with the process that started it (its jobs recorded as ended in their ``job.json``)."""
     from dogclf._process import die_with_parent
 
-    from ._jobstate import mark_ended
-
-    current: list[str] = []  # the job folder of the job running now, if any
     caller = os.environ.get(CALLER_ENV, "")
     if caller.isdigit():
-        die_with_parent(int(caller), lambda: current and mark_ended(
-            Path(current[0]), f"the process that started the job (pid {caller}) is gone; the job was killed with it"))
+        reason = f"the process that started the job (pid {caller}) is gone; the job was killed with it"
+        die_with_parent(int(caller), lambda: root is not None and _mark_my_jobs(Path(root), reason))
 
     import torch  # noqa: F401 - import torch and what the entry point runs once, up front
     import torchvision  # noqa: F401
@@ -242,7 +251,6 @@ def _pool_worker_main() -> int:
         if not request.strip():
             continue
         job = json.loads(request)
-        current[:] = [job["base"]]
         os.environ.clear()
         os.environ.update(job["env"])
         code = 1
@@ -255,14 +263,13 @@ def _pool_worker_main() -> int:
         except BaseException as exc:  # report and keep serving: the job failed, not the worker
             print(f"training entry point failed: {type(exc).__name__}: {exc}", flush=True)
         sys.stdout.flush()
-        current.clear()
         print(f"{_DONE_MARK}{code}", flush=True)
     return 0
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--pool-worker"]:
-        status = _pool_worker_main()
+        status = _pool_worker_main(sys.argv[2] if len(sys.argv) > 2 else None)
         # Every job's files are written (atomically) and its output flushed before its done-mark: skip the
         # interpreter's teardown of torch and the toolkit (about a second per worker on 2 busy cores).
         sys.stdout.flush()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from faultkit import (
     cli,
     processes_under,
     read_json,
+    run,
     wait_until,
 )
 
@@ -130,3 +132,28 @@ def test_tune_killed_mid_trial_without_the_pool(tmp_path):
                                         extra=["--trials", "2", "--set", "feature_cache=off"])
     print(f"FAULT tune-jobs gone_s={timings['gone_s']:.2f} recover_s={timings['recover_s']:.1f} "
           f"resumed_from={timings['resumed_from']}")
+
+
+def test_tuning_killed_right_after_starting_a_trial_loses_none(tmp_path):
+    """The runner killed just after starting its 3rd trial's job (test_hpo's in-test backend, whose jobs are
+    threads of the tuning process, resuming jobs like the local backend): every started trial is in the state file.
+    The same run again starts the interrupted ones first, under their own names, then the rest; each trial runs to
+    completion once and none is lost."""
+    script = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+              "from pathlib import Path\nfrom test_hpo import FakeBackend, make\n"
+              "backend = FakeBackend(Path(sys.argv[1]), delay=0.05)\nbackend.resumes_jobs = True\n"
+              "make(Path(sys.argv[1]), backend=backend, max_trials=5, max_parallel=2).run()\n"
+              "print(' '.join(spec.job_name for spec in backend.started))\n")
+    killed = run([sys.executable, "-c", script, tmp_path], failpoints="hpo.runner.launched@3")
+    assert_killed_at(killed, "hpo.runner.launched")
+    trials = read_json(tmp_path / "experiments" / "exp" / "experiment.json")["trials"]
+    assert [t["job_name"] for t in trials] == ["exp-001", "exp-002", "exp-003"] and trials[2]["status"] == "InProgress"
+    interrupted = [t["job_name"] for t in trials if t["status"] == "InProgress"]
+
+    again = run([sys.executable, "-c", script, tmp_path])
+    assert_ok(again)
+    started = again.stdout.split()
+    assert started == [*interrupted, "exp-004", "exp-005"]
+    trials = read_json(tmp_path / "experiments" / "exp" / "experiment.json")["trials"]
+    assert [(t["job_name"], t["status"]) for t in trials] == [(f"exp-{i:03d}", "Completed") for i in range(1, 6)]
+    assert [t["attempts"] for t in trials] == [2 if t["job_name"] in interrupted else 1 for t in trials]

@@ -453,7 +453,7 @@ def _exit_text(code: int) -> str:
     return f"the job process exited with status {code}"
 
 
-def watch_caller(base: str | os.PathLike[str]) -> None:
+def _watch_caller(base: str | os.PathLike[str]) -> None:
     """In a job process: die with the caller named by ``DOGCLF_JOB_CALLER``, recording why in ``job.json``."""
     caller = os.environ.get(CALLER_ENV, "")
     if caller.isdigit():
@@ -464,7 +464,7 @@ def watch_caller(base: str | os.PathLike[str]) -> None:
 def _run_in_job_folder(base: str) -> int:
     """The job process: run the entry point through the sagemaker-training toolkit (``SAGEMAKER_BASE_DIR`` set)."""
     os.environ["SAGEMAKER_BASE_DIR"] = base
-    watch_caller(base)
+    _watch_caller(base)
     require("local", "sagemaker_training", "local backend's training job")
     from sagemaker_training import entry_point, environment, errors
 

@@ -29,6 +29,19 @@ The fail points (``name``: where the process dies):
 ``serving.endpoint.spawned``
     :meth:`dogclf.serving.LocalEndpoint.start`, in the deploying process right after the server process was
     started and before it answers ``/ping``.
+``training.loop.step``
+    The training entry point, after each train step (its optimizer step done): mid-epoch.
+``training.checkpoint.write``
+    :func:`dogclf.training.checkpoint.save_checkpoint`, after each MiB written to the checkpoint's temporary file
+    (mid-write: the previous checkpoint is still in place).
+``training.features.batch``
+    :func:`dogclf.training.features.cached_features`, after each batch of backbone features computed for the
+    feature cache (mid-fill: that split's cache file is not written yet).
+``hpo.runner.launched``
+    :func:`dogclf.hpo.runner.run_trials` (the tuning process), after each trial's job has started and the
+    experiment's state is saved.
+``hpo.runner.progress``
+    :func:`dogclf.hpo.runner.run_trials`, after recording each epoch a running trial has published (mid-trial).
 
 Example (a shell)::
 
@@ -43,8 +56,9 @@ from __future__ import annotations
 import itertools
 import os
 import signal
+from typing import Any
 
-__all__ = ["ENV", "failpoint", "armed", "reload"]
+__all__ = ["ENV", "failpoint", "armed", "reload", "watch_writes"]
 
 ENV = "DOGCLF_FAILPOINTS"
 """The environment variable naming the armed fail points (``name[@N],...``)."""
@@ -101,3 +115,26 @@ def failpoint(name: str) -> None:
         # straight to stderr, not through logging: it may not be configured, and nothing is flushed after this
         os.write(2, f"dogclf: fail point {name} hit ({hit}): sending SIGKILL to process {os.getpid()}\n".encode())
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+class _WatchedWriter:
+    """A binary file whose writes pass fail point ``name`` each time another ``every`` bytes have been written."""
+
+    def __init__(self, fh: Any, name: str, every: int) -> None:
+        self._fh, self._name, self._every, self._written = fh, name, every, 0
+
+    def write(self, data: Any) -> int:
+        written = self._fh.write(data)
+        before, self._written = self._written, self._written + memoryview(data).nbytes
+        for _ in range(before // self._every, self._written // self._every):
+            failpoint(self._name)
+        return written
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._fh, attr)
+
+
+def watch_writes(fh: Any, name: str, every: int = 1 << 20) -> Any:
+    """``fh`` itself, or, when ``name`` is armed, a stand-in whose writes pass fail point ``name`` once per
+    ``every`` bytes written (to die in the middle of writing a file)."""
+    return _WatchedWriter(fh, name, every) if name in armed() else fh

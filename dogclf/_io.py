@@ -17,12 +17,42 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "atomic_write_json", "atomic_path", "temporary_name", "exchange_paths"]
+__all__ = ["atomic_write", "atomic_write_json", "atomic_path", "temporary_name", "remove_stale_temporaries",
+           "exchange_paths"]
 
 
 def temporary_name(path: Path) -> Path:
     """A hidden temporary name beside ``path``, unique per process and thread (``.name.tmp-<pid>-<tid>``)."""
     return path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+
+
+def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temporary files of writes to ``path`` whose process is gone (killed mid-write); returns them.
+
+    The temporaries of a live process (another writer of the same file, this one included) are left alone.
+    """
+    from dogclf._process import alive
+
+    target = Path(path)
+    removed = []
+    prefix = f".{target.name}.tmp-"
+    try:
+        candidates = [p for p in target.parent.iterdir() if p.name.startswith(prefix)]
+    except OSError:
+        return removed
+    for tmp in candidates:
+        pid = tmp.name[len(prefix):].split("-", 1)[0]
+        if not pid.isdigit() or alive(int(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            if tmp.is_dir():
+                import shutil
+
+                shutil.rmtree(tmp)
+            else:
+                tmp.unlink()
+            removed.append(tmp)
+    return removed
 
 
 @contextlib.contextmanager

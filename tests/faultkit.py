@@ -94,3 +94,49 @@ def tree_digest(root: Path, *, exclude: Sequence[str] = ()) -> dict[str, str]:
         if path.is_file() and rel not in exclude:
             out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
     return out
+
+
+def processes_under(root: Path) -> list[int]:
+    """Pids of running (not zombie) processes other than this one that work under ``root``: its path is on their
+    command line (a job process, a pool worker) or they run in a folder under it (the training entry point)."""
+    root = Path(root).resolve()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            cwd = Path(os.readlink(f"/proc/{entry}/cwd"))
+        except OSError:
+            continue
+        if state != "Z" and (str(root) in cmdline or cwd == root or root in cwd.parents):
+            found.append(int(entry))
+    return found
+
+
+def checkpoint_epoch(path: Path) -> int:
+    """The epochs a training checkpoint says are done (0 when there is no checkpoint)."""
+    import torch
+
+    if not Path(path).is_file():
+        return 0
+    return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
+
+
+def assert_same_weights(got: Path, expected: Path) -> int:
+    """Two model artifacts hold the same tensors, name by name and bit for bit; returns how many."""
+    import torch
+
+    a = torch.load(Path(got) / "model.pt", map_location="cpu", weights_only=True)
+    b = torch.load(Path(expected) / "model.pt", map_location="cpu", weights_only=True)
+    assert a.keys() == b.keys()
+    different = [name for name in a if not torch.equal(a[name], b[name])]
+    assert not different, f"{len(different)} of {len(a)} tensors differ, e.g. {different[:3]}"
+    return len(a)
+
+
+def read_json(path: Path) -> dict:
+    import json
+
+    return json.loads(Path(path).read_text(encoding="utf-8"))

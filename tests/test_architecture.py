@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "dogclf"
 LAYERS: list[tuple[str, ...]] = [
     # foundation: errors, the one atomic-write helper, registry helper, contract machinery, paths, images
     ("dogclf", "dogclf.errors", "dogclf._io", "dogclf._registry", "dogclf._lazy", "dogclf._paths",
-     "dogclf._contract", "dogclf._source", "dogclf._extras", "dogclf._faults", "dogclf.images"),
+     "dogclf._contract", "dogclf._source", "dogclf._extras", "dogclf._faults", "dogclf._process", "dogclf.images"),
     ("dogclf.labels",),
     ("dogclf.models", "dogclf.data"),
     ("dogclf.training",),

@@ -1,7 +1,8 @@
 """Fault injection: real processes killed with SIGKILL at named fail points (:mod:`dogclf._faults`), then the same
 command again. Each case asserts what survives the kill and what the rerun gives.
 
-Run only these with ``pytest -m faults``. The training and tuning cases live with those packages.
+Run only these with ``pytest -m faults``. The training and tuning cases are in ``test_faults_training.py`` and
+``test_faults_tuning.py``.
 """
 
 from __future__ import annotations
@@ -65,6 +66,72 @@ def test_a_malformed_fail_point_is_refused(monkeypatch, value):
     finally:
         monkeypatch.delenv(_faults.ENV)
         assert _faults.reload() == {}
+
+
+def test_watched_writes_die_after_the_nth_mib(tmp_path):
+    """``watch_writes`` is the file itself unless armed; armed, the writer dies once N MiB are written."""
+    from dogclf import _faults
+
+    with open(tmp_path / "plain", "wb") as fh:
+        assert _faults.watch_writes(fh, "nowhere.armed") is fh
+    target = tmp_path / "out.bin"
+    script = ("import sys\nfrom dogclf._faults import watch_writes\n"
+              f"with open({str(target)!r}, 'wb', buffering=0) as fh:\n"
+              "    out = watch_writes(fh, 'test.write')\n"
+              "    for _ in range(10):\n"
+              "        out.write(b'x' * (1 << 19))\n")
+    killed = run([sys.executable, "-c", script], failpoints="test.write@3")
+    assert_killed_at(killed, "test.write")
+    assert target.stat().st_size == 3 << 20  # the 6th half-MiB write completed the 3rd MiB, then the kill
+    assert_ok(run([sys.executable, "-c", script]))
+    assert target.stat().st_size == 5 << 20
+
+
+def test_stale_temporaries_of_killed_writers_are_removed_and_live_ones_kept(tmp_path):
+    import os
+    import subprocess
+
+    from dogclf._io import remove_stale_temporaries, temporary_name
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    stale = tmp_path / f".state.pt.tmp-{gone.pid}-1"
+    live = temporary_name(tmp_path / "state.pt")  # this process's own write in progress
+    other = tmp_path / f".other.pt.tmp-{gone.pid}-1"  # another file's
+    for path in (stale, live, other):
+        path.write_bytes(b"partial")
+    assert live.name.startswith(f".state.pt.tmp-{os.getpid()}-")
+    assert remove_stale_temporaries(tmp_path / "state.pt") == [stale]
+    assert not stale.exists() and live.exists() and other.exists()
+
+
+def test_a_child_that_dies_with_its_parent_takes_its_group(tmp_path):
+    """``die_with_parent``: the parent SIGKILLed, the child and the process it started are gone (no polling:
+    the child waits on the parent's pidfd)."""
+    import os
+    import signal
+    import subprocess
+
+    from dogclf._process import group_members
+
+    child = ("import subprocess, sys, time\nfrom dogclf._process import die_with_parent\n"
+             "die_with_parent(int(sys.argv[1]))\n"
+             "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+             "time.sleep(600)\n")
+    parent = ("import os, subprocess, sys, time\n"
+              f"p = subprocess.Popen([sys.executable, '-c', {child!r}, str(os.getpid())], start_new_session=True)\n"
+              "print(p.pid, flush=True)\ntime.sleep(600)\n")
+    proc = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True)
+    group = int(proc.stdout.readline())
+    try:
+        wait_until(lambda: len(group_members(group)) == 2)  # the child and its own child
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(30) == -signal.SIGKILL
+        gone_s = wait_until(lambda: group_members(group) == [])
+    finally:
+        proc.kill()
+        proc.stdout.close()
+    print(f"FAULT die-with-parent gone_s={gone_s:.3f}")
 
 
 # -- staging, local target ------------------------------------------------------------------------------------------

@@ -39,7 +39,10 @@ class Backend(Protocol):
     * ``attach_endpoint(name, labels=None)``: a handle on an endpoint that already runs;
     * ``delivers_debugger_config``: ``True`` when the spec's ``debugger_hook_config`` / ``profiler_config``
       reach the job as ``debughookconfig.json`` / ``profilerconfig.json``; otherwise
-      :class:`~dogclf.debug.DebugTrainer` packs them into a hyperparameter.
+      :class:`~dogclf.debug.DebugTrainer` packs them into a hyperparameter;
+    * ``resumes_jobs``: ``True`` when a job started again under the name of one that did not complete continues
+      from that job's checkpoints (the local backend); the trial runner then restarts an interrupted trial under
+      its own name, and otherwise as ``<name>-r<attempt>``.
 
     Attributes:
         name: The name the backend is registered under (``"local"``, ``"sagemaker"``).

@@ -19,6 +19,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from dogclf._process import alive as _alive
+
 __all__ = ["work_folder", "remove_stale"]
 
 log = logging.getLogger(__name__)
@@ -26,18 +28,6 @@ log = logging.getLogger(__name__)
 
 def _prefix(name: str) -> str:
     return f".{name}.staging-"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    except OverflowError:
-        return False
-    return True
 
 
 def remove_stale(parent: Path, name: str) -> list[Path]:

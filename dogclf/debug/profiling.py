@@ -3,6 +3,10 @@
 They write under the job's ``<output_data_dir>/debug/`` (``steps.json``, ``system.json``, ``meta.json``,
 ``trace.json``, ``top_operators.json``), what the profiler rules and the report read;
 :func:`dogclf.debug.callbacks.make_callbacks` attaches them when the job's profiler configuration asks.
+
+A job resumed from a checkpoint (``ctx.state["resumed_from"]``) continues the files of its earlier start: the
+step timings of the steps before the checkpoint, the system samples taken until the last epoch ended, the run facts
+of the first start (with each restart listed), and a ``torch.profiler`` window already recorded.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from dogclf._extras import require
 from dogclf._io import atomic_path
 from dogclf.training.callbacks import Callback, StepInfo, TrainingContext
 
-from ._io import write_json
+from ._io import read_json, write_json
 
 __all__ = ["StepTimer", "SystemMonitor", "TorchProfilerCallback", "gpu_facts"]
 
@@ -56,6 +60,14 @@ class StepTimer(Callback):
                      "cpu_count": os.cpu_count(), "num_workers": workers,
                      "batch_size": training.batch_size if training is not None else None,
                      "feature_cache": bool(ctx.state.get("feature_cache", False)), **gpu_facts()}
+        resumed = ctx.state.get("resumed_from")
+        if resumed:  # the steps before the checkpoint, and the first start's times, as recorded then
+            done = {"train": 0, "eval": 0, **(resumed.get("steps") or {})}
+            self.steps = [s for s in read_json(self.debug_dir / "steps.json", None) or []
+                          if isinstance(s, dict) and s.get("step", 0) < done.get(s.get("mode"), 0)]
+            first = read_json(self.debug_dir / "meta.json", None) or {}
+            self.meta.update({k: first[k] for k in ("process_start", "train_begin", "first_step") if k in first})
+            self.meta["resumed"] = [*first.get("resumed", []), {"time": time.time(), "epoch": resumed["epoch"]}]
         write_json(self.debug_dir / "meta.json", self.meta)
 
     def on_step_begin(self, ctx: TrainingContext, mode: str, step: int) -> None:
@@ -125,10 +137,16 @@ class SystemMonitor(Callback):
         warning; empty when every query worked or there is no GPU."""
 
     def on_train_begin(self, ctx: TrainingContext) -> None:
-        """Start sampling."""
+        """Start sampling (after the samples of an earlier start, for a resumed job)."""
+        if ctx.state.get("resumed_from"):
+            self.samples = list((read_json(self.debug_dir / "system.json", None) or {}).get("samples", []))
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="dogclf-system-monitor", daemon=True)
         self._thread.start()
+
+    def on_epoch_end(self, ctx: TrainingContext, epoch: int, metrics: dict[str, float]) -> None:
+        """Write the samples so far (what a job killed later keeps)."""
+        self._write()
 
     def on_train_end(self, ctx: TrainingContext, metrics: dict[str, float]) -> None:
         """Stop sampling and write ``system.json``."""
@@ -140,10 +158,13 @@ class SystemMonitor(Callback):
             self._stop.set()
             self._thread.join(timeout=10)
             self._thread = None
-            doc: dict[str, Any] = {"interval_millis": int(self.interval * 1000), "samples": self.samples}
-            if self.gpu_errors:
-                doc["gpu_errors"] = dict(self.gpu_errors)
-            write_json(self.debug_dir / "system.json", doc)
+            self._write()
+
+    def _write(self) -> None:
+        doc: dict[str, Any] = {"interval_millis": int(self.interval * 1000), "samples": list(self.samples)}
+        if self.gpu_errors:
+            doc["gpu_errors"] = dict(self.gpu_errors)
+        write_json(self.debug_dir / "system.json", doc)
 
     def _gpu_failed(self, what: str, exc: BaseException) -> None:
         if what not in self.gpu_errors:
@@ -220,6 +241,11 @@ class TorchProfilerCallback(Callback):
         self._prof: Any = None
         self._done = False
         self._recorded = 0
+
+    def on_train_begin(self, ctx: TrainingContext) -> None:
+        """A resumed job whose earlier start recorded the window does not record another."""
+        if ctx.state.get("resumed_from") and (self.debug_dir / "top_operators.json").is_file():
+            self._done = True
 
     def on_step_begin(self, ctx: TrainingContext, mode: str, step: int) -> None:
         """Start recording at ``start_step``."""

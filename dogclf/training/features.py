@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dogclf._io import atomic_path
+from dogclf._faults import failpoint
+from dogclf._io import atomic_path, remove_stale_temporaries
 from dogclf.images import PIPELINE, Normalizer
 from dogclf.training.data import Split, decode_batches
 
@@ -81,12 +82,16 @@ def cached_features(model: Any, split: Split, cache_dir: Path, *, seed: int, bat
     On a miss the backbone runs with its BatchNorm layers folded into the convolutions
     (:meth:`~dogclf.models.BreedModel.fold_batchnorm`, which every registered backbone provides), channels-last
     when the normalizer produces channels-last batches. ``backbone`` (optional, no arguments) returns that folded
-    copy, so a caller filling several splits folds the network once; it is called only on a miss.
+    copy, so a caller filling several splits folds the network once; it is called only on a miss. The file is
+    written atomically: a job killed while filling it (fail point ``training.features.batch``, after each batch)
+    leaves no cache file, and the temporary file of a write killed midway is removed here.
     """
     import torch
 
     key = feature_cache_key(model, split, seed)
     path = cache_dir / f"{model.backbone}-{key[:24]}-{split.name}.pt"
+    for stale in remove_stale_temporaries(path):
+        logger.warning("removed %s, a feature cache write that was killed midway", stale)
     if path.is_file():
         try:
             data = torch.load(path, map_location="cpu", weights_only=True)
@@ -105,6 +110,7 @@ def cached_features(model: Any, split: Split, cache_dir: Path, *, seed: int, bat
         for images, y in decode_batches(split, pre, pre.crop, batch_size, workers):
             feats.append(model.forward_features(normalizer(images), module).float().cpu())
             labels.append(y)
+            failpoint("training.features.batch")
     features, targets = torch.cat(feats), torch.cat(labels).long()
     with atomic_path(path) as tmp:
         torch.save({"key": key, "features": features, "labels": targets}, tmp)

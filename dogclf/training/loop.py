@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dogclf._faults import failpoint
 from dogclf.training.callbacks import StepInfo, TrainingContext
 from dogclf.training.checkpoint import restore_rng_state, rng_state, save_checkpoint, trainable_state
 
@@ -140,6 +141,7 @@ class Trainer:
                                                t2 - t1))
             self.steps["train"] += 1
             ctx.global_step = self.steps["train"]
+            failpoint("training.loop.step")  # the fault suite's mid-epoch kill (no-op unless armed)
             if self.training.log_interval and self.steps["train"] % self.training.log_interval == 0:
                 logger.info("epoch %d step %d: batch loss %.4f", epoch, self.steps["train"], batch_loss)
             if ctx.stop_training:

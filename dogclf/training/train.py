@@ -267,7 +267,9 @@ def run(model_config: Any, training: Any, paths: JobPaths, extra: dict[str, Any]
                           hyperparameters=hyperparameters, output_data_dir=output_dir, model_dir=model_dir,
                           epochs=training.epochs, training=training, model_config=model_config)
     ctx.state.update({"feature_cache": use_cache, "device": str(device), "labels": labels, "num_workers": workers,
-                      "breed_model": model, "num_train_images": len(splits["train"])})
+                      "breed_model": model, "num_train_images": len(splits["train"]),
+                      "resumed_from": None if checkpoint is None else {
+                          "epoch": int(checkpoint["epoch"]), "steps": dict(checkpoint.get("steps") or {})}})
     for var in ("SMDEBUG_CONFIG_FILE_PATH", "SMPROFILER_CONFIG_PATH"):
         if os.environ.get(var):
             logger.info("%s=%s", var, os.environ[var])

@@ -34,6 +34,9 @@ class LocalBackend(PackageBackend):
     delivers_debugger_config = True
     """Jobs get ``debughookconfig.json`` / ``profilerconfig.json`` written from the spec, as SageMaker's Debugger
     service does."""
+    resumes_jobs = True
+    """A job started again under the name of one that did not complete (killed, failed, stopped) continues in
+    its folder from its last checkpoint: a killed experiment's trials resume under their own names."""
     extras = {
         "train": (("local", "sagemaker_training"),),  # jobs run under the container contract through the toolkit
         "trial_pool": (("local", "sagemaker_training"),),

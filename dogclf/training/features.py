@@ -22,8 +22,8 @@ from dogclf._io import atomic_path
 from dogclf.images import PIPELINE, Normalizer
 from dogclf.training.data import Split, decode_batches
 
-__all__ = ["FEATURE_CACHE_VERSION", "cache_plan", "manifest_digest", "weights_identity", "feature_cache_key", "feature_cache_dir",
-           "fold_batchnorm", "cached_features"]
+__all__ = ["FEATURE_CACHE_VERSION", "cache_plan", "manifest_digest", "weights_identity", "feature_cache_key",
+           "feature_cache_dir", "fold_batchnorm", "cached_features"]
 
 logger = logging.getLogger(__name__)
 

@@ -85,8 +85,8 @@ def check_job(model: Any, training: TrainingConfig) -> None:
     """
     if training.freeze_epochs:
         if training.freeze_epochs >= training.epochs:
-            raise ConfigError(f"freeze_epochs (--freeze-epochs) {training.freeze_epochs} would unfreeze the backbone at "
-                              f"epoch {training.freeze_epochs + 1}, past the end of the {training.epochs}-epoch run "
+            raise ConfigError(f"freeze_epochs (--freeze-epochs) {training.freeze_epochs} would unfreeze the backbone "
+                              f"at epoch {training.freeze_epochs + 1}, past the end of the {training.epochs}-epoch run "
                               f"(epochs={training.epochs}); use freeze_epochs < epochs")
         if model.freeze == "head":
             raise ConfigError(f"freeze_epochs (--freeze-epochs) {training.freeze_epochs} needs a freeze policy that "

@@ -228,7 +228,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     training = TrainingConfig(seed=args.seed, num_workers=None if sagemaker else 0)
     spec = TrainingJobSpec(model, staged.channels, training, instance_type=args.instance_type)
     space = search_space(batch_sizes, epochs) if not args.data else SEED_SPACE
-    experiment = HPOExperiment(spec, space, "test_loss", max_trials=trials, max_parallel=args.parallel,
+    experiment = HPOExperiment(spec, space, "valid_loss", max_trials=trials, max_parallel=args.parallel,
                                strategy="bayesian", backend=backend, name=f"demo-{run_id}", seed=args.seed)
     with tqdm(total=trials, desc="tune: trials", unit="trial", leave=False) as bar:
         run_with_progress(experiment, bar)
@@ -242,7 +242,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     outputs.update(best_params=str(best_path), best_params_values=best, trials=str(out / "trials.csv"),
                    hpo_plot=str(out / "hpo.png"))
     tqdm.write(experiment.format_jobs_table())
-    log.info("best of %d trials: %s (test_loss %.4f)", trials, best, experiment.best_trial_.objective)
+    log.info("best of %d trials: %s (valid_loss %.4f)", trials, best, experiment.best_trial_.objective)
     steps.update()
 
     # 4. Train the best configuration with the seed's Debugger collections, the rules and profiling.

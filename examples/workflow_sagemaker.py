@@ -151,7 +151,7 @@ class DryRunAWS:
                     "ModelArtifacts": {"S3ModelArtifacts": f"s3://{self.bucket}/dogclf/training/{name}/output/"
                                                            "model.tar.gz"},
                     "OutputDataConfig": {"S3OutputPath": f"s3://{self.bucket}/dogclf/training"},
-                    "FinalMetricDataList": [{"MetricName": "test_loss", "Value": 0.0, "Timestamp": now}],
+                    "FinalMetricDataList": [{"MetricName": "valid_loss", "Value": 0.0, "Timestamp": now}],
                     "HyperParameters": {}, "ResourceConfig": {"InstanceCount": 1, "InstanceType": "ml.c5.2xlarge"},
                     "AlgorithmSpecification": {"TrainingInputMode": "File"}}
         if operation == "DescribeHyperParameterTuningJob":
@@ -165,7 +165,7 @@ class DryRunAWS:
             return {"TrainingJobSummaries": [
                 {"TrainingJobName": f"{name}-{i + 1:03d}-0000000{i}", "TrainingJobStatus": "Completed",
                  "CreationTime": now, "TrainingStartTime": now, "TrainingEndTime": now, "TunedHyperParameters": hp,
-                 "FinalHyperParameterTuningJobObjectiveMetric": {"MetricName": "test_loss",
+                 "FinalHyperParameterTuningJobObjectiveMetric": {"MetricName": "valid_loss",
                                                                  "Value": (0.66, 3.23, 1.26)[i]}}
                 for i, hp in enumerate(tuned)]}
         if operation == "DescribeEndpoint":
@@ -242,7 +242,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                            instance_type=args.instance_type)
 
     print(f"\n[2/6] tune lr, batch size and epochs: {args.trials} jobs, {args.parallel} at a time (HPOExperiment)")
-    experiment = HPOExperiment(spec, SEED_SPACE, "test_loss", max_trials=args.trials, max_parallel=args.parallel,
+    experiment = HPOExperiment(spec, SEED_SPACE, "valid_loss", max_trials=args.trials, max_parallel=args.parallel,
                                strategy="bayesian", early_stopping="auto", backend=backend, name=f"dogclf-{run_id}",
                                seed=0).run()
     best = experiment.best_params_

@@ -126,8 +126,8 @@ def test_auto_settings_resolve_to_the_fine_tuning_defaults():
     assert fine == {"optimizer": "adamw", "weight_decay": 0.01, "lr_mult": 100.0, "batchnorm": "frozen"}
     head = resolve(TrainingConfig(), ModelConfig(freeze="head"))
     assert head["optimizer"] == "adam" and head["weight_decay"] == 0.0 and head["lr_mult"] == 1.0
-    scratch = resolve(TrainingConfig(batch_size=8), ModelConfig(freeze="full", weights=None))
-    assert scratch["batchnorm"] == "update"  # no pretrained statistics to keep
+    scratch = resolve(TrainingConfig(batch_size=8, freeze_epochs=1, epochs=2), ModelConfig(freeze="full", weights=None))
+    assert scratch["batchnorm"] == "local" and scratch["lr_mult"] == 1.0  # nothing pretrained to keep
     assert resolve(TrainingConfig(optimizer="sgd", lr_mult=3), ModelConfig())["lr_mult"] == 3.0
 
 

@@ -41,8 +41,8 @@ TrivialAugmentWide."""
 TTA_MODES = ("none", "flip")
 """Test-time augmentation at evaluation (``tta``): none, or the mean of the photo's and its mirror image's
 probabilities."""
-BATCHNORM_MODES = ("auto", "update", "frozen")
-"""What BatchNorm layers of training backbone stages do (``batchnorm``)."""
+BATCHNORM_MODES = ("auto", "local", "frozen")
+"""What BatchNorm layers of training backbone stages normalise with (``batchnorm``)."""
 AMP_MODES = ("off", "auto", "bf16", "fp16")
 """Mixed precision (``amp``; :mod:`dogclf.training.amp`)."""
 SELECTIONS = ("best", "last")
@@ -92,10 +92,12 @@ class TrainingConfig:
                                            "layers unfreeze (fastai's fine_tune with freeze='full')", ge=0)
     lr_mult: float | None = hyperparameter(None, "discriminative rates: the earliest backbone stage trains at "
                                                  "lr / lr_mult, later ones geometrically closer to lr; auto: 100 "
-                                                 "with freeze_epochs, else 1", ge=1, none="auto")
-    batchnorm: str = hyperparameter("auto", "BatchNorm statistics of training backbone stages: update, or keep "
-                                            "the pretrained ones (frozen); auto: frozen with pretrained weights "
-                                            "and batches under 32", choices=BATCHNORM_MODES)
+                                                 "with freeze_epochs and pretrained weights, else 1", ge=1,
+                                          none="auto")
+    batchnorm: str = hyperparameter("auto", "statistics of BatchNorm layers in training backbone stages: local "
+                                            "(the batch's own, running ones updated), frozen (the pretrained "
+                                            "running ones, never updated); auto: frozen with pretrained weights "
+                                            "and batches under 32, else local", choices=BATCHNORM_MODES)
     label_smoothing: float = hyperparameter(0.0, "label smoothing of the training loss (validation and test "
                                                  "losses are plain cross-entropy)", ge=0, lt=1)
     clip_grad: float | None = hyperparameter(None, "clip the gradients' global norm to this (off: no clipping)",

@@ -18,8 +18,9 @@ scales).
 
 **Resolved settings.** :func:`resolve` turns the ``auto`` values of a :class:`~dogclf.training.TrainingConfig`
 into what the job does (AdamW when backbone layers train, weight decay 0.01 with AdamW, ``lr_mult`` 100 for a
-fine-tune, frozen BatchNorm statistics for pretrained weights on small batches); the entry point logs them and
-writes them into ``metrics.json``.
+fine-tune of pretrained weights, frozen BatchNorm statistics for pretrained weights on small batches); the entry
+point logs them and writes them into ``metrics.json``. Without pretrained weights (``weights=None``) every stage
+must learn from scratch: ``lr_mult`` stays 1 and BatchNorm statistics update.
 """
 
 from __future__ import annotations
@@ -122,10 +123,12 @@ def resolve(training: Any, model_config: Any) -> dict[str, Any]:
     optimizer = training.optimizer if training.optimizer != "auto" else ("adamw" if backbone_trains else "adam")
     weight_decay = training.weight_decay if training.weight_decay is not None else (
         0.01 if optimizer == "adamw" else 0.0)
-    lr_mult = training.lr_mult if training.lr_mult is not None else (100.0 if training.freeze_epochs > 0 else 1.0)
+    pretrained = model_config.weights is not None
+    lr_mult = training.lr_mult if training.lr_mult is not None else (
+        100.0 if training.freeze_epochs > 0 and pretrained else 1.0)
     batchnorm = training.batchnorm
     if batchnorm == "auto":
-        batchnorm = "frozen" if model_config.weights is not None and training.batch_size < 32 else "update"
+        batchnorm = "frozen" if pretrained and training.batch_size < 32 else "local"
     return {"optimizer": optimizer, "weight_decay": float(weight_decay), "lr_mult": float(lr_mult),
             "batchnorm": batchnorm}
 

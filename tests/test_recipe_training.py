@@ -67,6 +67,7 @@ def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_the_artifact_holds_the_best_validation_epoch_not_the_last(dataset, job, capsys):
     code, out, lines = run(capsys, job / "best", *PEAKS_EARLY, "--training", str(dataset), "--epochs", "5")
     assert code == 0, out
@@ -188,6 +189,7 @@ def test_label_smoothing_trains_but_validation_reports_plain_cross_entropy(datas
     assert next(m for m in lines if "best_epoch" in m)["valid_loss"] == pytest.approx(expected, rel=1e-4)
 
 
+@pytest.mark.slow
 def test_resuming_mid_fine_tune_reproduces_the_uninterrupted_run(dataset, job, capsys):
     argv = [*SMALL, "--weights", "IMAGENET1K_V1", "--training", str(dataset), "--freeze", "full", "--freeze-epochs",
             "1", "--epochs", "3", "--schedule", "cosine", "--warmup-epochs", "0.5", "--label-smoothing", "0.1",

@@ -16,7 +16,7 @@ no scheduler state to continue exactly where it stopped.
 
 Example:
     >>> [round(lr_factor("cosine", s, total=10, warmup=2), 3) for s in (0, 1, 2, 9)]
-    [0.333, 0.667, 1.0, 0.03]
+    [0.333, 0.667, 1.0, 0.038]
 """
 
 from __future__ import annotations

@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         for n in sizes:
             backend = LocalBackend(work / f"home-dogclf-{n}")   # cold feature cache for every size
             spec = TrainingJobSpec.from_hyperparameters(static, {"training": str(data)})
-            exp = HPOExperiment(spec, space, "test_loss", max_trials=n, max_parallel=args.parallel,
+            exp = HPOExperiment(spec, space, "valid_loss", max_trials=n, max_parallel=args.parallel,
                                 strategy="bayesian", backend=backend, name=f"bench-{n}", seed=0)
             start, cpu = time.perf_counter(), cpu_seconds()
             exp.run()
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             if len(bad):
                 print(f"WARNING: {len(bad)} dogclf trials did not complete: {bad['failure_reason'].tolist()}")
             print(f"dogclf HPOExperiment, {n} trials, {args.parallel} in parallel: {dogclf_s[n]:.1f}s "
-                  f"(best test_loss {exp.best_trial_.objective:.4f} with {exp.best_params_})")
+                  f"(best valid_loss {exp.best_trial_.objective:.4f} with {exp.best_params_})")
             params = [dict(p) for p in df[list(space)].to_dict("records")]
             ends = sorted(df["ended"].dropna())
             if n == sizes[-1] and len(ends) > sizes[0]:

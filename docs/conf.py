@@ -30,7 +30,7 @@ def _hyperparameter_table(app) -> None:
     """Write the entry point's hyperparameter table from the config fields themselves (docs cannot drift)."""
     from dataclasses import MISSING
 
-    from dogclf._contract import hyperparameter_fields, wire_name, wire_value
+    from dogclf._contract import BOUNDS, hyperparameter_fields, wire_name, wire_value
     from dogclf.models import ModelConfig, Preprocess
     from dogclf.training import TrainingConfig
 
@@ -39,8 +39,7 @@ def _hyperparameter_table(app) -> None:
                        (TrainingConfig, "TrainingConfig")):
         for f, meta, _ in hyperparameter_fields(cls):
             default = f.default if f.default is not MISSING else f.default_factory()
-            limits = [f"{word} {meta[key]:g}" for key, word in (("ge", ">="), ("gt", ">"), ("lt", "<"))
-                      if meta[key] is not None]
+            limits = [f"{word} {meta[key]:g}" for key, word in BOUNDS if meta.get(key) is not None]
             if meta["choices"]:
                 limits.append("one of " + ", ".join(f"``{c}``" for c in meta["choices"]))
             text = meta["help"] + (f" ({'; '.join(limits)})" if limits else "")

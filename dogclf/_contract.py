@@ -22,16 +22,19 @@ from typing import Any
 
 from dogclf.errors import ConfigError
 
-__all__ = ["add_arguments", "convert", "decode", "encode", "hyperparameter", "hyperparameter_fields", "label", "names",
-           "nested", "python_name", "values", "split_known", "validate_fields", "wire_name", "wire_value"]
+__all__ = ["BOUNDS", "add_arguments", "convert", "decode", "encode", "hyperparameter", "hyperparameter_fields", "label",
+           "names", "nested", "python_name", "values", "split_known", "validate_fields", "wire_name", "wire_value"]
 
 _NONE_WORDS = ("none", "null")
+BOUNDS = (("ge", ">="), ("gt", ">"), ("lt", "<"), ("le", "<="))
+"""The bounds a :func:`hyperparameter` may carry, with how messages and the docs write them."""
 _NESTED = "dogclf_nested"
 
 
 def hyperparameter(default: Any = dataclasses.MISSING, help: str = "", *, default_factory: Any = dataclasses.MISSING,
                    wire: str | None = None, choices: Iterable[Any] | None = None, ge: float | None = None,
-                   gt: float | None = None, lt: float | None = None, none: str = "None") -> Any:
+                   gt: float | None = None, lt: float | None = None, le: float | None = None,
+                   none: str = "None") -> Any:
     """A dataclass field that is an entry-point hyperparameter.
 
     Args:
@@ -40,11 +43,11 @@ def hyperparameter(default: Any = dataclasses.MISSING, help: str = "", *, defaul
         default_factory: Instead of ``default``, as for :func:`dataclasses.field`.
         wire: The name on the wire (default: the Python name with ``_`` spelled ``-``).
         choices: The allowed values.
-        ge, gt, lt: Bounds of a number (``>=``, ``>``, ``<``).
+        ge, gt, lt, le: Bounds of a number (``>=``, ``>``, ``<``, ``<=``).
         none: How ``None`` is spelled on the wire (``"None"``, or ``"auto"`` where ``None`` means "choose").
     """
     meta = {"help": help, "wire": wire, "choices": tuple(choices) if choices is not None else None,
-            "ge": ge, "gt": gt, "lt": lt, "none": none}
+            "ge": ge, "gt": gt, "lt": lt, "le": le, "none": none}
     return field(default=default, default_factory=default_factory, metadata={"dogclf": meta})
 
 
@@ -155,11 +158,11 @@ def _check(name: str, value: Any, meta: dict[str, Any]) -> None:
     if meta["choices"] is not None and value not in meta["choices"]:
         raise ConfigError(f"hyperparameter {name} is {value!r}; choose one of "
                           f"{', '.join(repr(c) for c in meta['choices'])}")
-    for bound, words in (("ge", ">="), ("gt", ">"), ("lt", "<")):
-        limit = meta[bound]
+    for bound, words in BOUNDS:
+        limit = meta.get(bound)
         if limit is None:
             continue
-        ok = value >= limit if bound == "ge" else value > limit if bound == "gt" else value < limit
+        ok = {"ge": value >= limit, "gt": value > limit, "lt": value < limit, "le": value <= limit}[bound]
         if not ok:
             raise ConfigError(f"hyperparameter {name} must be {words} {limit:g}, got {value!r}")
 

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     space = {"lr": Continuous(0.001, 0.1, scale="log"),
              "batch_size": Categorical([4, 8] if args.tiny else [8, 16, 32]),
              "epochs": Categorical([1, 2])}
-    experiment = HPOExperiment(spec, space, objective="test_loss", max_trials=2 if args.tiny else args.trials,
+    experiment = HPOExperiment(spec, space, objective="valid_loss", max_trials=2 if args.tiny else args.trials,
                                max_parallel=1, strategy="bayesian", early_stopping="auto",
                                backend=get_backend("local", root=args.out / "backend"), seed=0)
 
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     experiment.wait()                               # the last trial's state is saved
 
     print(experiment.format_jobs_table())           # the console's "Training jobs" table
-    print("best:", json.dumps(experiment.best_params_), f"test_loss={experiment.best_trial_.objective:.4f}")
+    print("best:", json.dumps(experiment.best_params_), f"valid_loss={experiment.best_trial_.objective:.4f}")
     experiment.plot(args.out / "hpo.png")
     (args.out / "best_params.json").write_text(json.dumps(experiment.best_hyperparameters_, indent=1))
     print(f"plot {args.out / 'hpo.png'}; best hyperparameters {args.out / 'best_params.json'}")

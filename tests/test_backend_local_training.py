@@ -77,9 +77,12 @@ def test_job_runs_under_the_container_contract(backend, dataset):
     assert lines and "\n".join(lines) + "\n" == log
     events = [json.loads(line) for line in (job / "output" / "data" / "metrics.jsonl").read_text().splitlines()]
     assert result.metric_history == events
-    assert [m.get("epoch") for m in events] == [1, 2, None, None]
-    assert result.metrics["test_loss"] == events[2]["test_loss"] and result.metrics["valid_acc"] == \
-        events[1]["valid_acc"]
+    assert [m.get("epoch") for m in events] == [1, 2, None, None, None]
+    # The selection event repeats the best epoch's validation metrics: the job's last valid_* are the artifact's.
+    best = min(events[:2], key=lambda e: e["valid_loss"])
+    assert events[2] == {"best_epoch": best["epoch"], "valid_loss": best["valid_loss"], "valid_acc": best["valid_acc"]}
+    assert result.metrics["test_loss"] == events[3]["test_loss"] and result.metrics["valid_acc"] == \
+        best["valid_acc"]
     parsed = [m for m in map(parse_metric_line, lines) if m]
     assert [m.keys() for m in parsed] == [m.keys() for m in events]
     assert all(pytest.approx(e[k], abs=1e-6) == p[k] for p, e in zip(parsed, events) for k in e)

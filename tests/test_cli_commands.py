@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from dogclf.cli import build_parser, main, parse_assignments, parse_space
 from dogclf.errors import ConfigError
 
-COMMANDS = ["stage", "tune", "train", "report", "deploy", "predict", "labels", "backends"]
+COMMANDS = ["stage", "tune", "train", "lr-find", "report", "deploy", "predict", "labels", "backends"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

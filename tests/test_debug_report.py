@@ -258,6 +258,10 @@ def test_local_backend_entry_point_end_to_end(tmp_path, monkeypatch):
         log = next((tmp_path / "home").rglob("*.log"), None)
         raise AssertionError(f"{exc}\n{log.read_text()[-4000:] if log else ''}") from exc
     report = trainer.report_
+    # The job summary shows the epoch selection next to the metrics, and the recipe's hyperparameters.
+    html = Path(report.html_path).read_text()
+    assert "best_epoch" in html and "label-smoothing" in html and "freeze-epochs" in html
+    assert trainer.result_.metrics["best_epoch"] in (1.0, 2.0)
     assert report.loss["TRAIN"][0] == list(range(len(report.loss["TRAIN"][0]))) and len(report.loss["TRAIN"][0]) == 10
     assert report.loss.get("EVAL")
     names = {f.rule for f in report.findings}

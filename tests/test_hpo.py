@@ -49,7 +49,7 @@ def make_spec(channels: Any = None, **training: Any) -> TrainingJobSpec:
 # What a fake job does, beyond training: its `labels` hyperparameter (any string is valid) names a simulated
 # behaviour, its `weight_decay` (when > 0) the seconds each epoch takes. A job reports as its duration the seconds
 # its epochs take by that measure (not the wall time, which a busy machine stretches).
-FAIL, UNSTARTABLE, SILENT = "fail", "unstartable", "silent"
+FAIL, UNSTARTABLE, SILENT, LEAKY = "fail", "unstartable", "silent", "leaky"
 
 
 def loss_of(hp: dict[str, Any], epoch: int) -> float:
@@ -111,7 +111,11 @@ class FakeJob:
                 self._status = "Completed"
                 return
             test = loss_of(hp, int(hp.get("epochs", 2))) + 0.01
-            self.metrics = {"test_loss": test, "test_acc": 1.0 / (1.0 + test)}
+            if behaviour == LEAKY:  # the test split ranks trials the other way round from validation
+                test = 100.0 - valid
+            # Like the entry point: the last valid_* values are the selected epoch's, then the test metrics.
+            self.metrics = {"valid_loss": valid, "valid_acc": 1.0 / (1.0 + valid), "test_loss": test,
+                            "test_acc": 1.0 / (1.0 + test)}
             self._status = "Completed"
         finally:
             with self.backend.lock:
@@ -297,6 +301,21 @@ def test_grid_lists_every_combination_in_order() -> None:
 
 
 # -- objective -------------------------------------------------------------------------------------------------------
+def test_default_objective_is_valid_loss_and_the_test_split_never_picks(tmp_path: Path) -> None:
+    """Honest selection: by default the trial with the best validation loss wins even where the test split would
+    pick another; test_loss stays selectable (and then picks by the test split, the leak the docs describe)."""
+    plan = [{"lr": 0.01, "batch_size": 64, "epochs": 2}, {"lr": 0.001, "batch_size": 64, "epochs": 2}]
+    spec = make_spec(labels=LEAKY)
+    honest = HPOExperiment(spec, SEED_SPACE, strategy=Scripted(plan), max_trials=2, backend=FakeBackend(tmp_path),
+                           name="honest").run()
+    assert honest.objective.metric == "valid_loss" and Objective().metric == "valid_loss"
+    assert honest.best_params_["lr"] == 0.01
+    assert honest.best_trial_.objective == pytest.approx(loss_of(plan[0], 2))
+    leaky = HPOExperiment(spec, SEED_SPACE, "test_loss", strategy=Scripted(plan), max_trials=2,
+                          backend=FakeBackend(tmp_path), name="leaky").run()
+    assert leaky.best_params_["lr"] == 0.001
+
+
 def test_objective_defaults_to_the_entry_points_metric_definitions() -> None:
     defs = {d["Name"]: d["Regex"] for d in metric_definitions()}
     assert {"train_loss", "valid_loss", "valid_acc", "test_loss", "test_acc"} <= set(defs)
@@ -462,7 +481,7 @@ def test_failures_are_recorded_and_do_not_stop_the_others(tmp_path: Path) -> Non
     assert df["status"].tolist() == ["Failed", "Failed", "Failed", "Completed"]
     assert "CUDA out of memory" in df.loc[0, "failure_reason"]
     assert "could not start" in df.loc[1, "failure_reason"] and "no capacity" in df.loc[1, "failure_reason"]
-    assert "never published the objective metric 'test_loss'" in df.loc[2, "failure_reason"]
+    assert "never published the objective metric 'valid_loss'" in df.loc[2, "failure_reason"]  # the default
     assert exp.best_trial_.number == 3
     # A custom strategy survives the state file.
     restored = ExperimentState.load(exp.state_path).strategy

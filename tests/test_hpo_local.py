@@ -73,7 +73,7 @@ def test_trials_run_as_separate_jobs_sharing_the_feature_cache(tmp_path: Path, d
     # result as in the pool (the entry point is deterministic on CPU).
     plain_spec = spec.with_params({"feature_cache": "off"})
     assert not uses_feature_cache(plain_spec)
-    plain = HPOExperiment(plain_spec, {"dropout": Categorical([0.0]), "batch_size": Categorical([4])},
+    plain = HPOExperiment(plain_spec, {"dropout": Categorical([0.0]), "batch_size": Categorical([4])}, "test_loss",
                           strategy="grid", backend=backend, name="plain").run()
     row = plain.trials_.iloc[0]
     assert row["status"] == "Completed"

@@ -158,16 +158,19 @@ def test_entry_point_trains_tests_and_saves_the_artifact(dataset, job, capsys, m
     code, out = run_main(capsys, *SMALL, "--weights", "IMAGENET1K_V1", "--epochs", "2", "--lr", "0.01")
     assert code == 0, out
     lines = metric_lines(out)
-    assert [m.get("epoch") for m in lines] == [1, 2, None, None]
+    assert [m.get("epoch") for m in lines] == [1, 2, None, None, None]
     assert set(lines[0]) == {"epoch", "train_loss", "train_acc", "valid_loss", "valid_acc"}
-    assert "test_loss" in lines[2] and "test_acc" in lines[3]
+    # The selection line: the epoch with the best validation loss and its metrics (what the artifact holds).
+    best = min(lines[:2], key=lambda m: m["valid_loss"])
+    assert lines[2] == {"best_epoch": best["epoch"], "valid_loss": best["valid_loss"], "valid_acc": best["valid_acc"]}
+    assert "test_loss" in lines[3] and "test_acc" in lines[4]
     assert re.search(r"^test_loss=[0-9.]+;$", out, re.M)
     assert "feature cache: ON" in out
     model = ResNetBreedModel.load(job / "model")
     assert model.labels_.folder_names == tuple(sorted(p.name for p in (dataset / "train").iterdir()))
     assert model.config.weights == "IMAGENET1K_V1" and model.config.preprocess.crop == 32
     saved = json.loads((job / "output" / "data" / "metrics.json").read_text())
-    assert saved["metrics"]["test_loss"] == pytest.approx(lines[2]["test_loss"], abs=1e-6)
+    assert saved["metrics"]["test_loss"] == pytest.approx(lines[3]["test_loss"], abs=1e-6)
     assert (job / "checkpoints" / "checkpoint.pt").is_file()
     assert list((job / "checkpoints" / "features").glob("resnet18-*-train.pt"))
     # The entry point flushes denormals for speed during the run only: run in a caller's process, it must
@@ -261,7 +264,9 @@ def test_callbacks_see_the_loop_in_order_and_can_stop_it(dataset, job, capsys, m
     kinds = [c[0] for c in recorder.calls]
     assert kinds[0] == "train_begin" and kinds[-1] == "train_end"
     assert kinds.count("epoch_end") == 1  # stopped after epoch 1; test still ran
-    assert [m.get("epoch") for m in metric_lines(out)] == [1, None, None]
+    lines = metric_lines(out)
+    assert [m.get("epoch") for m in lines] == [1, None, None, None]
+    assert lines[1]["best_epoch"] == 1 and "stopped_epoch" not in lines[1]  # a callback stopped it, not patience
     assert "training stopped early after epoch 1: test stop" in out
     train_steps = [c for c in recorder.calls if c[0] == "end" and c[1] == "train"]
     eval_steps = [c for c in recorder.calls if c[0] == "end" and c[1] == "eval"]
@@ -272,8 +277,8 @@ def test_callbacks_see_the_loop_in_order_and_can_stop_it(dataset, job, capsys, m
     assert all(a[0] == "begin" and b[0] == "end" and a[1:3] == b[1:3] for a, b in zip(steps[::2], steps[1::2]))
     assert recorder.calls.index(("epoch_end", 1, ["train_acc", "train_loss", "valid_acc", "valid_loss"])) \
         < recorder.calls.index(eval_steps[-1])
-    assert recorder.calls[-1] == ("train_end", ["test_acc", "test_loss", "train_acc", "train_loss", "valid_acc",
-                                                "valid_loss"])
+    assert recorder.calls[-1] == ("train_end", ["best_epoch", "test_acc", "test_loss", "train_acc", "train_loss",
+                                                "valid_acc", "valid_loss"])
     # The loss module ran for every step (a smdebug hook on it sees CrossEntropyLoss_output_0).
     assert len(recorder.loss_outputs) == len(train_steps) + len(eval_steps)
     expected = torch.nn.Linear if feature_cache == "on" else torch.nn.Module

@@ -196,6 +196,24 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_lr_find(args: argparse.Namespace) -> int:
+    from dogclf.training import lr_find
+
+    spec = _spec(args, _load_params(args.params) if args.params else None)
+    result = lr_find(spec, start_lr=args.start_lr, end_lr=args.end_lr, num_it=args.num_it, split=args.split,
+                     plot=args.plot)
+    data = {"suggestion": result.suggestion, "suggestions": result.suggestions, "diverged": result.diverged,
+            "plot": result.plot_path, "lrs": result.lrs, "losses": result.losses}
+    lines = [f"suggested lr {result.suggestion:.3g} (valley); minimum/10 {result.suggestions['minimum']:.3g}, "
+             f"steepest {result.suggestions['steep']:.3g}",
+             f"  {len(result.lrs)} batches from {result.lrs[0]:.1e} to {result.lrs[-1]:.1e}"
+             + (" (stopped: the loss diverged)" if result.diverged else "")]
+    if result.plot_path:
+        lines.append(f"  plot {result.plot_path}")
+    _emit(args, data, lines)
+    return 0
+
+
 def _job_output_dir(job: str, args: argparse.Namespace) -> Path:
     """A job's output data folder from a folder path or a local job name."""
     path = Path(job).expanduser()

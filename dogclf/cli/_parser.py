@@ -105,7 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
             [backend, model, as_json])
     p.add_argument("data", nargs="?", default=None, help="staged dataset root (train/ valid/ test/) or s3:// URI")
     p.add_argument("--space", action="append", metavar="NAME=SPEC", help="a tuned hyperparameter (repeatable)")
-    p.add_argument("--objective", default="test_loss", help="metric to optimise (…_acc is maximised)")
+    p.add_argument("--objective", default="valid_loss",
+                   help="metric to optimise (…_acc is maximised); test_loss tunes on the test split, which then "
+                        "no longer gives an honest estimate")
     p.add_argument("--trials", type=int, default=3, help="trials in all")
     p.add_argument("--parallel", type=int, default=1, help="trials at once")
     p.add_argument("--strategy", default="bayesian", choices=("bayesian", "random", "grid"))
@@ -130,6 +132,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-profiler", action="store_true", help="switch system monitoring and profiling off")
     p.add_argument("--monitor-ms", type=int, default=500, help="system monitor interval")
     p.set_defaults(func=commands._cmd_train)
+
+    p = add("lr-find", "sweep the learning rate and suggest one (lr_find)",
+            "Train the job's model on a split for NUM_IT batches while the learning rate grows exponentially from "
+            "--start-lr to --end-lr, like fastai's lr_find; print the suggested rate (valley) and write the "
+            "loss-versus-rate plot. Runs in this process, on a local dataset.", [model, as_json])
+    p.add_argument("data", help="staged dataset root (train/ valid/ test/)")
+    p.add_argument("--params", default=None,
+                   help="JSON file of hyperparameters (as for 'dogclf train'); --set overrides it")
+    p.add_argument("--start-lr", type=float, default=1e-7, help="first rate")
+    p.add_argument("--end-lr", type=float, default=10.0, help="last rate")
+    p.add_argument("--num-it", type=int, default=100, help="batches in the sweep")
+    p.add_argument("--split", default="train", choices=("train", "valid", "test"), help="the split trained on")
+    p.add_argument("--plot", default=None, help="write the loss-versus-rate plot to this PNG")
+    p.set_defaults(func=commands._cmd_lr_find)
 
     p = add("report", "build the Debugger/profiler report of a finished job (build_report)",
             "Evaluate the rules on a finished job's tensors and profile and write the HTML report.",

@@ -80,8 +80,11 @@ class HPOExperiment:
         space: ``{name: Continuous | Integer | Categorical}`` or a :class:`~dogclf.hpo.SearchSpace`; names are
             the entry point's hyperparameters (``"lr"``, ``"batch_size"``; the wire spelling ``"batch-size"`` is
             accepted too) and are checked against them here.
-        objective: An :class:`~dogclf.hpo.Objective`, or a metric name (``"test_loss"``; names ending in
-            ``acc``/``accuracy`` are maximised, others minimised).
+        objective: An :class:`~dogclf.hpo.Objective`, or a metric name: ``"valid_loss"`` (the default: the
+            validation loss of the weights each trial's artifact holds), ``"valid_acc"``; names ending in
+            ``acc``/``accuracy`` are maximised, others minimised. ``"test_loss"`` (the seed's) stays selectable
+            but leaks: picking the trial with the best test loss tunes on the test split, so the winner's test
+            loss is an optimistic estimate; keep the test split for the final report.
         max_trials: Trials to run in all (a grid stops earlier when it has fewer combinations).
         max_parallel: Trials running at the same time.
         strategy: ``"bayesian"`` (Optuna TPE), ``"random"``, ``"grid"`` (categorical-only spaces) or a
@@ -106,13 +109,13 @@ class HPOExperiment:
         >>> from dogclf.hpo import HPOExperiment, Continuous, Categorical
         >>> exp = HPOExperiment(spec, {"lr": Continuous(1e-3, 0.1, scale="log"),
         ...                            "batch_size": Categorical([32, 64, 128]), "epochs": Categorical([1, 2])},
-        ...                     "test_loss", max_trials=3, max_parallel=2, backend="local")  # doctest: +SKIP
+        ...                     "valid_loss", max_trials=3, max_parallel=2, backend="local")  # doctest: +SKIP
         >>> exp.run().best_params_  # doctest: +SKIP
         {'lr': 0.0011, 'batch_size': 64, 'epochs': 2}
     """
 
     def __init__(self, model_or_entry_point: Any, space: Mapping[str, Any] | SearchSpace,
-                 objective: Objective | str = "test_loss", *, max_trials: int = 10, max_parallel: int = 1,
+                 objective: Objective | str = "valid_loss", *, max_trials: int = 10, max_parallel: int = 1,
                  strategy: str | Strategy = "bayesian", early_stopping: str | MedianStopping | None = "off",
                  backend: Backend | str | None = None, name: str | None = None, seed: int | None = None,
                  data: Any = None, hyperparameters: Mapping[str, Any] | None = None) -> None:

@@ -60,7 +60,9 @@ class Objective:
     """The metric to optimise.
 
     Args:
-        metric: The metric's name, e.g. ``"test_loss"`` (the seed's "average test loss"), ``"valid_acc"``.
+        metric: The metric's name: ``"valid_loss"`` (the default), ``"valid_acc"``; ``"test_loss"`` (the
+            seed's "average test loss") is selectable but tunes on the test split (see
+            :class:`~dogclf.hpo.HPOExperiment`).
         regex: A regular expression with exactly one capture group that extracts the value from a log line.
             ``None`` takes the entry point's own definition of ``metric`` (see :func:`metric_definitions`);
             a custom metric name needs an explicit regex.
@@ -75,7 +77,7 @@ class Objective:
         'valid_acc'
     """
 
-    metric: str = "test_loss"
+    metric: str = "valid_loss"
     regex: str | None = None
     direction: str = "minimize"
 

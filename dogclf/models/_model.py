@@ -284,6 +284,12 @@ class BreedModel:
         self._check_built()
         return self.backbone_spec.forward_features(self.module_ if module is None else module, batch)
 
+    def stages(self) -> list[tuple[str, tuple[str, ...]]]:
+        """The network's stages from input to head (the backbone's :meth:`~dogclf.models.backbones.Backbone.stages`),
+        for discriminative learning rates."""
+        self._check_built()
+        return self.backbone_spec.stages(self.module_)
+
     def fold_batchnorm(self, channels_last: bool = False) -> Any:
         """An inference-only copy of :attr:`module_` with BatchNorm folded into the convolutions (the feature
         cache's backbone pass); :attr:`module_` is unchanged. Run it with :meth:`forward_features`."""

@@ -10,16 +10,19 @@ its callbacks.
   job's metrics come from its metrics file (:mod:`dogclf.training.metrics`).
 * :class:`Callback` / :class:`TrainingContext` / :class:`StepInfo` are how Debugger, profilers and tuners observe
   the loop; callback factories register in the ``dogclf.callbacks`` entry-point group.
+* :func:`lr_find` sweeps the learning rate on a job's model and data and suggests one (fastai's ``lr_find``).
 """
 
 from dogclf.training.callbacks import Callback, StepInfo, TrainingContext
 from dogclf.training.config import TrainingConfig
+from dogclf.training.lr_finder import LRFinderResult, lr_find
 from dogclf.training.metrics import METRIC_DEFINITIONS, METRIC_NAMES, format_metric_line, parse_metric_line
 from dogclf.training.spec import JOB_STATUSES, TrainingJobResult, TrainingJobSpec
 
 __all__ = [
     "Callback",
     "JOB_STATUSES",
+    "LRFinderResult",
     "METRIC_DEFINITIONS",
     "METRIC_NAMES",
     "StepInfo",
@@ -28,5 +31,6 @@ __all__ = [
     "TrainingJobResult",
     "TrainingJobSpec",
     "format_metric_line",
+    "lr_find",
     "parse_metric_line",
 ]

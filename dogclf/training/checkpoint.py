@@ -2,6 +2,8 @@
 
 A checkpoint holds the trainable weights, the optimizer, every random state the run draws from (the data-order
 generator, torch's CPU generator and, on CUDA, every device's generator), the metric history and step counters,
+the best epoch so far (its weights in a file beside it, :mod:`dogclf.training.selection`), the fp16 gradient
+scaler's state,
 plus a fingerprint of the hyperparameters that change the result: a job started again with other ones starts
 over instead of mixing two runs. It is written atomically (:func:`dogclf._io.atomic_write`), so a kill during the
 write leaves the previous checkpoint; the next :func:`load_checkpoint` removes the killed write's temporary file.
@@ -29,13 +31,15 @@ CHECKPOINT_FILE = "checkpoint.pt"
 """The checkpoint's file name in the job's checkpoint folder."""
 
 # Training hyperparameters that change how fast a run goes or how long, not what an epoch computes.
-_RUN_ONLY = ("epochs", "eval-batch-size", "num-workers", "log-interval", "feature-cache", "channels-last", "device")
+_RUN_ONLY = ("epochs", "eval-batch-size", "num-workers", "log-interval", "feature-cache", "channels-last", "device",
+             "patience")
 
 
 def fingerprint(model: Any, training: Any) -> str:
-    """A digest of the hyperparameters that change what an epoch computes (not ``epochs``: a job may be resumed
-    with more)."""
-    wire = {k: v for k, v in encode(model, training).items() if k not in _RUN_ONLY}
+    """A digest of the hyperparameters that change what an epoch computes (not ``epochs`` under a constant
+    schedule: such a job may be resumed with more; a schedule that decays over the run depends on its length)."""
+    run_only = _RUN_ONLY if training.schedule == "constant" else tuple(k for k in _RUN_ONLY if k != "epochs")
+    wire = {k: v for k, v in encode(model, training).items() if k not in run_only}
     return hashlib.sha256(json.dumps(wire, sort_keys=True).encode()).hexdigest()
 
 

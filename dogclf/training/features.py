@@ -23,12 +23,26 @@ from dogclf._io import atomic_path, remove_stale_temporaries
 from dogclf.images import PIPELINE, Normalizer
 from dogclf.training.data import Split, decode_batches
 
-__all__ = ["FEATURE_CACHE_VERSION", "manifest_digest", "weights_identity", "feature_cache_key", "feature_cache_dir",
-           "cached_features"]
+__all__ = ["FEATURE_CACHE_VERSION", "cache_plan", "manifest_digest", "weights_identity", "feature_cache_key",
+           "feature_cache_dir", "cached_features"]
 
 logger = logging.getLogger(__name__)
 
 FEATURE_CACHE_VERSION = 4
+
+
+def cache_plan(model_config: Any, training: Any) -> str:
+    """Where cached features replace the network's backbone: ``"all"`` (the whole run: ``freeze='head'``),
+    ``"head"`` (the head-only epochs of a fine-tune; later epochs run on images) or ``"off"``.
+
+    The cache needs fixed inputs: no train-time augmentation and no test-time augmentation. ``feature_cache='on'``
+    where it cannot apply is refused by :func:`~dogclf.training.spec.check_job`.
+    """
+    if training.feature_cache == "off" or training.augment != "none" or training.tta != "none":
+        return "off"
+    if model_config.freeze == "head":
+        return "all"
+    return "head" if training.freeze_epochs > 0 else "off"
 
 
 def _file_digest(path: Path) -> str:

@@ -4,11 +4,17 @@
 writes metrics:
 
 * it prints the metric line SageMaker's metric capture reads with :data:`METRIC_DEFINITIONS` (one ``name=value;``
-  pair each, a line per epoch and one per test metric)::
+  pair each, a line per epoch, a selection line, and one per test metric)::
 
       epoch=1; train_loss=2.710233; train_acc=0.312500; valid_loss=2.013378; valid_acc=0.450000;
+      epoch=2; train_loss=1.904417; train_acc=0.531250; valid_loss=2.101032; valid_acc=0.425000;
+      best_epoch=1.000000; valid_loss=2.013378; valid_acc=0.450000;
       test_loss=0.656600;
       test_acc=0.812500;
+
+  The selection line (``select='best'``; ``stopped_epoch`` joins it when early stopping ended the run) repeats
+  the selected epoch's validation metrics, so the last ``valid_loss`` of a job, the value a tuner reads on either
+  backend, is the one of the weights the artifact holds.
 
 * it appends the exact values as one JSON line to ``metrics.jsonl`` in the job's output data folder, and at the end
   writes ``metrics.json`` (final metrics, history, timings).
@@ -38,8 +44,12 @@ METRIC_EVENTS_FILE = "metrics.jsonl"
 METRICS_FILE = "metrics.json"
 """The job's final metrics, history and timings, in its output data folder (written at the end)."""
 
-METRIC_NAMES = ("train_loss", "train_acc", "valid_loss", "valid_acc", "test_loss", "test_acc")
-"""The metrics the entry point reports. ``test_loss`` (average test loss) is the seed's tuning objective."""
+METRIC_NAMES = ("train_loss", "train_acc", "valid_loss", "valid_acc", "test_loss", "test_acc", "best_epoch",
+                "stopped_epoch")
+"""The metrics the entry point reports. ``valid_loss`` is the default tuning objective: its last value is the
+selected epoch's (see :class:`MetricsPublisher`). ``test_loss`` (average test loss) was the seed's objective; the
+test split is only reported, never used to select. ``best_epoch`` and ``stopped_epoch`` report best-epoch
+selection and early stopping."""
 
 _NUMBER = r"([-+]?(?:[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?|nan|inf))"
 

@@ -74,16 +74,42 @@ def normalize_channels(channels: Any) -> dict[str, str]:
 
 
 def check_job(model: Any, training: TrainingConfig) -> None:
-    """The checks that span the model and training configs (each config checks its own fields).
+    """The checks that span the model and training configs (each config checks its own fields), run when a spec
+    is made and by the entry point before anything else, so an impossible job fails before training.
 
     Raises:
-        ConfigError: ``feature_cache='on'`` without ``freeze='head'`` and ``augment='none'``.
+        ConfigError: naming the value: ``freeze_epochs`` that leaves no epoch to unfreeze (the unfreeze epoch
+            past the end of the run) or with ``freeze='head'`` (nothing to unfreeze); a warm-up as long as the
+            run or one of its phases; ``feature_cache='on'`` where cached features cannot stand in for the
+            backbone.
     """
-    if training.feature_cache == "on" and (model.freeze != "head" or training.augment != "none"):
-        raise ConfigError(f"feature_cache (--feature-cache) 'on' needs freeze='head' and augment='none' (got "
-                          f"freeze={model.freeze!r}, "
-                          f"augment={training.augment!r}): cached features only fit a frozen backbone and fixed "
-                          "inputs")
+    if training.freeze_epochs:
+        if training.freeze_epochs >= training.epochs:
+            raise ConfigError(f"freeze_epochs (--freeze-epochs) {training.freeze_epochs} would unfreeze the backbone "
+                              f"at epoch {training.freeze_epochs + 1}, past the end of the {training.epochs}-epoch run "
+                              f"(epochs={training.epochs}); use freeze_epochs < epochs")
+        if model.freeze == "head":
+            raise ConfigError(f"freeze_epochs (--freeze-epochs) {training.freeze_epochs} needs a freeze policy that "
+                              "trains backbone layers after the head-only epochs (freeze='full' for fastai's "
+                              "fine_tune, or 'last-block'); with freeze='head' nothing unfreezes")
+    if training.warmup_epochs is not None and training.warmup_epochs > 0:
+        phases = ([("the head-only phase", training.freeze_epochs),
+                   ("the unfrozen phase", training.epochs - training.freeze_epochs)] if training.freeze_epochs
+                  else [("the run", training.epochs)])
+        for what, length in phases:
+            if training.warmup_epochs >= length:
+                raise ConfigError(f"warmup_epochs (--warmup-epochs) {training.warmup_epochs:g} is longer than "
+                                  f"{what} ({length} epoch{'s' if length != 1 else ''}; epochs={training.epochs}, "
+                                  f"freeze_epochs={training.freeze_epochs}): each phase warms up from its start, "
+                                  "so the warm-up must end before the phase does")
+    if training.feature_cache == "on":
+        fixed = training.augment == "none" and training.tta == "none"
+        head = model.freeze == "head" or training.freeze_epochs > 0
+        if not (fixed and head):
+            raise ConfigError(f"feature_cache (--feature-cache) 'on' needs freeze='head' (or head-only epochs, "
+                              f"freeze_epochs > 0), augment='none' and tta='none' (got freeze={model.freeze!r}, "
+                              f"freeze_epochs={training.freeze_epochs}, augment={training.augment!r}, "
+                              f"tta={training.tta!r}): cached features only fit a frozen backbone and fixed inputs")
 
 
 @dataclass(frozen=True)

@@ -7,15 +7,23 @@ It follows the SageMaker training-container contract:
 * data channels come from ``SM_CHANNEL_TRAIN`` / ``SM_CHANNEL_VALID`` / ``SM_CHANNEL_TEST``, or one
   ``SM_CHANNEL_TRAINING`` root holding ``train/``, ``valid/`` and ``test/`` (dogImages layout: one folder per
   class, ``001.Affenpinscher/...jpg``);
-* the model artifact (:class:`~dogclf.models.ResNetBreedModel` format) goes to ``SM_MODEL_DIR``, extra outputs
+* the model artifact (:class:`~dogclf.models.BreedModel` format) goes to ``SM_MODEL_DIR``, extra outputs
   (``metrics.json``, Debugger tensors) to ``SM_OUTPUT_DATA_DIR``, checkpoints to ``/opt/ml/checkpoints``
   (``$SAGEMAKER_BASE_DIR/checkpoints`` when that is set), and a failure reason to ``/opt/ml/output/failure``.
 
-It prints one metric line per epoch and one per test metric, read by :data:`~dogclf.training.METRIC_DEFINITIONS`::
+It prints one metric line per epoch, a selection line and one per test metric, read by
+:data:`~dogclf.training.METRIC_DEFINITIONS`::
 
     epoch=1; train_loss=2.710233; train_acc=0.312500; valid_loss=2.013378; valid_acc=0.450000;
+    best_epoch=1.000000; valid_loss=2.013378; valid_acc=0.450000;
     test_loss=0.656600;
     test_acc=0.812500;
+
+Selection is honest: the artifact holds the weights of the epoch with the best validation metric
+(``--select best``, the default; ``last`` keeps the last epoch), early stopping (``--patience``) watches the same
+metric, and the test split is only reported. The recipe (schedules, a fastai-style fine-tune with discriminative
+rates, label smoothing, augmentation, test-time augmentation, clipping, mixed precision) is a set of
+hyperparameters like any other; see the how-to "Training recipe".
 
 Speed: images are decoded once (JPEG ``draft`` mode, then resize and centre-crop) by DataLoader workers sized to
 the machine; with ``--freeze head`` and no augmentation (the seed's setup) the frozen backbone runs once per image
@@ -190,10 +198,13 @@ def run(model_config: Any, training: Any, paths: JobPaths, extra: dict[str, Any]
     from dogclf.training.callbacks import TrainingContext, make_callbacks
     from dogclf.training.checkpoint import CHECKPOINT_FILE, fingerprint, load_checkpoint
     from dogclf.images import Normalizer
+    from dogclf.training.augment import decode_size
     from dogclf.training.data import auto_workers, load_split_images, resolve_channels, resolve_data_labels, scan_split
-    from dogclf.training.features import cached_features, feature_cache_dir
-    from dogclf.training.loop import Trainer, make_optimizer
+    from dogclf.training.features import cache_plan, cached_features, feature_cache_dir
+    from dogclf.training.loop import Trainer
     from dogclf.training.metrics import MetricsPublisher
+    from dogclf.training.optim import make_optimizer
+    from dogclf.training.selection import check_splits
 
     started = time.perf_counter()
     # 1. Everything that can fail fast: data layout, labels, model config, weights, checkpoint.
@@ -202,6 +213,7 @@ def run(model_config: Any, training: Any, paths: JobPaths, extra: dict[str, Any]
     splits = {name: scan_split(name, path, labels) for name, path in channels.items() if path is not None}
     if "valid" not in splits:
         logger.warning("no validation channel: epochs report train metrics only")
+    check_splits(training, splits)
     model_dir, output_dir, ckpt_dir = Path(paths.model_dir), Path(paths.output_data_dir), Path(paths.checkpoint_dir)
     ckpt_path = ckpt_dir / CHECKPOINT_FILE
     print_ = fingerprint(model_config, training)
@@ -225,8 +237,8 @@ def run(model_config: Any, training: Any, paths: JobPaths, extra: dict[str, Any]
     eval_bs = training.eval_batch_size or training.batch_size
     workers = training.num_workers if training.num_workers is not None else \
         auto_workers(len(splits["train"]), training.batch_size)
-    use_cache = training.feature_cache == "on" or (training.feature_cache == "auto" and model_config.freeze == "head"
-                                                   and training.augment == "none")
+    plan = cache_plan(model_config, training)  # "all": the whole run on cached features; "head": a fine-tune's
+    use_cache = plan == "all"                   # head-only epochs on them, later epochs on images
     # Converting ResNet50 to channels-last (and back before saving) copies every conv weight: about 0.5 s each way
     # on 2 busy cores. Done only when the network runs on images: without the cache (on a cache miss the features
     # come from a BatchNorm-folded copy, made channels-last itself).
@@ -237,11 +249,14 @@ def run(model_config: Any, training: Any, paths: JobPaths, extra: dict[str, Any]
                 ", ".join(f"{n}={len(s)} images" for n, s in splits.items()), len(labels), device, workers,
                 "on" if channels_last else "off")
 
-    # 2. Inputs: cached backbone features (head-only fast path) or images decoded once into memory.
-    if use_cache:
+    # 2. Inputs: cached backbone features (head-only fast path) and/or images decoded once into memory.
+    features = None
+    if plan != "off":
         cache_dir = feature_cache_dir(ckpt_dir)
-        logger.info("feature cache: ON (freeze=head, augment=none): the frozen backbone runs once per image and the "
-                    "head trains on cached features; cache folder %s", cache_dir)
+        logger.info("feature cache: ON (%s, augment=none): the frozen backbone runs once per image and the head "
+                    "trains on cached features%s; cache folder %s",
+                    "freeze=head" if use_cache else f"the first {training.freeze_epochs} head-only epochs",
+                    "" if use_cache else " (later epochs run on images)", cache_dir)
         folded: list[Any] = []
 
         def backbone() -> Any:  # folded once, on the first cache miss
@@ -249,21 +264,24 @@ def run(model_config: Any, training: Any, paths: JobPaths, extra: dict[str, Any]
                 folded.append(model.fold_batchnorm(channels_last))
             return folded[0]
 
-        data = {name: cached_features(model, split, cache_dir, seed=training.seed, batch_size=eval_bs,
-                                      workers=workers, normalizer=normalizer, backbone=backbone)
-                for name, split in splits.items()}
+        features = {name: cached_features(model, split, cache_dir, seed=training.seed, batch_size=eval_bs,
+                                          workers=workers, normalizer=normalizer, backbone=backbone)
+                    for name, split in splits.items()}
         folded.clear()
+    if use_cache:
+        data, features = features, None
     else:
-        logger.info("feature cache: OFF (freeze=%s, augment=%s, feature-cache=%s): the network runs on images every "
-                    "epoch; images are decoded once and kept in memory", model_config.freeze, training.augment,
-                    training.feature_cache)
-        decode_size = pre.resize if training.augment == "crop-flip" else pre.crop
-        data = load_split_images(splits, pre, decode_size, eval_bs, workers)
+        if plan == "off":
+            logger.info("feature cache: OFF (freeze=%s, augment=%s, tta=%s, feature-cache=%s): the network runs on "
+                        "images every epoch; images are decoded once and kept in memory", model_config.freeze,
+                        training.augment, training.tta, training.feature_cache)
+        data = load_split_images(splits, pre, decode_size(training.augment, pre), eval_bs, workers)
 
     # 3. The loop, observed by the registered callbacks.
     hyperparameters = {**encode(model_config, training), **(extra or {})}
-    ctx = TrainingContext(model=model.head_ if use_cache else module, loss_fn=torch.nn.CrossEntropyLoss(),
-                          optimizer=make_optimizer(training, model.trainable_parameters()),
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=training.label_smoothing)
+    ctx = TrainingContext(model=model.head_ if use_cache else module, loss_fn=loss_fn,
+                          optimizer=make_optimizer(training, model, model_config),
                           hyperparameters=hyperparameters, output_data_dir=output_dir, model_dir=model_dir,
                           epochs=training.epochs, training=training, model_config=model_config)
     ctx.state.update({"feature_cache": use_cache, "device": str(device), "labels": labels, "num_workers": workers,
@@ -279,7 +297,7 @@ def run(model_config: Any, training: Any, paths: JobPaths, extra: dict[str, Any]
     metrics = MetricsPublisher(output_dir, history=checkpoint.get("history") if checkpoint else None)
     trainer = Trainer(model, training, data, cached=use_cache, device=device, normalizer=normalizer, crop=pre.crop,
                       checkpoint_path=ckpt_path, fingerprint=print_, callbacks=callbacks, metrics=metrics,
-                      context=ctx)
+                      context=ctx, features=features)
     outcome = trainer.fit(checkpoint)
 
     # 4. The artifact and the metrics summary.

@@ -42,14 +42,16 @@ logger = logging.getLogger(__name__)
 def uses_feature_cache(spec: Any, space: Any = ()) -> bool:
     """Whether the spec's jobs fit only the head on the shared backbone feature cache.
 
-    The entry point uses the cache with ``feature_cache="on"``, or ``"auto"`` (its default) when ``freeze`` is
-    ``"head"`` and ``augment`` is ``"none"`` (their defaults). When the space tunes one of these, not every trial
-    does, and the answer is ``False``.
+    The entry point uses the cache for the whole run when ``freeze`` is ``"head"`` with no augmentation and no
+    test-time augmentation (their defaults) and ``feature_cache`` is not ``"off"``
+    (:func:`dogclf.training.features.cache_plan`). When the space tunes one of these, not every trial does, and
+    the answer is ``False``.
     """
-    if any(name in space for name in ("feature_cache", "freeze", "augment")):
+    from dogclf.training.features import cache_plan
+
+    if any(name in space for name in ("feature_cache", "freeze", "augment", "tta", "freeze_epochs")):
         return False
-    mode = spec.training.feature_cache
-    return mode == "on" or (mode == "auto" and spec.model.freeze == "head" and spec.training.augment == "none")
+    return cache_plan(spec.model, spec.training) == "all"
 
 
 def trial_pool(backend: LocalBackend, spec: Any, space: Any, size: int) -> WarmPoolBackend | None:

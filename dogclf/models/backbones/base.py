@@ -299,6 +299,13 @@ class Backbone:
         """Pooled features ``(N, feature_dim)`` of a batch ``(N, 3, H, W)``: the input of the head."""
         return forward_features(module, x)
 
+    def stages(self, module: Any) -> list[tuple[str, tuple[str, ...]]]:
+        """The network's stages from input to head, ``[(name, (parameter-name prefixes, ...)), ...]``, for
+        discriminative learning rates (:mod:`dogclf.training.optim`). Default: one stage per top-level child
+        module, the head (:attr:`head`) last."""
+        names = [name for name, _ in module.named_children() if name != self.head]
+        return [(name, (f"{name}.",)) for name in names] + [("head", (f"{self.head}.",))]
+
     def batchnorm_pairs(self, module: Any) -> list[tuple[str, str]]:
         """The ``(conv, batchnorm)`` pairs :meth:`fold_batchnorm` folds (default: :func:`batchnorm_pairs`)."""
         return batchnorm_pairs(module)

@@ -231,6 +231,16 @@ class EfficientNetLiteBackbone(Backbone):
         last = tuple(f"_blocks.{i}." for i in range(last_start, n_blocks))
         return standard_policies((*last, "_conv_head.", "_bn1."), "fc")
 
+    def stages(self, module: Any) -> list[tuple[str, tuple[str, ...]]]:
+        """``stem`` (``_conv_stem``, ``_bn0``), one stage per block range (``stage_ends``), ``top``
+        (``_conv_head``, ``_bn1``), ``head`` (``fc``)."""
+        out: list[tuple[str, tuple[str, ...]]] = [("stem", ("_conv_stem.", "_bn0."))]
+        start = 0
+        for i, end in enumerate(module.stage_ends, start=1):
+            out.append((f"stage{i}", tuple(f"_blocks.{b}." for b in range(start, end))))
+            start = end
+        return [*out, ("top", ("_conv_head.", "_bn1.")), ("head", ("fc.",))]
+
     def remap_state_dict(self, state: dict[str, Any]) -> dict[str, Any]:
         """EfficientNet-PyTorch's ``_fc`` classifier is ``fc`` here."""
         return {("fc." + k[4:] if k.startswith("_fc.") else k): v for k, v in state.items()}

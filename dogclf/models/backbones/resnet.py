@@ -56,6 +56,11 @@ class ResNetBackbone(Backbone):
     """A torchvision ResNet (``resnet18`` ... ``resnet152``): head ``fc``; ``last-block`` trains ``layer4``."""
 
     family = "resnet"
+
+    def stages(self, module: Any) -> list[tuple[str, tuple[str, ...]]]:
+        """``stem`` (``conv1``, ``bn1``), ``layer1`` ... ``layer4``, ``head`` (``fc``)."""
+        return [("stem", ("conv1.", "bn1.")), *((f"layer{i}", (f"layer{i}.",)) for i in range(1, 5)),
+                ("head", ("fc.",))]
     head = "fc"
 
     def __init__(self, name: str) -> None:

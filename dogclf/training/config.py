@@ -27,7 +27,8 @@ from dataclasses import dataclass
 
 from dogclf._contract import decode, encode, hyperparameter, validate_fields
 
-__all__ = ["AUGMENTATIONS", "FEATURE_CACHE_MODES", "OPTIMIZERS", "TrainingConfig", "decode", "encode"]
+__all__ = ["AUGMENTATIONS", "BATCHNORM_MODES", "FEATURE_CACHE_MODES", "OPTIMIZERS", "TrainingConfig", "decode",
+           "encode"]
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 """Optimizers the entry point knows (``optimizer``)."""
@@ -35,6 +36,9 @@ AUGMENTATIONS = ("none", "flip", "crop-flip")
 """Train-time augmentations (``augment``): none (the seed), horizontal flips, random crop plus flips."""
 FEATURE_CACHE_MODES = ("auto", "on", "off")
 """``feature_cache``: ``auto`` uses cached backbone features whenever only the head trains without augmentation."""
+BATCHNORM_MODES = ("auto", "sync", "local", "frozen")
+"""``batchnorm``: statistics of BatchNorm layers that train, for jobs of several processes
+(:mod:`dogclf.training.distributed`)."""
 
 @dataclass(frozen=True)
 class TrainingConfig:
@@ -70,6 +74,11 @@ class TrainingConfig:
                                         choices=("auto", "on", "off"))
     device: str = hyperparameter("auto", "where to train", choices=("auto", "cpu", "cuda"))
     deterministic: bool = hyperparameter(True, "use deterministic algorithms")
+    batchnorm: str = hyperparameter("auto", "statistics of BatchNorm layers that train, in a job of several "
+                                            "processes: sync (the global batch's; CUDA), local (each process's "
+                                            "part), frozen (running statistics, never updated; any device, any "
+                                            "process count); auto: sync on CUDA, else local",
+                                    choices=BATCHNORM_MODES)
     log_interval: int = hyperparameter(0, "log the train loss every N steps (0: never)", ge=0)
 
     def __post_init__(self) -> None:

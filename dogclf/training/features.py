@@ -6,6 +6,9 @@ the convolutions, :func:`fold_batchnorm`) and stores the pooled features under a
 preprocessing, decoder and the data's content (:func:`feature_cache_key`), in ``$DOGCLF_FEATURE_CACHE_DIR`` (shared
 by the jobs of a backend) or the job's ``checkpoints/features``. Every epoch, and every later job on the same
 data, then trains only the head on those features.
+
+In a job of several processes each computes the features of its part of a split, the parts are gathered (every
+process gets all features) and rank 0 writes the cache file: N processes do 1/N of the backbone passes each.
 """
 
 from __future__ import annotations
@@ -108,43 +111,67 @@ def fold_batchnorm(module: Any, channels_last: bool = False) -> Any:
     return folded
 
 
+def _load(path: Path, key: str, split: Split) -> tuple[Any, Any] | None:
+    import torch
+
+    if not path.is_file():
+        return None
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        if data.get("key") == key and len(data["labels"]) == len(split):
+            return data["features"], data["labels"]
+        logger.warning("feature cache file %s does not match; recomputing", path)
+    except Exception as exc:  # a damaged cache file is recomputed, never trusted
+        logger.warning("feature cache file %s is unreadable (%s); recomputing", path, exc)
+    return None
+
+
+def _save(path: Path, key: str, features: Any, targets: Any) -> None:
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save({"key": key, "features": features, "labels": targets}, tmp)
+
+
 def cached_features(model: Any, split: Split, cache_dir: Path, *, seed: int, batch_size: int, workers: int,
-                    normalizer: Normalizer, backbone: Any = None) -> tuple[Any, Any]:
+                    normalizer: Normalizer, backbone: Any = None, ranks: Any = None) -> tuple[Any, Any]:
     """The split's backbone features and labels, from the cache or computed once and stored there.
 
     On a miss the backbone runs with its BatchNorm layers folded into the convolutions (:func:`fold_batchnorm`),
     channels-last when the normalizer produces channels-last batches. ``backbone`` (optional, no arguments)
     returns that folded copy, so a caller filling several splits folds the network once; it is called only on a
-    miss.
+    miss. ``ranks`` (a :class:`~dogclf.training.distributed.Ranks` of several processes): unless every process
+    finds the file, each computes its part of the split and the parts are gathered; rank 0 writes the file.
     """
     import torch
 
     from dogclf.models import forward_features
+    from dogclf.training.distributed import Ranks
 
+    ranks = ranks if ranks is not None else Ranks()
     key = feature_cache_key(model, split, seed)
     path = cache_dir / f"{model.backbone}-{key[:24]}-{split.name}.pt"
-    if path.is_file():
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-            if data.get("key") == key and len(data["labels"]) == len(split):
-                logger.info("feature cache hit for %s (%d images): %s", split.name, len(split), path)
-                return data["features"], data["labels"]
-            logger.warning("feature cache file %s does not match; recomputing", path)
-        except Exception as exc:  # a damaged cache file is recomputed, never trusted
-            logger.warning("feature cache file %s is unreadable (%s); recomputing", path, exc)
+    found = _load(path, key, split)
+    if ranks.all(found is not None):
+        logger.info("feature cache hit for %s (%d images): %s", split.name, len(split), path)
+        return found
     start = time.perf_counter()
+    lo, hi = ranks.span(len(split))
     model.module_.eval()
     module = backbone() if backbone is not None else fold_batchnorm(model.module_, normalizer.channels_last)
-    feats, labels = [], []
+    width = next(m.in_features for m in model.module_.fc.modules() if isinstance(m, torch.nn.Linear))
+    feats = [torch.zeros(0, width)]  # a process with no image of a tiny split still takes part in the gather
     with torch.inference_mode():
         pre = model.config.preprocess
-        for images, y in decode_batches(split, pre, pre.crop, batch_size, workers):
+        part = Split(split.name, split.root, split.samples[lo:hi])
+        for images, _ in (decode_batches(part, pre, pre.crop, batch_size, workers) if hi > lo else ()):
             feats.append(forward_features(module, normalizer(images)).float().cpu())
-            labels.append(y)
-    features, targets = torch.cat(feats), torch.cat(labels).long()
-    with atomic_path(path) as tmp:
-        torch.save({"key": key, "features": features, "labels": targets}, tmp)
-    logger.info("feature cache miss for %s: computed %d backbone features in %.1fs (%.1f images/s), saved to %s",
-                split.name, len(split), time.perf_counter() - start, len(split) / max(1e-9, time.perf_counter() - start),
-                path)
+    features = ranks.gather_rows(torch.cat(feats), len(split))
+    targets = torch.tensor([label for _, label in split.samples], dtype=torch.long)
+    ranks.on_main(_save, path, key, features, targets)
+    seconds = time.perf_counter() - start
+    logger.info("feature cache miss for %s: computed %d of %d backbone features (images %d-%d) in %.1fs "
+                "(%.1f images/s)%s", split.name, hi - lo, len(split), lo, hi - 1, seconds,
+                (hi - lo) / max(1e-9, seconds), f", saved to {path}" if ranks.is_main else "",
+                extra={"all_ranks": True})
     return features, targets

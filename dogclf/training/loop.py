@@ -14,6 +14,7 @@ from typing import Any
 
 from dogclf.training.callbacks import StepInfo, TrainingContext
 from dogclf.training.checkpoint import restore_rng_state, rng_state, save_checkpoint, trainable_state
+from dogclf.training.distributed import Ranks
 
 __all__ = ["Trainer", "make_optimizer"]
 
@@ -48,11 +49,14 @@ class Trainer:
         callbacks: Callbacks (see :mod:`dogclf.training.callbacks`).
         metrics: Where metric events are published.
         context: The :class:`~dogclf.training.TrainingContext` callbacks see.
+        ranks: This process's :class:`~dogclf.training.distributed.Ranks` in a job of several processes (each
+            trains on its share of every global batch, metrics are summed over the ranks, rank 0 writes);
+            default: a job of one process.
     """
 
     def __init__(self, model: Any, training: Any, data: dict[str, tuple[Any, Any]], *, cached: bool, device: Any,
                  normalizer: Any, crop: int, checkpoint_path: Path, fingerprint: str, callbacks: list[Any],
-                 metrics: Any, context: TrainingContext) -> None:
+                 metrics: Any, context: TrainingContext, ranks: Ranks | None = None) -> None:
         self.model, self.training, self.data = model, training, data
         self.cached, self.device, self.normalizer, self.crop = cached, device, normalizer, crop
         self.checkpoint_path, self.fingerprint = checkpoint_path, fingerprint
@@ -60,16 +64,18 @@ class Trainer:
         self.module = model.module_.fc if cached else model.module_
         self.steps = {"train": 0, "eval": 0}
         self.history: list[dict[str, Any]] = []
+        self.ranks = ranks if ranks is not None else Ranks(device=device)
+        self.train_module = self.ranks.wrap(self.module)  # DistributedDataParallel with several processes
 
     # -- pieces ---------------------------------------------------------------------------------------------------
     def _call(self, method: str, *args: Any) -> None:
         for cb in self.callbacks:
             getattr(cb, method)(self.ctx, *args)
 
-    def _inputs(self, name: str, index: Any, train: bool, generator: Any) -> Any:
+    def _inputs(self, name: str, index: Any, train: bool, generator: Any, part: slice = slice(None)) -> Any:
         import torch
 
-        x = self.data[name][0][index]
+        x = self.data[name][0][index[part]]  # this rank's part; random draws below are for the whole batch
         if self.cached:
             return x.to(self.device)
         augment, crop = self.training.augment, self.crop
@@ -77,7 +83,7 @@ class Trainer:
             if augment == "crop-flip":
                 i, j = (int(v) for v in torch.randint(0, x.shape[-1] - crop + 1, (2,), generator=generator))
                 x = x[:, :, i:i + crop, j:j + crop]
-            flip = torch.rand(x.shape[0], generator=generator) < 0.5
+            flip = torch.rand(len(index), generator=generator)[part] < 0.5
             x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
         elif x.shape[-1] != crop:  # crop-flip keeps `resize`-sized images; evaluate on the centre crop
             off = (x.shape[-1] - crop) // 2
@@ -92,9 +98,10 @@ class Trainer:
         labels = self.data[name][1]
         n, batch = len(labels), self.training.eval_batch_size or self.training.batch_size
         total_loss, correct = 0.0, 0
+        start, stop = self.ranks.span(n)  # each rank evaluates its part of the split
         with torch.no_grad():
-            for lo in range(0, n, batch):
-                index = torch.arange(lo, min(n, lo + batch))
+            for lo in range(start, stop, batch):
+                index = torch.arange(lo, min(stop, lo + batch))
                 self._call("on_step_begin", "eval", self.steps["eval"])
                 t0 = time.perf_counter()
                 x, y = self._inputs(name, index, False, generator), labels[index].to(self.device)
@@ -107,6 +114,7 @@ class Trainer:
                 self._call("on_step_end", StepInfo("eval", self.steps["eval"], epoch, float(loss), len(y), t1 - t0,
                                                    t2 - t1))
                 self.steps["eval"] += 1
+        total_loss, correct = self.ranks.sum(total_loss, correct)
         return total_loss / n, correct / n
 
     def _train_epoch(self, epoch: int, generator: Any) -> dict[str, float]:
@@ -116,34 +124,39 @@ class Trainer:
             self.module.train()
         else:
             self.model.set_train_mode(True)
+        self.ranks.train_mode(self.module)  # batchnorm="frozen": BatchNorm layers stay in eval mode
         labels, ctx, optimizer = self.data["train"][1], self.ctx, self.ctx.optimizer
         n, batch = len(labels), self.training.batch_size
         order = torch.randperm(n, generator=generator)
         total_loss, correct, seen = 0.0, 0, 0
         for lo in range(0, n, batch):
-            index = order[lo:lo + batch]
+            index = order[lo:lo + batch]  # the global batch; this rank trains on its share of it
+            share = self.ranks.share(len(index))
             self._call("on_step_begin", "train", self.steps["train"])
             t0 = time.perf_counter()
-            x, y = self._inputs("train", index, True, generator), labels[index].to(self.device)
+            x, y = self._inputs("train", index, True, generator, share.positions), \
+                labels[index[share.positions]].to(self.device)
             t1 = time.perf_counter()
-            logits = self.module(x)
+            logits = self.train_module(x)
             loss = ctx.loss_fn(logits, y)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            share.scale_loss(loss).backward()
             optimizer.step()
             t2 = time.perf_counter()
             batch_loss = float(loss.detach())
-            total_loss += batch_loss * len(y)
-            correct += int((logits.detach().argmax(1) == y).sum())
-            seen += len(y)
-            self._call("on_step_end", StepInfo("train", self.steps["train"], epoch, batch_loss, len(y), t1 - t0,
+            total_loss += batch_loss * share.count
+            correct += int((logits.detach().argmax(1) == y).sum()) if share.count else 0
+            seen += share.count
+            self._call("on_step_end", StepInfo("train", self.steps["train"], epoch, batch_loss, share.count, t1 - t0,
                                                t2 - t1))
             self.steps["train"] += 1
             ctx.global_step = self.steps["train"]
             if self.training.log_interval and self.steps["train"] % self.training.log_interval == 0:
                 logger.info("epoch %d step %d: batch loss %.4f", epoch, self.steps["train"], batch_loss)
+            ctx.stop_training = self.ranks.any(ctx.stop_training)  # a callback on rank 0 stops every rank
             if ctx.stop_training:
                 break
+        total_loss, correct, seen = self.ranks.sum(total_loss, correct, seen)
         return {"train_loss": total_loss / max(1, seen), "train_acc": correct / max(1, seen)}
 
     # -- the run --------------------------------------------------------------------------------------------------
@@ -160,12 +173,12 @@ class Trainer:
         generator = torch.Generator().manual_seed(training.seed)
         # Dropout draws from the global RNG: seeded here so the data path taken before (cache hit or miss)
         # cannot change what training does.
-        torch.manual_seed(training.seed + 1)
+        torch.manual_seed(training.seed + 1 + self.ranks.rank)
         start_epoch = 0
         if checkpoint is not None:
             self.model.module_.load_state_dict(checkpoint["trainable"], strict=False)
             ctx.optimizer.load_state_dict(checkpoint["optimizer"])
-            restore_rng_state(generator, checkpoint["rng"])
+            restore_rng_state(generator, self.ranks.rng_for_rank(checkpoint))
             start_epoch, self.history = int(checkpoint["epoch"]), list(checkpoint.get("history", []))
             self.steps = dict(checkpoint.get("steps", self.steps))
             ctx.global_step = self.steps["train"]
@@ -185,10 +198,11 @@ class Trainer:
             self.metrics.publish(metrics, epoch=epoch)
             self.history.append({"epoch": epoch, **metrics})
             self._call("on_epoch_end", epoch, dict(metrics))
-            save_checkpoint(self.checkpoint_path, {
+            self.ranks.on_main(save_checkpoint, self.checkpoint_path, {
                 "epoch": epoch, "fingerprint": self.fingerprint, "trainable": trainable_state(self.model),
                 "optimizer": ctx.optimizer.state_dict(), "rng": rng_state(generator), "history": self.history,
                 "steps": dict(self.steps), "stopped": ctx.stop_training, "stop_reason": ctx.stop_reason,
+                "rank_rng": self.ranks.gather_objects(rng_state(generator)),  # every rank's, to resume each
             })
             logger.info("checkpoint saved: epoch %d -> %s", epoch, self.checkpoint_path)
             if ctx.stop_training:

@@ -13,10 +13,12 @@ Each job gets a folder laid out like a container's ``/opt/ml``::
         logs/train.log                      everything the job printed
         job.json                            status, metrics and paths (what :func:`attach` reads)
 
-The job runs in a separate process through the ``sagemaker-training`` toolkit with ``SAGEMAKER_BASE_DIR`` set to
-the job folder, i.e. the same code path SageMaker's PyTorch containers use: ``environment.Environment()`` reads the
-config files, ``entry_point.run`` starts ``dogclf/training/train.py`` with the hyperparameters as command-line
-options and the ``SM_*`` environment. Its output streams to a logger and to ``on_log_line``; its metrics are the
+The job runs in a separate process (:mod:`.launch`) through the ``sagemaker-training`` toolkit with
+``SAGEMAKER_BASE_DIR`` set to the job folder, i.e. the same code path SageMaker's PyTorch containers use:
+``environment.Environment()`` reads the config files, ``entry_point.run`` starts ``dogclf/training/train.py`` with
+the hyperparameters as command-line options and the ``SM_*`` environment; a job with a
+:class:`~dogclf.training.Distribution` (or a backend with ``processes``) runs it in N processes under ``torchrun``,
+as SageMaker's ``torch_distributed`` launcher does. Its output streams to a logger and to ``on_log_line``; its metrics are the
 events the entry point publishes in ``output/data/metrics.jsonl`` (:mod:`dogclf.training.metrics`), read as they
 come, never parsed from the log.
 """
@@ -38,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from dogclf._io import atomic_write_json
 from dogclf._source import copy_package_source
+from dogclf.backends.local.launch import distributed_layout, job_processes, resource_config
 from dogclf.errors import (
     ConfigError,
     DataError,
@@ -107,8 +110,10 @@ def _rewrite_opt_ml(value: Any, base: Path) -> Any:
     return value
 
 
-def prepare_job(backend: LocalBackend, spec: TrainingJobSpec, job_name: str) -> tuple[Path, dict[str, str]]:
-    """Lay out the job folder and return it with the environment for the job process.
+def prepare_job(backend: LocalBackend, spec: TrainingJobSpec, job_name: str,
+                processes: int | None = None) -> tuple[Path, dict[str, str]]:
+    """Lay out the job folder and return it with the environment for the job process (``processes``: run the
+    entry point in that many processes under torchrun, see :func:`.launch.job_processes`).
 
     Raises:
         DuplicateError: a completed job of that name exists.
@@ -169,13 +174,10 @@ def prepare_job(backend: LocalBackend, spec: TrainingJobSpec, job_name: str) -> 
         "sagemaker_container_log_level": "20",
         "sagemaker_region": json.dumps("local"),
     })
-    atomic_write_json(config / "hyperparameters.json", hyperparameters)
     atomic_write_json(config / "inputdataconfig.json", {
         name: {"ContentType": "application/x-image", "TrainingInputMode": "File",
                "S3DistributionType": "FullyReplicated", "RecordWrapperType": "None"} for name in channels})
-    atomic_write_json(config / "resourceconfig.json", {"current_host": "localhost", "hosts": ["localhost"],
-                                                 "current_group_name": "homogeneousCluster",
-                                                 "network_interface_name": "lo"})
+    atomic_write_json(config / "resourceconfig.json", resource_config())
 
     env = dict(os.environ)
     env.update({
@@ -186,6 +188,9 @@ def prepare_job(backend: LocalBackend, spec: TrainingJobSpec, job_name: str) -> 
         "DOGCLF_FEATURE_CACHE_DIR": str(Path(backend.root) / "cache" / "features"),
         "TRAINING_JOB_NAME": job_name,
     })
+    if processes is not None:
+        distributed_layout(base, processes, hyperparameters, env)
+    atomic_write_json(config / "hyperparameters.json", hyperparameters)
     for var in ("SM_CHANNEL_TRAIN", "SM_CHANNEL_VALID", "SM_CHANNEL_TEST", "SM_CHANNEL_TRAINING", "SM_MODEL_DIR",
                 "SM_OUTPUT_DATA_DIR", "SM_OUTPUT_DIR"):
         env.pop(var, None)  # the toolkit sets these for this job; a caller's own must not leak in
@@ -419,19 +424,20 @@ def train(backend: LocalBackend, spec: TrainingJobSpec, *, wait: bool = True,
         logger: Where the job's lines are logged (INFO); defaults to this module's logger.
 
     Raises:
-        ConfigError, DataNotFoundError, DataError: bad spec or channels, before anything runs.
+        ConfigError, DataNotFoundError, DataError: bad spec or channels, before anything runs; a distribution
+            this machine cannot run (several instances, a batch size the processes do not divide, SyncBatchNorm
+            or ``device="cuda"`` without a GPU per process).
         DuplicateError: a completed (or running) job of that name exists.
         JobError: the job failed (``wait=True`` and ``raise_on_failure``).
     """
     if not isinstance(spec, TrainingJobSpec):
         raise ConfigError(f"spec must be a dogclf.training.TrainingJobSpec, got {type(spec).__name__}")
-    if spec.instance_count != 1:
-        raise ConfigError(f"the local backend runs one instance; spec.instance_count is {spec.instance_count}")
+    processes = job_processes(getattr(backend, "processes", None), spec)
     job_name = spec.job_name or _new_job_name(spec)
-    base, env = prepare_job(backend, spec, job_name)
+    base, env = prepare_job(backend, spec, job_name, processes)
     log = logger or globals()["logger"]
     process = subprocess.Popen(
-        [sys.executable, "-u", "-m", "dogclf.backends.local.training", str(base)],
+        [sys.executable, "-u", "-m", "dogclf.backends.local.launch", str(base)],
         env=env, cwd=str(base), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
         bufsize=1, start_new_session=True,
     )
@@ -473,25 +479,3 @@ def attach(backend: LocalBackend, job_name: str) -> TrainingJobResult:
         output_dir=str(base / "output" / "data"),
         failure_reason=None if running else "the job process ended without a result (killed?)",
         log_path=str(log_path), hyperparameters=state.get("spec_hyperparameters", {}))
-
-
-def _run_in_job_folder(base: str) -> int:
-    """The job process: run the entry point through the sagemaker-training toolkit (``SAGEMAKER_BASE_DIR`` set)."""
-    os.environ["SAGEMAKER_BASE_DIR"] = base
-    from sagemaker_training import entry_point, environment, errors
-
-    env = environment.Environment()
-    try:
-        entry_point.run(uri=env.module_dir, user_entry_point=env.user_entry_point, args=env.to_cmd_args(),
-                        env_vars=env.to_env_vars(), capture_error=False)
-    except errors.ExecuteUserScriptError as exc:
-        print(f"training entry point failed: {str(exc).strip()[:500]}", flush=True)
-        return int(getattr(exc, "return_code", 1) or 1)
-    return 0
-
-
-if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        print("usage: python -m dogclf.backends.local.training JOB_DIR", file=sys.stderr)
-        sys.exit(64)
-    sys.exit(_run_in_job_folder(sys.argv[1]))

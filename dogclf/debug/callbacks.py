@@ -90,6 +90,11 @@ class HookCallback(Callback):
         """Create the hook and register the model and the loss module."""
         _check_fresh(self.out_dir)
         self.hook_config["LocalPath"] = str(self.out_dir)
+        params = dict(self.hook_config.get("HookParameters") or {})
+        if ctx.state.get("world_size", 1) > 1 and params.get("include_workers", "one") != "one":
+            # In a job of several processes only rank 0 runs callbacks: its tensors are the trial (worker_0).
+            logger.warning("include_workers=%r: dogclf saves the tensors of rank 0 only", params["include_workers"])
+            self.hook_config["HookParameters"] = {**params, "include_workers": "one"}
         write_json(self.config_path, self.hook_config)
         try:
             from smdebug.pytorch import Hook

@@ -254,6 +254,7 @@ def run(model_config: Any, training: Any, paths: JobPaths, extra: dict[str, Any]
                 "on" if channels_last else "off")
 
     # 2. Inputs: cached backbone features (head-only fast path) or images decoded once into memory.
+    inputs_started = time.perf_counter()
     if use_cache:
         cache_dir = feature_cache_dir(ckpt_dir)
         logger.info("feature cache: ON (freeze=head, augment=none): the frozen backbone runs once per image and the "
@@ -276,6 +277,7 @@ def run(model_config: Any, training: Any, paths: JobPaths, extra: dict[str, Any]
         decode_size = pre.resize if training.augment == "crop-flip" else pre.crop
         data = load_split_images(splits, pre, decode_size, eval_bs, workers)
 
+    input_seconds = time.perf_counter() - inputs_started
     # 3. The loop, observed by the registered callbacks.
     hyperparameters = {**encode(model_config, training), **(extra or {})}
     ctx = TrainingContext(model=module.fc if use_cache else module, loss_fn=torch.nn.CrossEntropyLoss(),
@@ -304,7 +306,8 @@ def run(model_config: Any, training: Any, paths: JobPaths, extra: dict[str, Any]
         module.to(memory_format=torch.contiguous_format)
     ranks.on_main(model.save, model_dir)
     metrics.finish({**outcome, "feature_cache": use_cache, "train_images": len(splits["train"]),
-                    "total_seconds": time.perf_counter() - started, "hyperparameters": hyperparameters,
+                    "total_seconds": time.perf_counter() - started, "input_seconds": input_seconds,
+                    "hyperparameters": hyperparameters,
                     "world_size": ranks.world_size})
     ranks.barrier()  # every process ends after the artifact is complete
     logger.info("saved the model to %s; %.1fs in all", model_dir, time.perf_counter() - started)

@@ -92,6 +92,17 @@ def test_local_processes_come_from_the_spec_or_the_backend():
     check_job_distribution(None, 1, TrainingConfig())  # one process: nothing to check
 
 
+def test_distributed_trials_do_not_go_to_the_warm_pool(tmp_path):
+    from dogclf.backends import get_backend
+
+    spec = TrainingJobSpec({"backbone": "resnet18"}, "data", {"batch_size": 8})
+    assert get_backend("local", root=tmp_path).trial_pool(spec, {}, 2) is not None  # head-only, cached: pooled
+    assert get_backend("local", root=tmp_path, processes=2).trial_pool(spec, {}, 2) is None
+    assert get_backend("local", root=tmp_path).trial_pool(
+        TrainingJobSpec({"backbone": "resnet18"}, "data", {"batch_size": 8}, distribution=Distribution(2)), {}, 2) \
+        is None
+
+
 def test_the_entry_point_checks_torchruns_world_before_joining_it(monkeypatch):
     for var in ("RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "WORLD_SIZE"):
         monkeypatch.delenv(var, raising=False)

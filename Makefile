@@ -7,12 +7,12 @@ STAMP  := $(VENV)/.dogclf-installed
 export SAGEMAKER_SUPPRESS_V2_WARNING := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test docs install clean
+.PHONY: demo test docs install dist compat clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
-	$(BIN)/python -m pip install -q -e '.[test,docs]'
+	$(BIN)/python -m pip install -q -e '.[all,test,docs]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -28,5 +28,14 @@ test: $(STAMP)
 docs: $(STAMP)
 	$(BIN)/sphinx-build -W --keep-going -q -b html docs docs/_build/html
 
+# The wheel and sdist, in dist/.
+dist: $(STAMP)
+	$(BIN)/python -m build --outdir dist .
+
+# The training entry point and the inference handler on the SageMaker containers' versions (torch 2.5.1 / py3.11,
+# torch 2.6.0 / py3.12), in throwaway venvs cached under ~/.cache/dogclf-compat (docs/install.rst).
+compat: $(STAMP)
+	$(BIN)/python tools/compat.py
+
 clean:
-	rm -rf $(VENV) docs/_build runs .pytest_cache .hypothesis
+	rm -rf $(VENV) docs/_build runs .pytest_cache .hypothesis dist build dogclf.egg-info

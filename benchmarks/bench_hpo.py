@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                                per_class={"train": args.train_per_class, "valid": args.eval_per_class,
                                           "test": args.eval_per_class})
         static = {"backbone": args.backbone, "weights": "IMAGENET1K_V2", "freeze": "head", "seed": 0}
-        space = {"lr": Continuous(0.001, 0.1), "batch-size": Categorical([32, 64, 128]),
+        space = {"lr": Continuous(0.001, 0.1), "batch_size": Categorical([32, 64, 128]),
                  "epochs": Categorical([1, 2])}
         floor, n_images = backbone_pass(data, args.backbone)
         print(f"data: {n_images} synthetic {args.image_size}px images, {args.classes} classes; "
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         within = float("nan")  # marginal trial cost inside the largest run: trial ends after the smallest size
         for n in sizes:
             backend = LocalBackend(work / f"home-dogclf-{n}")   # cold feature cache for every size
-            spec = TrainingJobSpec(hyperparameters=static, channels={"training": str(data)})
+            spec = TrainingJobSpec.from_hyperparameters(static, {"training": str(data)})
             exp = HPOExperiment(spec, space, "test_loss", max_trials=n, max_parallel=args.parallel,
                                 strategy="bayesian", backend=backend, name=f"bench-{n}", seed=0)
             start, cpu = time.perf_counter(), cpu_seconds()
@@ -134,8 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         seed_s: dict[int, float] = {}
         start, cpu = time.perf_counter(), cpu_seconds()
         for i, hp in enumerate(params, start=1):
-            spec = TrainingJobSpec(hyperparameters={**static, **hp, "feature-cache": "off"},
-                                   channels={"training": str(data)}, job_name=f"seed-style-{i:03d}")
+            spec = TrainingJobSpec.from_hyperparameters({**static, **hp, "feature_cache": "off"},
+                                                        {"training": str(data)}, job_name=f"seed-style-{i:03d}")
             result = seed_backend.train(spec, raise_on_failure=False)
             if result.status != "Completed":
                 print(f"WARNING: seed-style job {i} {result.status}: {result.failure_reason}")

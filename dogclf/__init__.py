@@ -27,6 +27,7 @@ _LAZY = {
     "list_backends": "dogclf.backends",
     "EndpointDeployer": "dogclf.serving",
     "BreedPredictor": "dogclf.serving",
+    "BreedModel": "dogclf.models",
     "ResNetBreedModel": "dogclf.models",
     "ModelConfig": "dogclf.models",
     "TrainingConfig": "dogclf.training",

@@ -48,10 +48,16 @@ def hyperparameter(default: Any = dataclasses.MISSING, help: str = "", *, defaul
     return field(default=default, default_factory=default_factory, metadata={"dogclf": meta})
 
 
-def nested(default_factory: Any) -> Any:
+def nested(default: Any = None, *, reset_on: Iterable[str] = ()) -> Any:
     """A field holding another config whose hyperparameters go onto the wire flattened (``preprocess`` ->
-    ``resize``, ``crop``)."""
-    return field(default_factory=default_factory, metadata={_NESTED: True})
+    ``resize``, ``crop``).
+
+    Args:
+        default: The default (``None``: the outer config's ``__post_init__`` fills it in, e.g. from the weights).
+        reset_on: Names of the outer config's fields that the nested default depends on: when :func:`decode`
+            changes one of them over a base config, the nested config is re-derived (then given values applied).
+    """
+    return field(default=default, metadata={_NESTED: True, "reset_on": tuple(reset_on)})
 
 
 def hyperparameter_fields(cls: type) -> list[tuple[dataclasses.Field[Any], dict[str, Any], Any]]:
@@ -62,7 +68,11 @@ def hyperparameter_fields(cls: type) -> list[tuple[dataclasses.Field[Any], dict[
 
 def _nested_fields(cls: type) -> list[tuple[str, type]]:
     hints = typing.get_type_hints(cls)
-    return [(f.name, hints[f.name]) for f in dataclasses.fields(cls) if f.metadata.get(_NESTED)]
+    return [(f.name, _base_type(hints[f.name])[0]) for f in dataclasses.fields(cls) if f.metadata.get(_NESTED)]
+
+
+def _reset_on(cls: type, name: str) -> tuple[str, ...]:
+    return next(f.metadata.get("reset_on", ()) for f in dataclasses.fields(cls) if f.name == name)
 
 
 def _all_fields(cls: type) -> list[tuple[tuple[str, ...], dataclasses.Field[Any], dict[str, Any], Any]]:
@@ -238,18 +248,25 @@ def decode(cls: type, values: Mapping[str, Any], *, base: Any = None) -> Any:
 
 
 def _build(cls: type, values: dict[str, Any], base: Any) -> Any:
+    """The outer config first (a nested one re-derived where its ``reset_on`` fields change), then the nested
+    values applied over the nested config it holds."""
     kwargs: dict[str, Any] = {}
     for f, meta, tp in hyperparameter_fields(cls):
         if f.name in values:
             kwargs[f.name] = convert(label(f), values[f.name], tp, meta)
+    if base is not None:
+        for name, _ in _nested_fields(cls):
+            if any(k in kwargs and kwargs[k] != getattr(base, k) for k in _reset_on(cls, name)):
+                kwargs[name] = None
+        obj = dataclasses.replace(base, **kwargs) if kwargs else base
+    else:
+        obj = cls(**kwargs)
     for name, sub in _nested_fields(cls):
         sub_names = {f.name for _, f, _, _ in _all_fields(sub)}
         if sub_names & set(values):
-            kwargs[name] = _build(sub, {k: v for k, v in values.items() if k in sub_names},
-                                  getattr(base, name) if base is not None else None)
-    if base is not None:
-        return dataclasses.replace(base, **kwargs) if kwargs else base
-    return cls(**kwargs)
+            sub_values = {k: v for k, v in values.items() if k in sub_names}
+            obj = dataclasses.replace(obj, **{name: _build(sub, sub_values, getattr(obj, name))})
+    return obj
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:

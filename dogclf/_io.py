@@ -17,12 +17,42 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "atomic_write_json", "atomic_path", "temporary_name"]
+__all__ = ["atomic_write", "atomic_write_json", "atomic_path", "temporary_name", "remove_stale_temporaries",
+           "exchange_paths"]
 
 
 def temporary_name(path: Path) -> Path:
     """A hidden temporary name beside ``path``, unique per process and thread (``.name.tmp-<pid>-<tid>``)."""
     return path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+
+
+def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temporary files of writes to ``path`` whose process is gone (killed mid-write); returns them.
+
+    The temporaries of a live process (another writer of the same file, this one included) are left alone.
+    """
+    from dogclf._process import alive
+
+    target = Path(path)
+    removed = []
+    prefix = f".{target.name}.tmp-"
+    try:
+        candidates = [p for p in target.parent.iterdir() if p.name.startswith(prefix)]
+    except OSError:
+        return removed
+    for tmp in candidates:
+        pid = tmp.name[len(prefix):].split("-", 1)[0]
+        if not pid.isdigit() or alive(int(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            if tmp.is_dir():
+                import shutil
+
+                shutil.rmtree(tmp)
+            else:
+                tmp.unlink()
+            removed.append(tmp)
+    return removed
 
 
 @contextlib.contextmanager
@@ -91,3 +121,30 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, indent: int | N
                       **dumps: Any) -> Path:
     """Write ``obj`` as JSON to ``path`` atomically and return the path (``dumps`` go to :func:`json.dumps`)."""
     return atomic_write(path, json.dumps(obj, indent=indent, **dumps), fsync=fsync)
+
+
+def exchange_paths(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Swap two existing paths (files or folders) in one atomic step; ``False`` where the system cannot.
+
+    Uses Linux's ``renameat2(RENAME_EXCHANGE)``: a crash at any moment leaves each name pointing at either its old
+    or its new content, never missing. Returns ``False`` without touching anything where that call is not available
+    (another OS, an old kernel or C library, a file system without it); the caller then falls back to two renames.
+
+    Raises:
+        OSError: the exchange was refused for another reason (a path missing, different file systems, ...).
+    """
+    import ctypes
+    import errno
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), os.fspath(a), None, os.fspath(b))

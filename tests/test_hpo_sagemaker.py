@@ -165,6 +165,13 @@ def sm_backend(aws: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tup
     session.sagemaker_client.meta.events.register(
         "provide-client-params.sagemaker.CreateHyperParameterTuningJob",
         lambda params, **kw: sent.append(dict(params)))
+    # moto lacks ListTrainingJobsForHyperParameterTuningJob: answer it as SageMaker does for a tuning job that has
+    # started no training job yet (an error there is no longer swallowed; see test_honest_failures.py)
+    from botocore.awsrequest import AWSResponse
+
+    session.sagemaker_client.meta.events.register(
+        "before-call.sagemaker.ListTrainingJobsForHyperParameterTuningJob",
+        lambda **kw: (AWSResponse("moto", 200, {}, None), {"TrainingJobSummaries": []}))
     return SageMakerBackend(role=ROLE, bucket="dogclf-test", region="us-east-1", session=session), sent
 
 

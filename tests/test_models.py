@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import io
 import json
 import os
@@ -75,7 +77,7 @@ def test_config_is_frozen_and_init_touches_no_disk(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     model = ResNetBreedModel("no-such-label-set", backbone="resnet50", weights="IMAGENET1K_V2")
     assert list(tmp_path.iterdir()) == []
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         model.config.backbone = "resnet18"  # type: ignore[misc]
     with pytest.raises(NotFittedError):
         model.save(tmp_path / "x")
@@ -86,9 +88,11 @@ def test_config_is_frozen_and_init_touches_no_disk(tmp_path, monkeypatch):
 def test_config_round_trips_through_its_json_document():
     cfg = ModelConfig(backbone="resnet34", weights="IMAGENET1K_V1", freeze="last-block", dropout=0.25)
     doc = json.loads(json.dumps(cfg.to_dict(7)))
-    assert doc["format"] == "dogclf.model/1" and doc["num_classes"] == 7
+    assert doc["format"] == "dogclf.model/2" and doc["num_classes"] == 7
     assert doc["preprocess"] == {"resize": 256, "crop": 224, "mean": [0.485, 0.456, 0.406],
-                                 "std": [0.229, 0.224, 0.225]}
+                                 "std": [0.229, 0.224, 0.225], "interpolation": "bilinear"}
+    assert doc["backbone_info"] == {"family": "resnet", "feature_dim": 512, "head": "fc",
+                                    "module": "dogclf.models.backbones.resnet"}
     assert ModelConfig.from_dict(doc) == (cfg, 7)
 
 

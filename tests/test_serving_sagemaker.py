@@ -94,18 +94,35 @@ STOCK_SCRIPT = textwrap.dedent('''
         answers.append({"status": context.status, "content_type": context.content_type,
                         "body": raw.hex()})
     import dogclf
-    print(json.dumps({"answers": answers, "dogclf": dogclf.__file__}))
+    served = service._service._model  # what the entry point's model_fn returned
+    print(json.dumps({"answers": answers, "dogclf": dogclf.__file__, "runtime": served.runtime,
+                      "module": type(served.module).__name__}))
 ''')
 
 
 @pytest.mark.slow
-def test_packed_artifact_served_by_the_stock_sagemaker_pytorch_handler(artifact, tmp_path):
+@pytest.mark.parametrize("runtime", ["torch", "onnx"])
+def test_packed_artifact_served_by_the_stock_sagemaker_pytorch_handler(artifact, tmp_path, runtime):
     pytest.importorskip("sagemaker_pytorch_serving_container", reason="needs sagemaker-pytorch-inference (test extra)")
-    tar = pack_artifact(artifact, tmp_path / "model.tar.gz")
+    if runtime != "torch":
+        pytest.importorskip("onnxruntime", reason="needs dogclf[onnx]")
+        from dogclf.models import copy_artifact
+
+        artifact = copy_artifact(artifact, tmp_path / "artifact")  # the export goes into the folder it packs
+    tar = pack_artifact(artifact, tmp_path / "model.tar.gz", runtime=runtime)
     with tarfile.open(tar) as archive:
         names = set(archive.getnames())
         archive.extractall(tmp_path / "opt_ml_model", filter="data")
     assert {"model.pt", "labels.json", "config.json", "code/inference.py", "code/dogclf/serving/handler.py"} <= names
+    requirements = tmp_path / "opt_ml_model" / "code" / "requirements.txt"
+    if runtime == "torch":
+        assert not requirements.exists() and not any(n.startswith("runtimes/") for n in names)
+    else:
+        import onnxruntime
+
+        assert {"runtimes/manifest.json", "runtimes/model.onnx"} <= names
+        assert "runtimes/model.int8.onnx" not in names  # only the runtime served travels
+        assert requirements.read_text().split() == [f"onnxruntime=={onnxruntime.__version__}"]
     image = tmp_path / "dog.jpg"
     image.write_bytes(synthetic_photo(120, 90, seed=7))
     script = tmp_path / "stock.py"
@@ -116,9 +133,11 @@ def test_packed_artifact_served_by_the_stock_sagemaker_pytorch_handler(artifact,
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["dogclf"].startswith(str(tmp_path / "opt_ml_model" / "code"))
+    assert report["runtime"] == runtime and report["module"] == ("ResNet" if runtime == "torch" else "OnnxModule")
     good, bad, npy = report["answers"]
 
-    model = handler.model_fn(artifact)
+    model = handler.load_model(tmp_path / "opt_ml_model", runtime)  # the same runtime, in this process
+    assert model.runtime == runtime
     expected = handler.predict_fn(handler.input_fn(image.read_bytes(), "image/jpeg"), model).logits
     assert good["status"] == 200 and good["content_type"] == "application/json"
     doc = json.loads(bytes.fromhex(good["body"]))
@@ -312,3 +331,30 @@ def test_deploy_an_s3_training_output_repacks_it_with_the_code(aws, artifact, tm
             names = set(archive.getnames())
         assert {"model.pt", "labels.json", "config.json", "code/inference.py",
                 "code/dogclf/serving/handler.py"} <= names
+
+
+def test_deploy_an_s3_training_output_with_the_onnx_runtime_exports_and_packs_it(aws, artifact, tmp_path):
+    pytest.importorskip("onnxruntime", reason="needs dogclf[onnx]")
+    import boto3
+    import onnxruntime
+
+    from dogclf.models import pack
+
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="dogclf-training-output")
+    s3.upload_file(str(pack(artifact, tmp_path / "model.tar.gz")), "dogclf-training-output", "job/output/model.tar.gz")
+    endpoint = EndpointDeployer(endpoint_name="dogclf-onnx-from-s3", wait_poll_s=0.2, runtime="onnx").deploy(
+        "s3://dogclf-training-output/job/output/model.tar.gz", backend="sagemaker", role=ROLE,
+        bucket="dogclf-training-output")
+    with endpoint:
+        container = boto3.client("sagemaker").describe_model(ModelName="dogclf-onnx-from-s3")["PrimaryContainer"]
+        assert container["Environment"]["SAGEMAKER_SUBMIT_DIRECTORY"] == "/opt/ml/model/code"
+        bucket, key = container["ModelDataUrl"][len("s3://"):].split("/", 1)
+        assert key.startswith("dogclf/endpoints/dogclf-onnx-from-s3/")  # downloaded, exported, packed, uploaded
+        with tarfile.open(fileobj=io.BytesIO(s3.get_object(Bucket=bucket, Key=key)["Body"].read())) as archive:
+            names = set(archive.getnames())
+            inference = archive.extractfile("code/inference.py").read().decode()
+            requirements = archive.extractfile("code/requirements.txt").read().decode()
+    assert {"model.pt", "runtimes/model.onnx", "runtimes/manifest.json", "code/inference.py"} <= names
+    assert "RUNTIME = 'onnx'" in inference
+    assert requirements.split() == [f"onnxruntime=={onnxruntime.__version__}"]

@@ -8,7 +8,10 @@ the SageMaker backend knows AWS request shapes; user code talks to the protocol.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+
+from dogclf._extras import require
 
 if TYPE_CHECKING:
     from dogclf.training import TrainingJobSpec
@@ -36,7 +39,10 @@ class Backend(Protocol):
     * ``attach_endpoint(name, labels=None)``: a handle on an endpoint that already runs;
     * ``delivers_debugger_config``: ``True`` when the spec's ``debugger_hook_config`` / ``profiler_config``
       reach the job as ``debughookconfig.json`` / ``profilerconfig.json``; otherwise
-      :class:`~dogclf.debug.DebugTrainer` packs them into a hyperparameter.
+      :class:`~dogclf.debug.DebugTrainer` packs them into a hyperparameter;
+    * ``resumes_jobs``: ``True`` when a job started again under the name of one that did not complete continues
+      from that job's checkpoints (the local backend); the trial runner then restarts an interrupted trial under
+      its own name, and otherwise as ``<name>-r<attempt>``.
 
     Attributes:
         name: The name the backend is registered under (``"local"``, ``"sagemaker"``).
@@ -69,8 +75,14 @@ class PackageBackend:
 
     capability_package: ClassVar[str]
     """Dotted name of the package holding the capability modules (the backend's own package)."""
+    extras: ClassVar[Mapping[str, tuple[tuple[str, str], ...]]] = {}
+    """Optional modules each capability needs, as ``{"train": (("local", "sagemaker_training"),), ...}`` (keys: the
+    capability functions' names, ``train``, ``attach``, ``deploy``, ``tune``, ...); checked with
+    :func:`dogclf._extras.require` before it runs."""
 
     def _capability(self, module: str, function: str) -> Any:
+        for extra, name in self.extras.get(function, ()):
+            require(extra, name, f"{getattr(self, 'name', type(self).__name__)} backend's {function}")
         return getattr(importlib.import_module(f"{self.capability_package}.{module}"), function)
 
     def train(self, spec: Any, **kwargs: Any) -> Any:

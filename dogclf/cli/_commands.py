@@ -85,7 +85,7 @@ def _cmd_stage(args: argparse.Namespace) -> int:
     counts = {split: sum(c.values()) for split, c in staged.counts.items()}
     data = {"uri": staged.uri, "channels": dict(staged.channels), "manifest": staged.manifest_uri,
             "breeds": len(staged.labels), "images": counts, "skipped": list(staged.skipped), "noop": staged.noop,
-            "cache": staged.cache_uri}
+            "cache": staged.cache_uri, "stats": dict(staged.stats)}
     lines = [f"{'already staged' if staged.noop else 'staged'} {staged.n_images} images of {len(staged.labels)} "
              f"breeds at {staged.uri}",
              "  " + ", ".join(f"{split}: {n}" for split, n in counts.items()),
@@ -230,7 +230,8 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     from dogclf.serving import EndpointDeployer
 
     backend = _backend(args)
-    options: dict[str, Any] = {"max_batch_size": args.max_batch_size}
+    options: dict[str, Any] = {"max_batch_size": args.max_batch_size, "runtime": args.runtime or "torch",
+                               "calibration": args.calibration}
     if args.port is not None:
         options["port"] = args.port
     if args.endpoint_name:
@@ -275,13 +276,17 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         source: Any = backend.attach_endpoint(args.endpoint, labels=args.labels)
         cleanup = None
     elif args.deploy:
-        source = EndpointDeployer(backend=_backend(args)).deploy(args.model)
+        source = EndpointDeployer(runtime=args.runtime or "torch", calibration=args.calibration,
+                                  backend=_backend(args)).deploy(args.model)
         cleanup = source.delete
     else:
         source, cleanup = args.model, None
+    in_process = not args.endpoint and not args.deploy
     try:
         photos = Path(args.photos)
-        predictor = BreedPredictor(source, k=args.k, labels=args.labels)
+        predictor = BreedPredictor(source, k=args.k, labels=args.labels,
+                                   runtime=args.runtime if in_process else None,
+                                   calibration=args.calibration if in_process else None)
         if photos.is_file():
             with _tqdm()(total=1, desc="predict", unit="photo") as bar:
                 pred = predictor.predict(photos)

@@ -139,9 +139,10 @@ def _emit(args: argparse.Namespace, data: dict[str, Any], lines: Sequence[str]) 
 
 
 def _tqdm() -> Any:
-    from tqdm.auto import tqdm
+    """tqdm's progress-bar class (the ``cli`` extra)."""
+    from dogclf._extras import require
 
-    return tqdm
+    return require("cli", "tqdm.auto").tqdm
 
 
 class _EpochProgress:

@@ -14,6 +14,17 @@ from dogclf.cli._common import _SEED_SPACE
 logger = logging.getLogger("dogclf.cli")
 
 
+def _runtime_options(p: argparse.ArgumentParser) -> None:
+    from dogclf.serving.runtimes import RUNTIMES
+
+    p.add_argument("--runtime", choices=RUNTIMES, default=None,
+                   help="inference runtime: torch (eager, default), onnx (ONNX Runtime fp32) or onnx-int8 (static "
+                        "int8); an ONNX runtime the artifact lacks is exported and checked first (needs "
+                        "dogclf[onnx])")
+    p.add_argument("--calibration", default=None, metavar="DIR",
+                   help="training photos to calibrate onnx-int8 with when the artifact has none recorded")
+
+
 def _backend_options() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("backend")
@@ -138,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--endpoint-name", default=None, help="the endpoint's name")
     p.add_argument("--instance-type", default=None, help="sagemaker: endpoint instance type (ml.m5.large)")
     p.add_argument("--duration", type=float, default=None, help="local: serve this many seconds, then stop")
+    _runtime_options(p)
     p.set_defaults(func=commands._cmd_deploy)
 
     p = add("predict", "predict breeds of photos, write an annotated gallery (BreedPredictor)",
@@ -152,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", default=None, help="write the predictions table here")
     p.add_argument("-k", type=int, default=3, help="breeds listed per photo")
     p.add_argument("--labels", default=None, help="label set to read true breeds from file names")
+    _runtime_options(p)
     p.set_defaults(func=commands._cmd_predict)
 
     p = add("labels", "list, show and look up breed label sets",
@@ -181,6 +194,9 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             parser.error("predict: give a model artifact or --endpoint, not both")
         if not args.endpoint and not args.model:
             parser.error("predict: give a model artifact (or --endpoint NAME)")
+        if args.endpoint and (args.runtime or args.calibration):
+            parser.error("predict: --runtime and --calibration choose how a model artifact is served; an --endpoint "
+                         "serves the runtime it was deployed with (dogclf deploy --runtime ...)")
     if getattr(args, "backend", None) == "sagemaker" and args.command in ("tune", "train", "deploy") \
             and not args.role:
         parser.error(f"{args.command} --backend sagemaker needs --role (the IAM role ARN jobs assume)")

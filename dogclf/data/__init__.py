@@ -7,7 +7,6 @@ validated ``train``/``valid``/``test`` splits, on local disk or in S3, ready to 
 
 from __future__ import annotations
 
-
 from dogclf._lazy import lazy_exports
 from dogclf.data.synthetic import (
     SPLITS,

@@ -10,6 +10,7 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
+from dogclf._faults import failpoint
 from dogclf._io import atomic_path
 from dogclf.errors import DataError, DataNotFoundError, UnsafeArchiveError
 
@@ -151,6 +152,7 @@ def safe_extract(archive: str | os.PathLike[str], dest: str | os.PathLike[str], 
                                 f"archive {str(path)!r} inflates past {max_bytes} bytes (max_bytes) at member "
                                 f"{info.filename!r}, more than its headers declare")
                         out.write(chunk)
+                failpoint("data.archive.member")
                 if progress is not None:
                     progress(done, total)
         except zipfile.BadZipFile as exc:

@@ -11,7 +11,14 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from dogclf.errors import ChecksumMismatchError, ConfigError, DataNotFoundError, DownloadError, InvalidURIError
+from dogclf._extras import require
+from dogclf.errors import (
+    ChecksumMismatchError,
+    ConfigError,
+    DataNotFoundError,
+    DownloadError,
+    InvalidURIError,
+)
 
 __all__ = ["download", "sha256_file", "ProgressCallback"]
 
@@ -73,7 +80,7 @@ def download(url: str, dest: str | os.PathLike[str], *, sha256: str | None = Non
         DownloadError: another HTTP error, or the connection failed more than ``retries`` times.
         ChecksumMismatchError: the complete file's sha256 differs from ``sha256``; the bad file is deleted.
     """
-    import requests
+    requests = require("http", "requests", "dataset download")
 
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from dogclf._io import atomic_write
+from dogclf.data.duplicates import DuplicateGroup
 from dogclf.errors import ConfigError, DataNotFoundError
 from dogclf.labels import BreedLabels
 
@@ -33,6 +34,8 @@ class ManifestEntry:
         size: Size in bytes.
         sha256: Hex sha256 of the contents.
         md5: Hex MD5 of the contents (what S3 reports as the ETag of a single-part upload).
+        phash: The image's perceptual hash (:func:`~dogclf.data.duplicates.perceptual_hash`), to find resized or
+            re-encoded copies; ``""`` in manifests written before it was recorded.
     """
 
     split: str
@@ -41,17 +44,18 @@ class ManifestEntry:
     size: int
     sha256: str
     md5: str = ""
+    phash: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON form: ``{"split", "class", "relpath", "size", "sha256", "md5"}``."""
+        """The JSON form: ``{"split", "class", "relpath", "size", "sha256", "md5", "phash"}``."""
         return {"split": self.split, "class": self.cls, "relpath": self.relpath, "size": self.size,
-                "sha256": self.sha256, "md5": self.md5}
+                "sha256": self.sha256, "md5": self.md5, "phash": self.phash}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ManifestEntry:
         """Inverse of :meth:`to_dict`."""
         return cls(data["split"], data["class"], data["relpath"], int(data["size"]), data["sha256"],
-                   data.get("md5", ""))
+                   data.get("md5", ""), data.get("phash", ""))
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,8 @@ class Manifest:
         skipped: Relative paths of images left out because they did not decode (policy ``"skip"``).
         options: The staging options that shape the result (splits, corrupt-image policy, ...).
         created: ISO-8601 UTC time of staging.
+        duplicates: The duplicate groups found (:class:`~dogclf.data.duplicates.DuplicateGroup`), with what was
+            done about each; files left out by ``keep-first`` are in their group but not in :attr:`files`.
     """
 
     name: str
@@ -76,6 +82,7 @@ class Manifest:
     skipped: tuple[str, ...] = ()
     options: Mapping[str, Any] = field(default_factory=dict)
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    duplicates: tuple[DuplicateGroup, ...] = ()
 
     @property
     def counts(self) -> dict[str, dict[str, int]]:
@@ -111,6 +118,7 @@ class Manifest:
             "labels": self.labels.to_dict(),
             "splits": self.counts,
             "skipped": list(self.skipped),
+            "duplicates": [g.to_dict() for g in self.duplicates],
             "files": [e.to_dict() for e in self.files],
         }
 
@@ -136,6 +144,7 @@ class Manifest:
             skipped=tuple(data.get("skipped", ())),
             options=dict(data.get("options", {})),
             created=data.get("created", ""),
+            duplicates=tuple(DuplicateGroup.from_dict(g) for g in data.get("duplicates", ())),
         )
 
     @classmethod

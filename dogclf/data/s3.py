@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dogclf._extras import require
+from dogclf._faults import failpoint
 from dogclf.errors import BackendError, DataNotFoundError, InvalidURIError
 
 __all__ = ["S3Location", "parse_s3_uri", "make_client", "list_objects", "expected_etag", "upload_files",
@@ -76,7 +78,7 @@ def make_client(workers: int = 16, region: str | None = None) -> Any:
     The endpoint, credentials and region come from the usual places (``AWS_ENDPOINT_URL``, ``AWS_PROFILE``, ...).
     Clients are thread-safe and slow to create (~0.1 s), so one is kept per pool size, region and environment.
     """
-    import boto3
+    boto3 = require("s3", "boto3", "S3 staging")
     from botocore.config import Config
 
     env = tuple(os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE",
@@ -236,6 +238,7 @@ def upload_files(client: Any, loc: S3Location, files: Sequence[tuple[Path, str, 
             future.result()
             stats.uploaded += 1
             stats.bytes_uploaded += size
+            failpoint("data.s3.upload.done")
             done += 1
             if progress is not None:
                 progress(done, total)

@@ -6,268 +6,47 @@ import hashlib
 import logging
 import os
 import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from dogclf._io import atomic_write
-from dogclf.data.archive import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, safe_extract, zip_fingerprint
+from dogclf._faults import failpoint
+from dogclf._io import atomic_write, exchange_paths
+from dogclf.data._staging_config import (
+    DEFAULT_URL,
+    LABELS_NAME,
+    StagedDataset,
+    StagerConfig,
+    _join,
+)
+from dogclf.data._work import work_folder
+from dogclf.data.archive import safe_extract, zip_fingerprint
+from dogclf.data.duplicates import apply_policies
 from dogclf.data.fetch import ProgressCallback, download, sha256_file
 from dogclf.data.manifest import MANIFEST_NAME, Manifest, ManifestEntry
-from dogclf.data.s3 import MIB, S3Location, parse_s3_uri
-from dogclf.data.synthetic import SPLITS
-from dogclf.data.validate import check_files, find_dataset_root, match_labels, scan_layout
+from dogclf.data.s3 import S3Location, parse_s3_uri
+from dogclf.data.validate import (
+    check_files,
+    find_dataset_root,
+    match_labels,
+    scan_layout,
+)
 from dogclf.errors import (
     ChecksumMismatchError,
     ConfigError,
     CorruptImageError,
     DataError,
     DataNotFoundError,
-    InvalidURIError,
     NotFittedError,
 )
-from dogclf.labels import BreedLabels, get_labels
+from dogclf.labels import BreedLabels
 
 __all__ = ["DatasetStager", "StagerConfig", "StagedDataset", "DEFAULT_URL", "LABELS_NAME"]
 
 log = logging.getLogger(__name__)
-
-DEFAULT_URL = "https://s3-us-west-1.amazonaws.com/udacity-aind/dog-project/dogImages.zip"
-"""Where Udacity publishes ``dogImages.zip`` (1.13 GB; 8,351 images of 133 breeds), as the seed notebook used."""
-
-LABELS_NAME = "labels.json"
-"""File name of the label set written beside the manifest."""
-
-_POLICIES = ("fail", "skip")
-
-
-def _source_kind(source: str) -> str:
-    scheme = urlsplit(source).scheme.lower() if "://" in source else ""
-    if scheme in ("http", "https"):
-        return "url"
-    if scheme == "s3":
-        return "s3"
-    if scheme:
-        raise InvalidURIError(f"unsupported source scheme {scheme!r} in {source!r}; expected a folder, a .zip "
-                              "file, an http(s):// URL or an s3://bucket/prefix")
-    return "path"
-
-
-@dataclass(frozen=True)
-class StagerConfig:
-    """What to stage, where to, and how strictly. Validated on creation; touches no disk or network.
-
-    Args:
-        source: A folder laid out ``train|valid|test/NNN.Breed/*.jpg`` (or holding one folder that is), a ``.zip``
-            of such a folder, an ``http(s)://`` URL of such a zip, or an ``s3://bucket/prefix``. None means
-            :data:`DEFAULT_URL`.
-        target: Where the staged dataset goes: a local folder or an ``s3://bucket/prefix``. None means
-            ``<local backend root>/data/<name>`` (``$DOGCLF_HOME`` or ``~/.dogclf``).
-        name: The dataset's name, recorded in the manifest and used for the default target.
-        labels: The label set the dataset must have (a :class:`BreedLabels` or a registered name such as
-            ``"dogimages-133"``); None accepts whatever classes the folders name.
-        sha256: Expected sha256 of the downloaded (or given) zip archive.
-        on_corrupt: ``"fail"`` raises :class:`~dogclf.errors.CorruptImageError` listing every image that does not
-            decode; ``"skip"`` leaves them out and lists them in the manifest's ``skipped``.
-        splits: The split folders required.
-        workers: Threads for hashing/decoding and concurrent S3 transfers.
-        max_archive_bytes: Refuse archives that unpack to more bytes than this.
-        max_archive_entries: Refuse archives with more members than this.
-        multipart_threshold: Files at least this large are uploaded to S3 in parts.
-        multipart_chunksize: Part size of multipart uploads.
-        cache_short_side: If set, also write a compact copy with every image downscaled to this short side
-            (256 is what ResNet training crops 224 from) under ``cache-<N>/`` beside the splits.
-        cache_quality: JPEG quality of the compact copy.
-        download_dir: Where URL downloads are kept (and resumed); default ``<local backend root>/downloads``.
-        force: Stage again even when the target's manifest says this source was already staged.
-        retries: How often a dropped download connection is resumed before giving up.
-        timeout: HTTP timeout in seconds.
-        region: AWS region of the S3 client (default: the environment's).
-
-    Raises:
-        ConfigError: an option is out of range or not one of its choices.
-        InvalidURIError: ``source`` or ``target`` is a malformed URI (e.g. ``s3://`` without a bucket).
-    """
-
-    source: str | None = None
-    target: str | None = None
-    name: str = "dogImages"
-    labels: BreedLabels | str | Sequence[str] | None = None
-    sha256: str | None = None
-    on_corrupt: str = "fail"
-    splits: tuple[str, ...] = SPLITS
-    workers: int = 8
-    max_archive_bytes: int = DEFAULT_MAX_BYTES
-    max_archive_entries: int = DEFAULT_MAX_ENTRIES
-    multipart_threshold: int = 8 * MIB
-    multipart_chunksize: int = 8 * MIB
-    cache_short_side: int | None = None
-    cache_quality: int = 90
-    download_dir: str | None = None
-    force: bool = False
-    retries: int = 5
-    timeout: float = 60.0
-    region: str | None = None
-
-    def __post_init__(self) -> None:
-        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
-        for key in ("source", "target", "download_dir"):
-            value = getattr(self, key)
-            if isinstance(value, os.PathLike):
-                set_(key, os.fspath(value))
-            elif value is not None and not isinstance(value, str):
-                raise ConfigError(f"{key} must be a path or URI string, got {type(value).__name__}: {value!r}")
-            if isinstance(getattr(self, key), str) and not getattr(self, key).strip():
-                raise ConfigError(f"{key} must not be empty")
-        if self.source is None:
-            set_("source", DEFAULT_URL)
-        kind = _source_kind(self.source)
-        if kind == "s3":
-            parse_s3_uri(self.source)
-        if self.target is not None:
-            tkind = _source_kind(self.target)
-            if tkind == "url":
-                raise InvalidURIError(f"target must be a local folder or s3://bucket/prefix, got URL {self.target!r}")
-            if tkind == "s3":
-                parse_s3_uri(self.target)
-        if not isinstance(self.name, str) or not self.name or "/" in self.name or self.name.startswith("."):
-            raise ConfigError(f"name must be a plain folder name like 'dogImages', got {self.name!r}")
-        if isinstance(self.labels, str):
-            set_("labels", get_labels(self.labels))
-        elif self.labels is not None and not isinstance(self.labels, BreedLabels):
-            set_("labels", BreedLabels(self.labels))
-        if self.sha256 is not None:
-            sha = str(self.sha256).lower()
-            if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
-                raise ConfigError(f"sha256 must be 64 hex digits, got {self.sha256!r}")
-            set_("sha256", sha)
-        if self.on_corrupt not in _POLICIES:
-            raise ConfigError(f"on_corrupt must be one of {_POLICIES}, got {self.on_corrupt!r}")
-        splits = (self.splits,) if isinstance(self.splits, str) else tuple(self.splits)
-        if not splits or len(set(splits)) != len(splits) or any(
-                not isinstance(s, str) or not s or "/" in s or s.startswith(".") for s in splits):
-            raise ConfigError(f"splits must be distinct plain folder names, got {self.splits!r}")
-        set_("splits", splits)
-        for key, low in (("workers", 1), ("max_archive_bytes", 1), ("max_archive_entries", 1),
-                         ("multipart_threshold", 5 * MIB), ("multipart_chunksize", 5 * MIB), ("retries", 0)):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ConfigError(f"{key} must be an int >= {low}, got {value!r}")
-        if self.cache_short_side is not None and (
-                isinstance(self.cache_short_side, bool) or not isinstance(self.cache_short_side, int)
-                or not 16 <= self.cache_short_side <= 4096):
-            raise ConfigError(f"cache_short_side must be None or an int in 16..4096, got {self.cache_short_side!r}")
-        if not 1 <= self.cache_quality <= 95:
-            raise ConfigError(f"cache_quality must be in 1..95, got {self.cache_quality!r}")
-        if not self.timeout > 0:
-            raise ConfigError(f"timeout must be > 0 seconds, got {self.timeout!r}")
-
-    @property
-    def source_kind(self) -> str:
-        """``"url"``, ``"s3"``, or ``"path"`` (a folder or a zip; which one is decided when staging)."""
-        return _source_kind(self.source)
-
-    @property
-    def target_is_s3(self) -> bool:
-        """Whether the target is an ``s3://`` prefix."""
-        return self.target is not None and self.target.startswith("s3://")
-
-    def resolved_target(self) -> str:
-        """The target, with the default filled in (``<local backend root>/data/<name>``)."""
-        if self.target is not None:
-            return self.target if self.target_is_s3 else str(Path(self.target).expanduser().absolute())
-        from dogclf._paths import home
-
-        return str(home() / "data" / self.name)
-
-    def options(self) -> dict[str, Any]:
-        """The options that shape the staged result (recorded in the manifest; a change restages)."""
-        return {
-            "splits": list(self.splits),
-            "on_corrupt": self.on_corrupt,
-            "labels": list(self.labels.names) if self.labels is not None else None,
-            "cache_short_side": self.cache_short_side,
-            "cache_quality": self.cache_quality if self.cache_short_side else None,
-        }
-
-
-@dataclass(frozen=True)
-class StagedDataset:
-    """Where a staged dataset is and what it holds; hand :attr:`channels` to a training job.
-
-    Attributes:
-        uri: The dataset root: a local folder path or ``s3://bucket/prefix``.
-        channels: One URI per split, ``{"train": ..., "valid": ..., "test": ...}``, the form a training job's
-            ``channels`` mapping takes on either backend.
-        labels: The dataset's classes, in label order.
-        counts: Images per split and class folder.
-        manifest_uri: Where the manifest is (``<uri>/manifest.json``).
-        skipped: Relative paths of images left out because they did not decode.
-        noop: True when nothing had to be done (this source was already staged there).
-        stats: Measurements of the run: ``seconds``, ``files``, ``bytes``, ``uploaded``, ``skipped_existing``,
-            ``bytes_uploaded``, and with a cache ``cache_bytes``.
-        cache_uri: Root of the compact preprocessed copy, when one was requested.
-    """
-
-    uri: str
-    channels: Mapping[str, str]
-    labels: BreedLabels
-    counts: Mapping[str, Mapping[str, int]]
-    manifest_uri: str
-    skipped: tuple[str, ...] = ()
-    noop: bool = False
-    stats: Mapping[str, Any] = field(default_factory=dict)
-    cache_uri: str | None = None
-
-    @property
-    def is_s3(self) -> bool:
-        """Whether the dataset lives in S3."""
-        return self.uri.startswith("s3://")
-
-    @property
-    def path(self) -> Path | None:
-        """The local dataset folder, or None for S3."""
-        return None if self.is_s3 else Path(self.uri)
-
-    @property
-    def cache_channels(self) -> dict[str, str]:
-        """Per-split URIs of the compact copy (empty when there is none)."""
-        if self.cache_uri is None:
-            return {}
-        return {split: _join(self.cache_uri, split) for split in self.channels}
-
-    def channels_for(self, layout: str = "splits", *, cached: bool = False) -> dict[str, str]:
-        """Channel mapping for a training job.
-
-        Args:
-            layout: ``"splits"`` gives one channel per split (``train``/``valid``/``test``); ``"root"`` gives one
-                channel ``"training"`` holding all splits, as the seed notebook's estimator received it.
-            cached: Point at the compact preprocessed copy instead of the originals.
-
-        Raises:
-            ConfigError: ``layout`` is not one of the two, or ``cached`` is asked without a cache.
-        """
-        if cached and self.cache_uri is None:
-            raise ConfigError("this dataset was staged without a cache; pass cache_short_side=256 to DatasetStager")
-        if layout == "splits":
-            return dict(self.cache_channels if cached else self.channels)
-        if layout == "root":
-            return {"training": self.cache_uri if cached else self.uri}
-        raise ConfigError(f"layout must be 'splits' or 'root', got {layout!r}")
-
-    @property
-    def n_images(self) -> int:
-        """Total staged images."""
-        return sum(sum(c.values()) for c in self.counts.values())
-
-
-def _join(root: str, rel: str) -> str:
-    return f"{root.rstrip('/')}/{rel}" if root.startswith("s3://") else str(Path(root) / rel)
 
 
 def _tree_fingerprint(root: Path, splits: Sequence[str]) -> str:
@@ -282,7 +61,6 @@ def _tree_fingerprint(root: Path, splits: Sequence[str]) -> str:
                 rel = os.path.relpath(os.path.join(dirpath, fname), root)
                 h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
-
 
 class DatasetStager:
     """Stage an image-classification dataset in the dogImages layout, validated, with a manifest.
@@ -416,18 +194,15 @@ class DatasetStager:
             check_bucket(client, target_loc)
 
         # 2. Get the data onto local disk, in a work folder next to a local target (so files move by rename).
+        #    The work folder is locked while in use; those of earlier runs that were killed are removed first.
         work_parent = Path(target).parent if target_loc is None else Path(cfg.download_dir or self._downloads())
-        work_parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=f".{cfg.name}.staging-", dir=work_parent))
-        try:
+        with work_folder(work_parent, cfg.name) as work:
             data_root, owned = self._materialise(kind, source_path, client, work)
             manifest = self._validate(data_root, source_info)
             if target_loc is None:
                 stats = self._write_local(manifest, data_root, owned, Path(target), work)
             else:
                 stats = self._write_s3(manifest, data_root, client, target_loc, work)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
         return self._finish(manifest, target, noop=False, started=started, stats=stats)
 
     # -- steps ------------------------------------------------------------------------------------------------
@@ -573,13 +348,16 @@ class DatasetStager:
                 log.warning("skipping corrupt image %s: %s", path, check.error)
                 skipped.append(rel)
                 continue
-            entries.append(ManifestEntry(split, cls, rel, check.size, check.sha256, check.md5))
+            entries.append(ManifestEntry(split, cls, rel, check.size, check.sha256, check.md5, check.phash))
         for split in cfg.splits:
             if not any(e.split == split for e in entries):
                 raise CorruptImageError(f"every image of split {str(data_root / split)!r} is corrupt",
                                         paths=[str(data_root / s) for s in skipped if s.startswith(split + "/")])
+        entries, duplicates = apply_policies(
+            entries, cfg.splits, on_duplicate=cfg.on_duplicate, on_duplicate_in_split=cfg.on_duplicate_in_split,
+            on_near_duplicate=cfg.on_near_duplicate, near_distance=cfg.near_duplicate_distance, where=str(data_root))
         return Manifest(name=cfg.name, labels=labels, files=Manifest.sorted_entries(entries), source=source_info,
-                        skipped=tuple(sorted(skipped)), options=cfg.options())
+                        skipped=tuple(sorted(skipped)), options=cfg.options(), duplicates=tuple(duplicates))
 
     def _cache(self, manifest: Manifest, data_root: Path, dest: Path) -> tuple[int, dict[str, int]]:
         from dogclf.data.cache import build_cache
@@ -597,6 +375,9 @@ class DatasetStager:
         stats: dict[str, Any] = {"files": len(manifest.files), "bytes": manifest.total_bytes}
         if data_root.resolve() == target.resolve():
             # staged in place: validate, then record the manifest (and the cache) beside the splits
+            if any(g.action == "kept-first" for g in manifest.duplicates):
+                raise DataError(f"cannot leave duplicate copies out of {str(target)!r} when staging it in place (the "
+                                "source is the target, and its files are never deleted); stage to another target")
             if cfg.cache_short_side:
                 cache_tmp = work / "cache"
                 stats["cache_bytes"], sizes = self._cache(manifest, data_root, cache_tmp)
@@ -635,18 +416,20 @@ class DatasetStager:
             manifest = _with_cache(manifest, sizes)
         atomic_write(stage / LABELS_NAME, manifest.labels.to_json())
         manifest.save(stage / MANIFEST_NAME)
-        # swap into place: the old dataset (if any) is moved aside first, so the target is never half-written
+        # swap into place: in one atomic exchange where the system has it (the old dataset, if any, ends up in the
+        # work folder), else the old one is moved aside first; either way the target is never half-written
         target.parent.mkdir(parents=True, exist_ok=True)
-        old = None
-        if target.exists():
+        failpoint("data.stager.swap")
+        if not target.exists():
+            os.replace(stage, target)
+        elif not exchange_paths(stage, target):
             old = work / f"previous-{uuid.uuid4().hex[:8]}"
             os.replace(target, old)
-        try:
-            os.replace(stage, target)
-        except BaseException:
-            if old is not None:
+            try:
+                os.replace(stage, target)
+            except BaseException:
                 os.replace(old, target)
-            raise
+                raise
         self.__dict__["_manifest_"] = manifest
         return stats
 
@@ -696,6 +479,7 @@ class DatasetStager:
             counts=manifest.counts,
             manifest_uri=_join(target, MANIFEST_NAME),
             skipped=manifest.skipped,
+            duplicates=manifest.duplicates,
             noop=noop,
             stats=stats,
             cache_uri=_join(target, f"cache-{cfg.cache_short_side}") if cfg.cache_short_side else None,
@@ -709,4 +493,5 @@ class DatasetStager:
 def _with_cache(manifest: Manifest, sizes: dict[str, int]) -> Manifest:
     source = dict(manifest.source, cache_files=sizes)
     return Manifest(name=manifest.name, labels=manifest.labels, files=manifest.files, source=source,
-                    skipped=manifest.skipped, options=manifest.options, created=manifest.created)
+                    skipped=manifest.skipped, options=manifest.options, created=manifest.created,
+                    duplicates=manifest.duplicates)

@@ -10,8 +10,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from dogclf.errors import ConfigError, CorruptImageError, DataNotFoundError, DatasetLayoutError, LabelMismatchError
-from dogclf.images import IMAGE_SUFFIXES, verify_image
+from dogclf.errors import (
+    ConfigError,
+    CorruptImageError,
+    DataNotFoundError,
+    DatasetLayoutError,
+    LabelMismatchError,
+)
+from dogclf.images import IMAGE_SUFFIXES, decode_image
 from dogclf.labels import BreedLabels, normalize_breed
 
 __all__ = ["find_dataset_root", "scan_layout", "check_files", "FileCheck", "IMAGE_EXTENSIONS", "match_labels"]
@@ -132,35 +138,41 @@ def match_labels(found: BreedLabels, expected: BreedLabels, where: str) -> None:
 
 @dataclass(frozen=True)
 class FileCheck:
-    """The result of reading one file: its size and digests, and why it does not decode (``None`` if it does)."""
+    """The result of reading one file: its size and digests, why it does not decode (``None`` if it does), and its
+    perceptual hash (:func:`~dogclf.data.duplicates.perceptual_hash`; ``""`` when not decoded)."""
 
     path: Path
     size: int
     sha256: str
     md5: str
     error: str | None = None
+    phash: str = ""
 
 
 def _check_one(path: Path, decode: bool) -> FileCheck:
     data = path.read_bytes()
     sha, md5 = hashlib.sha256(data).hexdigest(), hashlib.md5(data, usedforsecurity=False).hexdigest()
-    error = None
+    error, phash = None, ""
     if decode:
-        try:
-            verify_image(data)  # the checks training and serving decode with
+        from dogclf.data.duplicates import HASH_DECODE_SIZE, perceptual_hash
+
+        try:  # the checks training and serving decode with, at a reduced JPEG scale that keeps the hash's pixels
+            phash = perceptual_hash(decode_image(data, draft_size=HASH_DECODE_SIZE))
         except CorruptImageError as exc:
             error = str(exc)
-    return FileCheck(path, len(data), sha, md5, error)
+    return FileCheck(path, len(data), sha, md5, error, phash if error is None else "")
 
 
 def check_files(paths: Sequence[Path], *, decode: bool = True, workers: int = 4,
                 progress: Callable[[int, int], None] | None = None) -> list[FileCheck]:
-    """Read every file once: size, sha256, MD5 and (with ``decode``) whether the image decodes fully.
+    """Read every file once: size, sha256, MD5 and (with ``decode``) whether the image decodes fully, and its
+    perceptual hash.
 
-    The decode check is :func:`dogclf.images.verify_image`, the checks training and serving decode with (JPEGs
-    at 1/8 scale, which still reads every byte of the entropy-coded data, so truncated files are caught at a
-    fraction of the cost of a full decode). Files are processed by ``workers`` threads (hashing and decoding
-    release the GIL).
+    The decode is :func:`dogclf.images.decode_image`, the checks training and serving decode with; JPEGs are
+    decoded at a reduced scale that keeps :data:`~dogclf.data.duplicates.HASH_DECODE_SIZE` pixels a side (every
+    byte of the entropy-coded data is still read, so truncated files are caught at a fraction of the cost of a
+    full decode), and the upright image gives the perceptual hash. Files are processed by ``workers`` threads
+    (hashing and decoding release the GIL).
 
     Returns:
         One :class:`FileCheck` per path, in the order given.

@@ -13,8 +13,11 @@ way SageMaker hands it over (``SMDEBUG_CONFIG_FILE_PATH``, ``SMPROFILER_CONFIG_P
     <output_data_dir>/debug/trace.json          torch.profiler Chrome trace of the profiled steps
     <output_data_dir>/debug/top_operators.json  the profiled steps' most expensive operators
     <output_data_dir>/debug/rules.json          findings of the rules evaluated during training
+    <output_data_dir>/debug/trial.json          which trial folder is this job's own (:mod:`.resume`)
 
-so a report can be built afterwards from the job folder alone (:func:`dogclf.debug.build_report`).
+so a report can be built afterwards from the job folder alone (:func:`dogclf.debug.build_report`). A job killed and
+started again continues all of them from its last checkpoint (:mod:`.resume`): the trial, the step timings and the
+system samples end up as an uninterrupted run's.
 """
 
 from __future__ import annotations
@@ -26,12 +29,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dogclf._extras import require
 from dogclf.errors import ConfigError, OutputExistsError
 from dogclf.training.callbacks import Callback, StepInfo, TrainingContext
 
 from ._io import write_json
 from .config import DebuggerConfig, ProfilerConfig, RuleConfig
 from .profiling import StepTimer, SystemMonitor, TorchProfilerCallback
+from .resume import check_fresh, kept_tensor_names, prepare_trial
 
 __all__ = [
     "DEBUG_ENV",
@@ -54,14 +59,6 @@ DEBUG_ENV = "DOGCLF_DEBUG"
 DEFAULT_HOOK_CONFIG = "/opt/ml/input/config/debughookconfig.json"
 
 
-def _check_fresh(out_dir: Path) -> None:
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise OutputExistsError(
-            f"Debugger output folder {str(out_dir)!r} already exists and is not empty; smdebug never writes "
-            "into an existing trial. Use a fresh job (or output folder), or delete it first."
-        )
-
-
 class HookCallback(Callback):
     """Saves the configured tensor collections with smdebug's PyTorch ``Hook``.
 
@@ -70,9 +67,12 @@ class HookCallback(Callback):
         out_dir: Where the trial is written (``LocalPath``).
         config_path: Where to write the effective configuration smdebug reads.
 
+    A job resumed from a checkpoint (``ctx.state["resumed_from"]``) continues its own trial at the checkpoint's
+    step (see :mod:`.resume`).
+
     Raises:
-        OutputExistsError: ``out_dir`` already holds files (smdebug would fail with a misleading
-            ``prepared_collections`` error).
+        OutputExistsError: ``out_dir`` already holds files that are not this job's trial (smdebug would fail with a
+            misleading ``prepared_collections`` error).
     """
 
     def __init__(self, hook_config: dict[str, Any], out_dir: Path, config_path: Path,
@@ -87,8 +87,11 @@ class HookCallback(Callback):
         self._mode: str | None = None
 
     def on_train_begin(self, ctx: TrainingContext) -> None:
-        """Create the hook and register the model and the loss module."""
-        _check_fresh(self.out_dir)
+        """Create the hook (continuing this job's trial when it resumes) and register the model and the loss."""
+        resumed = ctx.state.get("resumed_from")
+        steps = (resumed or {}).get("steps") or {}
+        train, evals = int(steps.get("train", 0)), int(steps.get("eval", 0))
+        kept = prepare_trial(self.out_dir, self.config_path.parent, train + evals if resumed else None)
         self.hook_config["LocalPath"] = str(self.out_dir)
         params = dict(self.hook_config.get("HookParameters") or {})
         if ctx.state.get("world_size", 1) > 1 and params.get("include_workers", "one") != "one":
@@ -96,13 +99,7 @@ class HookCallback(Callback):
             logger.warning("include_workers=%r: dogclf saves the tensors of rank 0 only", params["include_workers"])
             self.hook_config["HookParameters"] = {**params, "include_workers": "one"}
         write_json(self.config_path, self.hook_config)
-        try:
-            from smdebug.pytorch import Hook
-        except ImportError as exc:
-            raise ConfigError(
-                f"Debugger tensors need smdebug in the training environment ({type(exc).__name__}: {exc}); install "
-                "smdebug==1.0.34 with protobuf<=3.20.3 and numpy<2.3 (on SageMaker: the job's requirements.txt)"
-            ) from exc
+        Hook = require("debug", "smdebug.pytorch", "Debugger hook").Hook  # on SageMaker: the job's requirements.txt
 
         try:
             self.hook = Hook.create_from_json_file(str(self.config_path))
@@ -110,8 +107,10 @@ class HookCallback(Callback):
             if "prepared_collections" in str(exc):
                 raise OutputExistsError(f"Debugger output folder {str(self.out_dir)!r} already exists") from exc
             raise
+        if resumed:
+            self._continue_at(self.hook, train, evals, kept)
         if self.frozen_weights == "once" and hasattr(self.hook, "_log_params"):
-            self._save_frozen_once(self.hook)
+            self._save_frozen_once(self.hook, kept_tensor_names(self.out_dir) if kept else set())
         self.hook.register_module(ctx.model)
         if ctx.loss_fn is not None:
             self.hook.register_loss(ctx.loss_fn)
@@ -119,14 +118,25 @@ class HookCallback(Callback):
         ctx.state["tensor_dir"] = str(self.out_dir)
 
     @staticmethod
-    def _save_frozen_once(hook: Any) -> None:
+    def _continue_at(hook: Any, train: int, evals: int, kept: int) -> None:
+        """Number the hook's next steps after a checkpoint's ``train`` and ``evals`` steps (each step is one
+        forward pass of the registered module), as smdebug's own restore from a saved state does."""
+        from smdebug import modes
+
+        hook.step = hook.init_step = train + evals - 1
+        hook.mode_steps.update({modes.GLOBAL: train + evals - 1, modes.TRAIN: train - 1, modes.EVAL: evals - 1})
+        if kept:  # the trial's collections file lists what the kept steps saved; keep it rather than a shorter one
+            hook.exported_collections = True
+
+    @staticmethod
+    def _save_frozen_once(hook: Any, saved_before: set[str] | None = None) -> None:
         """Save parameters that do not train (a frozen backbone) at their first save step only.
 
         smdebug saves every matching parameter at every save step; frozen ones never change, and on a ResNet
         they are nearly all of the bytes written. smdebug 1.0.34 (the last release) saves them in
         ``Hook._log_params``, which this replaces for this hook only, with the same tensor names.
         """
-        saved: set[str] = set()
+        saved: set[str] = set(saved_before or ())
 
         def log_params(module: Any) -> None:
             prefix = module._get_name()
@@ -149,6 +159,12 @@ class HookCallback(Callback):
 
             self.hook.set_mode(modes.TRAIN if mode == "train" else modes.EVAL)
             self._mode = mode
+
+    def on_epoch_end(self, ctx: TrainingContext, epoch: int, metrics: dict[str, float]) -> None:
+        """Write out the epoch's last step before the checkpoint is taken (smdebug closes a step's files only at
+        the next step), so a job resumed from that checkpoint finds every step before it complete."""
+        if self.hook is not None and getattr(self.hook, "writer", None) is not None:
+            self.hook._close_writers()
 
     def on_train_end(self, ctx: TrainingContext, metrics: dict[str, float]) -> None:
         """Flush and close the trial (marks the training as ended for readers)."""
@@ -209,7 +225,7 @@ class RuleCallback(Callback):
         if self._trial is None:
             if not has_tensors(self.tensor_dir):
                 return
-            from smdebug.trials import create_trial
+            create_trial = require("debug", "smdebug.trials", "Debugger rule evaluation").create_trial
 
             self._trial = create_trial(str(self.tensor_dir))
             self._trial._training_end_delay_refresh = 0  # local files are complete once the hook has closed
@@ -336,7 +352,7 @@ def make_callbacks(hyperparameters: dict[str, Any], output_data_dir: Path) -> li
     Raises:
         ConfigError: a configuration file is unreadable, or a rule in ``DOGCLF_DEBUG`` is unknown or has bad
             parameters.
-        OutputExistsError: the tensor folder already holds files.
+        OutputExistsError: the tensor folder already holds files that are not this job's own trial.
     """
     output_data_dir = Path(output_data_dir)
     debug_dir = output_data_dir / "debug"
@@ -371,7 +387,7 @@ def make_callbacks(hyperparameters: dict[str, Any], output_data_dir: Path) -> li
     if hook_config is not None:
         local = hook_config.get("LocalPath")
         tensor_dir = Path(local) if local else output_data_dir / "tensors"
-        _check_fresh(tensor_dir)
+        check_fresh(tensor_dir, debug_dir)
         frozen = (settings or {}).get("frozen_weights", "once")
         callbacks.append(HookCallback(hook_config, tensor_dir, debug_dir / "debughookconfig.json", frozen))
 

@@ -3,6 +3,10 @@
 They write under the job's ``<output_data_dir>/debug/`` (``steps.json``, ``system.json``, ``meta.json``,
 ``trace.json``, ``top_operators.json``), what the profiler rules and the report read;
 :func:`dogclf.debug.callbacks.make_callbacks` attaches them when the job's profiler configuration asks.
+
+A job resumed from a checkpoint (``ctx.state["resumed_from"]``) continues the files of its earlier start: the
+step timings of the steps before the checkpoint, the system samples taken until the last epoch ended, the run facts
+of the first start (with each restart listed), and a ``torch.profiler`` window already recorded.
 """
 
 from __future__ import annotations
@@ -14,12 +18,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dogclf._extras import require
 from dogclf._io import atomic_path
 from dogclf.training.callbacks import Callback, StepInfo, TrainingContext
 
-from ._io import write_json
+from ._io import read_json, write_json
 
-__all__ = ["StepTimer", "SystemMonitor", "TorchProfilerCallback"]
+__all__ = ["StepTimer", "SystemMonitor", "TorchProfilerCallback", "gpu_facts"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +48,7 @@ class StepTimer(Callback):
 
     def on_train_begin(self, ctx: TrainingContext) -> None:
         """Note the start times, cores, data-loader workers and GPU."""
-        import psutil
+        psutil = require("debug", "psutil", "profiler")
 
         try:
             process_start = psutil.Process().create_time()
@@ -53,16 +58,16 @@ class StepTimer(Callback):
         training = ctx.training
         self.meta = {"process_start": process_start, "train_begin": time.time(), "first_step": None,
                      "cpu_count": os.cpu_count(), "num_workers": workers,
-                     "gpu_count": 0, "batch_size": training.batch_size if training is not None else None,
-                     "feature_cache": bool(ctx.state.get("feature_cache", False))}
-        try:
-            import torch
-
-            if torch.cuda.is_available():
-                self.meta["gpu_count"] = torch.cuda.device_count()
-                self.meta["gpu_memory_total"] = torch.cuda.get_device_properties(0).total_memory
-        except Exception:  # noqa: BLE001
-            pass
+                     "batch_size": training.batch_size if training is not None else None,
+                     "feature_cache": bool(ctx.state.get("feature_cache", False)), **gpu_facts()}
+        resumed = ctx.state.get("resumed_from")
+        if resumed:  # the steps before the checkpoint, and the first start's times, as recorded then
+            done = {"train": 0, "eval": 0, **(resumed.get("steps") or {})}
+            self.steps = [s for s in read_json(self.debug_dir / "steps.json", None) or []
+                          if isinstance(s, dict) and s.get("step", 0) < done.get(s.get("mode"), 0)]
+            first = read_json(self.debug_dir / "meta.json", None) or {}
+            self.meta.update({k: first[k] for k in ("process_start", "train_begin", "first_step") if k in first})
+            self.meta["resumed"] = [*first.get("resumed", []), {"time": time.time(), "epoch": resumed["epoch"]}]
         write_json(self.debug_dir / "meta.json", self.meta)
 
     def on_step_begin(self, ctx: TrainingContext, mode: str, step: int) -> None:
@@ -95,6 +100,23 @@ class StepTimer(Callback):
         write_json(self.debug_dir / "steps.json", self.steps)
 
 
+def gpu_facts() -> dict[str, Any]:
+    """``{"gpu_count": N, "gpu_memory_total": bytes}``; ``{"gpu_count": 0}`` when CUDA reports no GPU; and
+    ``{"gpu_count": None, "gpu_error": "<cause>"}`` (with a warning logged) when asking failed, so that "no GPU" and
+    "could not tell" stay apart."""
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return {"gpu_count": 0}
+        return {"gpu_count": torch.cuda.device_count(),
+                "gpu_memory_total": torch.cuda.get_device_properties(0).total_memory}
+    except Exception as exc:  # noqa: BLE001 - a broken driver must not stop training; it is reported instead
+        cause = f"{type(exc).__name__}: {exc}"
+        logger.warning("could not query the GPUs (%s); their count is recorded as unknown", cause)
+        return {"gpu_count": None, "gpu_error": cause}
+
+
 class SystemMonitor(Callback):
     """Samples CPU (total and per core), memory, disk and network I/O, and GPU use on a background thread.
 
@@ -109,12 +131,22 @@ class SystemMonitor(Callback):
         self.samples: list[dict[str, Any]] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._has_gpu: bool | None = None  # None: not asked yet
+        self.gpu_errors: dict[str, str] = {}
+        """What failed when sampling the GPU (``{"memory"|"utilization": cause}``), each logged once as a
+        warning; empty when every query worked or there is no GPU."""
 
     def on_train_begin(self, ctx: TrainingContext) -> None:
-        """Start sampling."""
+        """Start sampling (after the samples of an earlier start, for a resumed job)."""
+        if ctx.state.get("resumed_from"):
+            self.samples = list((read_json(self.debug_dir / "system.json", None) or {}).get("samples", []))
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="dogclf-system-monitor", daemon=True)
         self._thread.start()
+
+    def on_epoch_end(self, ctx: TrainingContext, epoch: int, metrics: dict[str, float]) -> None:
+        """Write the samples so far (what a job killed later keeps)."""
+        self._write()
 
     def on_train_end(self, ctx: TrainingContext, metrics: dict[str, float]) -> None:
         """Stop sampling and write ``system.json``."""
@@ -126,25 +158,41 @@ class SystemMonitor(Callback):
             self._stop.set()
             self._thread.join(timeout=10)
             self._thread = None
-            write_json(self.debug_dir / "system.json",
-                       {"interval_millis": int(self.interval * 1000), "samples": self.samples})
+            self._write()
+
+    def _write(self) -> None:
+        doc: dict[str, Any] = {"interval_millis": int(self.interval * 1000), "samples": list(self.samples)}
+        if self.gpu_errors:
+            doc["gpu_errors"] = dict(self.gpu_errors)
+        write_json(self.debug_dir / "system.json", doc)
+
+    def _gpu_failed(self, what: str, exc: BaseException) -> None:
+        if what not in self.gpu_errors:
+            self.gpu_errors[what] = f"{type(exc).__name__}: {exc}"
+            logger.warning("could not sample GPU %s (%s); system.json has no GPU %s figures", what,
+                           self.gpu_errors[what], what)
 
     def _gpu(self) -> dict[str, Any]:
+        """GPU memory use and utilisation in percent; ``{}`` without a GPU. A failing query is logged once (as a
+        warning, with its cause) and kept in :attr:`gpu_errors`; it never passes for "no GPU"."""
         try:
             import torch
 
-            if not torch.cuda.is_available():
+            if self._has_gpu is None:
+                self._has_gpu = bool(torch.cuda.is_available())
+            if not self._has_gpu:
                 return {}
-            out: dict[str, Any] = {}
             free, total = torch.cuda.mem_get_info()
-            out["gpu_memory"] = 100.0 * (total - free) / total
-            try:
-                out["gpu"] = float(torch.cuda.utilization())
-            except Exception:  # noqa: BLE001 - needs pynvml; memory alone still helps
-                out["gpu"] = None
-            return out
-        except Exception:  # noqa: BLE001
+            out: dict[str, Any] = {"gpu_memory": 100.0 * (total - free) / total}
+        except Exception as exc:  # noqa: BLE001 - reported, and sampling goes on with the CPU figures
+            self._gpu_failed("memory", exc)
             return {}
+        try:
+            out["gpu"] = float(torch.cuda.utilization())
+        except Exception as exc:  # noqa: BLE001 - it needs pynvml; memory alone still helps
+            self._gpu_failed("utilization", exc)
+            out["gpu"] = None
+        return out
 
     def _run(self) -> None:
         import psutil
@@ -193,6 +241,11 @@ class TorchProfilerCallback(Callback):
         self._prof: Any = None
         self._done = False
         self._recorded = 0
+
+    def on_train_begin(self, ctx: TrainingContext) -> None:
+        """A resumed job whose earlier start recorded the window does not record another."""
+        if ctx.state.get("resumed_from") and (self.debug_dir / "top_operators.json").is_file():
+            self._done = True
 
     def on_step_begin(self, ctx: TrainingContext, mode: str, step: int) -> None:
         """Start recording at ``start_step``."""

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dogclf._extras import require
 from dogclf.errors import EmptyTrialError
 
 from ._io import read_json, write_bytes
@@ -274,7 +275,9 @@ def build_report(output_dir: str | os.PathLike[str], path: str | os.PathLike[str
 
     Raises:
         EmptyTrialError: there are no tensors to read (and no profiling data either).
+        MissingExtraError: matplotlib (the ``report`` extra) or smdebug (``debug``) is not installed.
     """
+    require("report", "matplotlib", "Debugger report")
     from .rules import evaluate_profile, evaluate_trial
     from .rules.profiler import step_durations
     from .trial import loss_series, open_trial
@@ -334,7 +337,10 @@ def build_report(output_dir: str | os.PathLike[str], path: str | os.PathLike[str
             rows.setdefault("train step time: data loading / compute",
                             f"{data_s:.2f}s / {compute_s:.2f}s ({100 * data_s / (data_s + compute_s):.1f}% waiting "
                             "for data)")
-    rows.setdefault("CPU cores / GPUs", f"{meta.get('cpu_count')} / {meta.get('gpu_count', 0)}")
+    gpus = meta.get("gpu_count", 0)
+    if gpus is None:
+        gpus = f"unknown (the query failed: {meta.get('gpu_error', 'no cause recorded')})"
+    rows.setdefault("CPU cores / GPUs", f"{meta.get('cpu_count')} / {gpus}")
     rows.setdefault("rules triggered", ", ".join(f.rule for f in findings if f.triggered) or "none")
 
     html_path = Path(path) if path is not None else output_dir / "report" / "debug-report.html"

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dogclf._extras import require
 from dogclf._io import atomic_path
 from dogclf.errors import ConfigError, DogclfError, JobError, NotFittedError
 
@@ -132,6 +133,11 @@ class DebugTrainer:
     def fit(self) -> DebugTrainer:
         """Run the training job, evaluate the rules on the finished trial and build the report.
 
+        Run again after an interruption (``kill -9`` included) with the same job name, it continues: a job that
+        did not complete resumes from its checkpoints, Debugger trial included, and one that completed with the
+        same hyperparameters is read back (``backend.attach``) rather than trained again; either way the result
+        and the report are those of an uninterrupted run.
+
         Returns:
             ``self``, with :attr:`spec_`, :attr:`result_`, :attr:`report_`, :attr:`findings_` and
             :attr:`trial_path_` set.
@@ -143,13 +149,15 @@ class DebugTrainer:
         """
         from dogclf.backends import get_backend
 
+        require("debug", "smdebug")  # before the job runs: the rules and the report need both
+        require("report", "matplotlib")
         from .report import build_report
 
         backend = get_backend(self.backend)
         spec = self.build_spec(backend)
         logger.info("starting training job %s on %s with Debugger collections %s", spec.job_name or "(auto)",
                     getattr(backend, "name", backend), [c.name for c in self.config.effective_collections()])
-        result = backend.train(spec)
+        result = self._completed(backend, spec) or backend.train(spec)
         status = getattr(result, "status", None)
         if status not in ("Completed", "Stopped"):
             raise JobError("the Debugger training job did not complete", job_id=getattr(result, "job_name", None),
@@ -177,6 +185,23 @@ class DebugTrainer:
         self.findings_ = report.findings
         self.trial_path_ = str(trial) if trial is not None else str(output_dir / "tensors")
         return self
+
+    @staticmethod
+    def _completed(backend: Backend, spec: Any) -> Any:
+        """The result of a job of this name that already completed with these hyperparameters, or ``None``."""
+        attach = getattr(backend, "attach", None)
+        if not spec.job_name or not callable(attach):
+            return None
+        try:
+            result = attach(spec.job_name)
+        except DogclfError:  # no such job (yet)
+            return None
+        if getattr(result, "status", None) != "Completed" or \
+                getattr(result, "hyperparameters", None) != spec.hyperparameters:
+            return None
+        logger.info("training job %s already completed with these hyperparameters; building the report from it",
+                    spec.job_name)
+        return result
 
     @staticmethod
     def _job_output(backend: Backend, result: Any) -> Path:

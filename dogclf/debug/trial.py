@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from dogclf._extras import require
 from dogclf.errors import EmptyTrialError
 
 __all__ = ["open_trial", "has_tensors", "loss_series"]
@@ -51,7 +52,7 @@ def open_trial(path: str | os.PathLike[str]) -> Any:
                                   "smdebug's hook); was the job run with a debugger hook config?")
     elif not _s3_has_collections(text):
         raise EmptyTrialError(f"no Debugger tensors under {text!r} (no collections/ objects)")
-    from smdebug.trials import create_trial
+    create_trial = require("debug", "smdebug.trials", "Debugger trial reader").create_trial
 
     if text.startswith("s3://"):
         trial = create_trial(text)

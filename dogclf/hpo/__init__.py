@@ -6,12 +6,12 @@ The seed notebook's tuning job, on either backend::
 
     exp = HPOExperiment(
         spec,                                   # a dogclf.training.TrainingJobSpec: data channels, static hyperparameters
-        {"lr": Continuous(0.001, 0.1), "batch-size": Categorical([32, 64, 128]), "epochs": Categorical([1, 2])},
+        {"lr": Continuous(0.001, 0.1), "batch_size": Categorical([32, 64, 128]), "epochs": Categorical([1, 2])},
         objective="test_loss",                  # minimised; its regex comes from the entry point's metric definitions
         max_trials=3, max_parallel=2, strategy="bayesian", early_stopping="auto", backend="local",
     ).run()
     exp.trials_            # pandas DataFrame: hyperparameters, status, objective, duration
-    exp.best_params_       # {'lr': ..., 'batch-size': 64, 'epochs': 2}
+    exp.best_params_       # {"lr": ..., "batch_size": 64, "epochs": 2}
     exp.plot("hpo.png")    # objective per trial and against each hyperparameter
     exp.train_best()       # the final model, one call
 

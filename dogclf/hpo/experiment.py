@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dogclf._extras import require
 from dogclf.errors import ConfigError, NotFittedError, NotFoundError
 from dogclf.hpo.objective import Objective
 from dogclf.training.spec import normalize_channels
@@ -357,7 +358,7 @@ class HPOExperiment:
         Columns: one per tuned hyperparameter, then ``job_name``, ``status``, ``objective``, ``duration_s``,
         ``failure_reason``, ``created`` and ``ended`` (UTC timestamps).
         """
-        import pandas as pd
+        pd = require("tune", "pandas", "trial table")
 
         state = self._require_state()
         rows = []
@@ -435,7 +436,7 @@ class HPOExperiment:
         Columns: ``Name``, ``Status``, ``Final objective metric value``, ``Creation time``,
         ``Training Duration``; newest first, like the console.
         """
-        import pandas as pd
+        pd = require("tune", "pandas", "trial table")
 
         state = self._require_state()
         rows = [{

@@ -6,6 +6,7 @@ import math
 import os
 from typing import Any
 
+from dogclf._extras import require
 from dogclf._io import atomic_path
 from dogclf.hpo.space import Categorical
 from dogclf.hpo.state import ExperimentState
@@ -30,6 +31,7 @@ def plot_experiment(state: ExperimentState, path: str | os.PathLike[str] | None 
     Returns:
         The :class:`matplotlib.figure.Figure`.
     """
+    require("report", "matplotlib", "tuning plot")
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure registry
 
     objective = state.objective

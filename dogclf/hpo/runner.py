@@ -11,11 +11,15 @@ backend, a third-party one). It needs only this of the backend (or of the trial 
     result = handle.wait(raise_on_failure=False)   # a TrainingJobResult: status, metrics, metric_history, ...
 
 It keeps up to ``max_parallel`` jobs running, asks the strategy for each new trial's hyperparameters, reads each
-job's published per-epoch metrics and stops those the pruner calls clearly worse, records every ending (a failed
-job is recorded with its reason and does not stop the others) and saves the experiment's state after every
-event. Trials a previous, interrupted run left "InProgress" are read back with the backend's ``attach(job_name)``
-when it has one (a job that completed meanwhile is recorded, not rerun) and otherwise started again with the same
-hyperparameters.
+job's published per-epoch metrics (recorded in the trial as they come) and stops those the pruner calls clearly
+worse, records every ending (a failed job is recorded with its reason and does not stop the others) and saves the
+experiment's state after every event; a trial is recorded before its job starts, so no job runs unrecorded.
+
+Trials a previous, interrupted run (``kill -9`` included) left "InProgress" are read back with the backend's
+``attach(job_name)`` when it has one: a job that completed meanwhile is recorded, not run again. The others start
+again with the same hyperparameters: under their own job names where the backend resumes jobs
+(``backend.resumes_jobs``, the local backend), so each continues from its own last checkpoint, and otherwise as
+``<name>-r<attempt>``. No trial is lost or run twice.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from dogclf._faults import failpoint
 from dogclf.errors import DogclfError
 from dogclf.hpo.state import ExperimentState
 from dogclf.hpo.trial import Trial
@@ -183,7 +188,10 @@ def run_trials(backend: Backend, spec: Any, state: ExperimentState, *, poll_inte
         ``state``.
 
     If the caller is interrupted (``KeyboardInterrupt``), the running jobs are stopped and stay "InProgress" in
-    the state file; the next run starts them again.
+    the state file; the next run starts them again (see the module docs).
+
+    Fail points (:mod:`dogclf._faults`): ``hpo.runner.launched`` after each trial's job has started and the state
+    is saved; ``hpo.runner.progress`` after each epoch a running trial published is recorded.
     """
     objective, strategy, pruner = state.objective, state.strategy, state.early_stopping
     limit = state.max_trials
@@ -197,6 +205,7 @@ def run_trials(backend: Backend, spec: Any, state: ExperimentState, *, poll_inte
     if any(t.finished for t in relaunch):
         relaunch = [t for t in relaunch if not t.finished]
         state.save()
+    same_name = bool(getattr(backend, "resumes_jobs", False))
     running: dict[int, _Running] = {}
     exhausted = False
 
@@ -223,8 +232,11 @@ def run_trials(backend: Backend, spec: Any, state: ExperimentState, *, poll_inte
                 if relaunch:
                     trial = relaunch.pop(0)
                     trial.attempts += 1
-                    trial.job_name = trial_job_name(state.name, trial.number, trial.attempts)
-                    trial.created, trial.ended, trial.failure_reason = time.time(), None, None
+                    if not same_name:  # a backend that cannot continue a job: a new one, from scratch
+                        trial.job_name = trial_job_name(state.name, trial.number, trial.attempts)
+                    logger.info("trial %d: starting job %s again (attempt %d)%s", trial.number, trial.job_name,
+                                trial.attempts, "; it resumes from its checkpoints" if same_name else "")
+                    trial.created, trial.ended, trial.failure_reason, trial.history = time.time(), None, None, []
                 elif not exhausted and len(state.trials) < limit:
                     number = len(state.trials)
                     params = strategy.suggest(state.space, state.trials, number, seed=state.seed,
@@ -235,17 +247,23 @@ def run_trials(backend: Backend, spec: Any, state: ExperimentState, *, poll_inte
                     trial = Trial(number=number, params=dict(params), job_name=trial_job_name(state.name, number),
                                   created=time.time())
                     state.trials.append(trial)
+                    state.save()  # recorded before its job starts: a kill in between leaves no unrecorded job
                 else:
                     break
                 launch(trial)
                 state.save()
+                failpoint("hpo.runner.launched")
             if not running:
                 break
-            changed = False
+            changed, progress = False, 0
             for number, run in list(running.items()):
+                epochs = _epochs(run.handle)
+                if len(epochs) > len(run.trial.history) and _status(run.handle) not in _DONE:
+                    progress += len(epochs) - len(run.trial.history)
+                    run.trial.history, changed = epochs, True
                 if pruner is not None and run.prune_reason is None:
                     metric = pruner.metric_for(objective)
-                    history = {int(r["epoch"]): r[metric] for r in _epochs(run.handle) if metric in r}
+                    history = {int(r["epoch"]): r[metric] for r in epochs if metric in r}
                     reason = pruner.should_stop(history, state.trials, objective)
                     if reason is not None:
                         run.prune_reason = reason
@@ -259,6 +277,8 @@ def run_trials(backend: Backend, spec: Any, state: ExperimentState, *, poll_inte
                     changed = True
             if changed:
                 state.save()
+                for _ in range(progress):
+                    failpoint("hpo.runner.progress")
             else:
                 time.sleep(poll_interval)
     except BaseException:

@@ -7,7 +7,7 @@ Three kinds of range, mirroring SageMaker's ``ContinuousParameter`` / ``IntegerP
 
     space = SearchSpace({
         "lr": Continuous(0.001, 0.1, scale="log"),
-        "batch-size": Categorical([32, 64, 128]),
+        "batch_size": Categorical([32, 64, 128]),
         "epochs": Categorical([1, 2]),
     })
 

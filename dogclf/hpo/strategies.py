@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dogclf._extras import require
 from dogclf._registry import Registry
 from dogclf.errors import ConfigError
 from dogclf.hpo.space import Categorical, Continuous, Integer, SearchSpace
@@ -134,6 +135,7 @@ class BayesianStrategy(Strategy):
     @staticmethod
     def distributions(space: SearchSpace) -> dict[str, Any]:
         """The space as Optuna distributions."""
+        require("tune", "optuna", "Bayesian search")
         from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
         out: dict[str, Any] = {}
@@ -149,7 +151,7 @@ class BayesianStrategy(Strategy):
     def suggest(self, space: SearchSpace, trials: Sequence[Trial], number: int, *, seed: int,
                 objective: Objective) -> dict[str, Any]:
         """Refit TPE on ``trials`` and ask it for one point (seeded from ``(seed, number)``)."""
-        import optuna
+        optuna = require("tune", "optuna", "Bayesian search")
         from optuna.trial import TrialState, create_trial
 
         dists = self.distributions(space)

@@ -1,4 +1,5 @@
-"""The :class:`ResNetBreedModel`: a torchvision ResNet with a new head for a breed label set."""
+""":class:`BreedModel` (any registered backbone with a new head for a breed label set) and
+:class:`ResNetBreedModel` (the same, for the torchvision ResNets)."""
 
 from __future__ import annotations
 
@@ -11,15 +12,17 @@ from pathlib import Path
 from typing import Any
 
 from dogclf._io import atomic_path, atomic_write, atomic_write_json
-from dogclf.errors import ArtifactError, ConfigError, NotFittedError, UnknownLabelSetError
+from dogclf.errors import ArtifactError, ConfigError, NotFittedError, UnknownBackboneError, UnknownLabelSetError
 from dogclf.images import ImageTransform, Preprocess
 from dogclf.labels import BreedLabels
 from dogclf.models._archive import pack as _pack
 from dogclf.models._archive import unpack as _unpack
 from dogclf.models._config import ModelConfig
+from dogclf.models.backbones.base import Backbone, FreezePolicy, extract_state_dict
+from dogclf.models.backbones.folding import forward_features as _forward_features
 
-__all__ = ["ResNetBreedModel", "resolve_labels", "eval_transform", "forward_features", "MODEL_FILE", "LABELS_FILE",
-           "CONFIG_FILE"]
+__all__ = ["BreedModel", "ResNetBreedModel", "resolve_labels", "eval_transform", "forward_features", "MODEL_FILE",
+           "LABELS_FILE", "CONFIG_FILE"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +72,7 @@ def eval_transform(preprocess: Preprocess | dict[str, Any] | None = None) -> Ima
 
     Args:
         preprocess: A :class:`Preprocess`, its dict form (an artifact's ``config.json["preprocess"]``), or
-            ``None`` for the defaults (256, 224, ImageNet mean/std).
+            ``None`` for the defaults (256, 224, ImageNet mean/std, bilinear).
 
     Returns:
         A :class:`dogclf.images.ImageTransform`: a photo (path, bytes, PIL image, array) to a normalised float
@@ -80,71 +83,41 @@ def eval_transform(preprocess: Preprocess | dict[str, Any] | None = None) -> Ima
 
 
 def forward_features(module: Any, x: Any) -> Any:
-    """Run a torchvision ResNet up to (and including) global average pooling: the input of its ``fc`` head.
+    """A network's pooled features ``(N, feature width)``: the input of its head.
+
+    Kept for the training code written for ResNets; it works for a torchvision ResNet and for any network with a
+    ``forward_features(x)`` method (every built-in backbone). New code calls :meth:`BreedModel.forward_features` or
+    the backbone's :meth:`~dogclf.models.backbones.Backbone.forward_features`.
 
     Args:
-        module: A torchvision ``ResNet`` (e.g. :attr:`ResNetBreedModel.module_`).
+        module: The network (e.g. :attr:`BreedModel.module_`).
         x: A batch ``(N, 3, H, W)``.
-
-    Returns:
-        The pooled features ``(N, module.fc in_features)``.
     """
-    import torch
-
-    m = module
-    x = m.maxpool(m.relu(m.bn1(m.conv1(x))))
-    x = m.layer4(m.layer3(m.layer2(m.layer1(x))))
-    return torch.flatten(m.avgpool(x), 1)
+    return _forward_features(module, x)
 
 
-def _extract_state_dict(obj: Any, source: str) -> dict[str, Any]:
-    """A state dict from what ``torch.load`` returned: a state dict, or a dict wrapping one."""
-    import torch
+class BreedModel:
+    """A registered backbone with a new linear head for a breed label set.
 
-    if isinstance(obj, dict):
-        for key in ("state_dict", "model_state_dict", "model"):
-            if isinstance(obj.get(key), dict):
-                obj = obj[key]
-                break
-        if obj and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
-            return {k.removeprefix("module."): v for k, v in obj.items()}
-    raise ArtifactError(f"{source} does not hold a state dict (a mapping of parameter names to tensors)")
-
-
-def _torch_load(path: Path, map_location: Any = "cpu") -> Any:
-    import torch
-
-    if not path.is_file():
-        raise ArtifactError(f"checkpoint {str(path)!r} does not exist")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # truncated zip, bad pickle, not a torch file at all
-        raise ArtifactError(f"checkpoint {str(path)!r} is corrupt or not a PyTorch file: "
-                            f"{type(exc).__name__}: {str(exc)[:200]}") from exc
-
-
-class ResNetBreedModel:
-    """A torchvision ResNet whose ``fc`` is replaced by a head for a breed label set.
-
-    The seed workflow's model, made configurable: a pretrained ResNet backbone (frozen by default), a new linear
-    head (optionally after dropout) with one output per breed, saved as a self-describing artifact folder or a
-    SageMaker ``model.tar.gz``.
+    The seed workflow's model, made configurable: a pretrained backbone (frozen by default) from the backbone
+    registry (:func:`~dogclf.models.backbones.list_models`: ``resnet18`` ... ``resnet152``,
+    ``efficientnet_lite0/1/2``, plug-ins), a new linear head (optionally after dropout) with one output per breed
+    at the backbone's classifier attribute (``fc`` for every built-in), saved as a self-describing artifact folder
+    or a SageMaker ``model.tar.gz`` that records the backbone and its preprocessing.
 
     ``__init__`` only validates and stores the arguments; :meth:`build` creates the network and loads weights.
 
     Args:
         labels: The breeds, output ``i`` being breed ``i``: a registered label-set name (``"dogimages-133"``), a
             :class:`~dogclf.labels.BreedLabels`, a list of names, or a label-set JSON path / dataset split folder.
-        backbone: ``"resnet18"``, ``"resnet34"``, ``"resnet50"``, ``"resnet101"`` or ``"resnet152"``.
-        weights: A torchvision weights name for the backbone (``"IMAGENET1K_V2"``, ``"IMAGENET1K_V1"``,
-            ``"DEFAULT"``), loaded through the weights enum and torchvision's cache under ``$TORCH_HOME``
-            (downloaded there on first use); a local checkpoint path (a torchvision-style ResNet state dict; its
-            ``fc`` is ignored when its shape differs); or ``None`` for random initialisation.
-        freeze: ``"head"`` trains only the new head (the seed), ``"last-block"`` trains ``layer4`` and the head,
-            ``"full"`` trains everything.
+        backbone: A registered backbone name.
+        weights: The backbone's weights name (``"DEFAULT"``: its default pretrained weights, as in torchvision),
+            a local checkpoint path (a state dict with the backbone's key names; a classifier that does not fit is
+            ignored), or ``None`` for random initialisation.
+        freeze: ``"head"`` trains only the new head (the seed), ``"last-block"`` trains the backbone's last block
+            and the head, ``"full"`` trains everything (or a backbone's own policy).
         dropout: Dropout probability before the head's linear layer (``0`` for none).
-        preprocess: Input preprocessing (:class:`Preprocess` or its dict form); default resize 256, centre crop
-            224, ImageNet mean/std.
+        preprocess: Input preprocessing (:class:`Preprocess` or its dict form); default: the weights'.
 
     Attributes:
         config: The validated :class:`ModelConfig`.
@@ -152,23 +125,40 @@ class ResNetBreedModel:
         labels_: The resolved :class:`~dogclf.labels.BreedLabels` (set by :meth:`build`).
 
     Raises:
-        ConfigError: unknown backbone, freeze policy or weights name, or dropout outside ``[0, 1)``.
+        ConfigError: unknown backbone, weights name or freeze policy (the message lists the registered ones), or
+            dropout outside ``[0, 1)``.
 
     Example:
-        >>> model = ResNetBreedModel(["Beagle", "Pug"], backbone="resnet18", weights=None).build()
-        >>> model.module_.fc.out_features
-        2
+        >>> model = BreedModel(["Beagle", "Pug"], backbone="efficientnet_lite0", weights=None).build()
+        >>> model.feature_dim, model.head_.out_features, model.preprocess.crop
+        (1280, 2, 224)
     """
 
-    def __init__(self, labels: Any = "dogimages-133", backbone: str = "resnet50",
-                 weights: str | os.PathLike[str] | None = "IMAGENET1K_V2", freeze: str = "head",
-                 dropout: float = 0.0, preprocess: Preprocess | dict[str, Any] | None = None) -> None:
+    family: str | None = None
+    """The only backbone family this class accepts (``None``: any)."""
+
+    def __init__(self, labels: Any = "dogimages-133", backbone: str = "efficientnet_lite0",
+                 weights: str | os.PathLike[str] | None = "DEFAULT", freeze: str = "head", dropout: float = 0.0,
+                 preprocess: Preprocess | dict[str, Any] | None = None) -> None:
         if not isinstance(labels, (str, os.PathLike, BreedLabels, list, tuple)):
             raise ConfigError(f"labels must be a label-set name, a BreedLabels, or a list of breed names; "
                               f"got {type(labels).__name__}")
         self.labels = labels
+        self._check_family(backbone)
         self.config = ModelConfig(backbone=backbone, weights=weights, freeze=freeze, dropout=dropout,
-                                  preprocess=preprocess if preprocess is not None else Preprocess())
+                                  preprocess=preprocess)
+
+    @classmethod
+    def _check_family(cls, backbone: str) -> None:
+        if cls.family is None:
+            return
+        from dogclf.models.backbones import get_backbone, list_models
+
+        family = get_backbone(backbone).family
+        if family != cls.family:
+            same = [n for n in list_models() if get_backbone(n).family == cls.family]
+            raise ConfigError(f"{cls.__name__} takes the {cls.family} backbones ({', '.join(map(repr, same))}); "
+                              f"{backbone!r} is a {family or 'other'} backbone: use dogclf.models.BreedModel")
 
     # -- convenient views of the config ------------------------------------------------------------------------
     @property
@@ -177,126 +167,97 @@ class ResNetBreedModel:
         return self.config.backbone
 
     @property
+    def backbone_spec(self) -> Backbone:
+        """The registered :class:`~dogclf.models.backbones.Backbone`."""
+        return self.config.backbone_spec
+
+    @property
     def weights(self) -> str | None:
         """The weights name or checkpoint path (``None``: random initialisation)."""
         return self.config.weights
 
     @property
     def freeze(self) -> str:
-        """The freeze policy."""
+        """The freeze policy's name."""
         return self.config.freeze
+
+    @property
+    def freeze_policy(self) -> FreezePolicy:
+        """The :class:`~dogclf.models.backbones.FreezePolicy`: which parameters train, which modules stay in eval."""
+        return self.backbone_spec.freeze_policy(self.freeze)
 
     @property
     def dropout(self) -> float:
         """The head's dropout probability."""
         return self.config.dropout
 
+    @property
+    def feature_dim(self) -> int:
+        """Width of the pooled features the head sees."""
+        return self.backbone_spec.feature_dim
+
     def __repr__(self) -> str:
         labels = self.labels if isinstance(self.labels, str) else f"<{len(self.labels)} breeds>"
         built = "built" if hasattr(self, "module_") else "not built"
-        return (f"ResNetBreedModel(labels={labels!r}, backbone={self.backbone!r}, weights={self.weights!r}, "
+        return (f"{type(self).__name__}(labels={labels!r}, backbone={self.backbone!r}, weights={self.weights!r}, "
                 f"freeze={self.freeze!r}, dropout={self.dropout!r}) [{built}]")
 
     def _check_built(self) -> None:
         if not hasattr(self, "module_"):
-            raise NotFittedError("this ResNetBreedModel is not built yet; call .build() (or ResNetBreedModel.load)")
+            name = type(self).__name__
+            raise NotFittedError(f"this {name} is not built yet; call .build() (or {name}.load)")
 
     # -- building ----------------------------------------------------------------------------------------------
-    def _new_module(self, num_classes: int, on_meta: bool = False) -> Any:
-        """The torchvision network with our head; ``on_meta`` skips initialising a body a state dict will replace."""
-        import torch
-        from torchvision import models
-
-        if on_meta:
-            with torch.device("meta"):
-                module = getattr(models, self.backbone)(weights=None)
-        else:
-            module = getattr(models, self.backbone)(weights=None)
-        in_features = module.fc.in_features
-        linear = torch.nn.Linear(in_features, num_classes)
-        module.fc = torch.nn.Sequential(torch.nn.Dropout(self.dropout), linear) if self.dropout > 0 else linear
-        return module
-
-    def _backbone_state_dict(self) -> dict[str, Any] | None:
-        weights = self.config.weights
-        if weights is None:
-            return None
-        if self.config.weights_is_path:
-            return _extract_state_dict(_torch_load(Path(weights)), f"weights checkpoint {weights!r}")
-        from torchvision.models import get_model_weights
-
-        enum = get_model_weights(self.backbone)
-        member = enum.DEFAULT if weights == "DEFAULT" else enum[weights]
-        logger.info("loading %s weights %s.%s (torchvision cache under TORCH_HOME)", self.backbone,
-                    enum.__name__, member.name)
-        try:
-            return member.get_state_dict(progress=False, check_hash=True)
-        except Exception as exc:
-            import torch.hub
-
-            raise ArtifactError(
-                f"could not load torchvision weights {enum.__name__}.{member.name} from {member.url} "
-                f"(cache folder {torch.hub.get_dir()}/checkpoints): {type(exc).__name__}: {str(exc)[:200]}"
-            ) from exc
-
-    def _load_backbone(self, module: Any, state: dict[str, Any]) -> None:
-        own = module.state_dict()
-        head_keys = {k for k in own if k.startswith("fc.")}
-        body = {k: v for k, v in state.items() if not k.startswith("fc.")}
-        missing = sorted(set(own) - head_keys - set(body))
-        unexpected = sorted(set(body) - set(own))
-        if missing or unexpected:
-            raise ArtifactError(
-                f"weights {self.weights!r} do not fit a {self.backbone}: missing {missing[:5]} "
-                f"({len(missing)}), unexpected {unexpected[:5]} ({len(unexpected)})"
-            )
-        bad = [k for k, v in body.items() if tuple(v.shape) != tuple(own[k].shape)]
-        if bad:
-            raise ArtifactError(f"weights {self.weights!r} do not fit a {self.backbone}: shape mismatch for {bad[:5]}")
-        module.load_state_dict(body, strict=False, assign=True)
-        # A checkpoint whose fc already matches our head (e.g. an earlier dogclf run) keeps its head too.
-        fc = {k: v for k, v in state.items() if k.startswith("fc.")}
-        if fc and set(fc) == head_keys and all(tuple(v.shape) == tuple(own[k].shape) for k, v in fc.items()):
-            module.load_state_dict(fc, strict=False)
-        left = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
-        if left:
-            raise ArtifactError(f"weights {self.weights!r} leave {left[:5]} of the {self.backbone} unset")
-
-    def build(self) -> ResNetBreedModel:
-        """Create the network, load the backbone weights, replace ``fc`` and apply the freeze policy.
+    def build(self) -> BreedModel:
+        """Create the network, load the backbone weights, put the new head in place and apply the freeze policy.
 
         Returns:
             ``self``, with :attr:`module_` and :attr:`labels_` set.
 
         Raises:
             UnknownLabelSetError: ``labels`` names no registered label set or file.
-            ArtifactError: the weights cannot be loaded (missing/corrupt checkpoint, wrong architecture).
+            WeightsUnavailableError: the weights cannot be had (the message says what to install or where to put
+                the file).
+            ArtifactError: a weights file is corrupt or does not fit (the message names the file and the first
+                mismatched key).
         """
         labels = resolve_labels(self.labels)
-        state = self._backbone_state_dict()
-        module = self._new_module(len(labels), on_meta=state is not None)
-        if state is not None:
-            self._load_backbone(module, state)
+        spec = self.backbone_spec
+        pretrained = self.config.weights is not None
+        module = spec.new_network(len(labels), dropout=self.dropout, on_meta=pretrained)
+        if pretrained:
+            spec.load_pretrained(module, self.config.weights)  # type: ignore[arg-type]
         self.labels_ = labels
         self.module_ = module
         self.apply_freeze()
         return self
 
+    @property
+    def head_(self) -> Any:
+        """The head module (``Linear``, or ``Sequential(Dropout, Linear)``): what trains on cached features."""
+        self._check_built()
+        return getattr(self.module_, self.backbone_spec.head)
+
     def apply_freeze(self) -> None:
         """Set ``requires_grad`` on :attr:`module_`'s parameters according to the freeze policy."""
         self._check_built()
-        trainable = self.trainable_prefixes()
+        policy = self.freeze_policy
         for name, param in self.module_.named_parameters():
-            param.requires_grad_(any(name.startswith(p) for p in trainable) if trainable else True)
+            param.requires_grad_(policy.is_trainable(name))
 
     def trainable_prefixes(self) -> tuple[str, ...]:
         """Parameter-name prefixes trained under the freeze policy (empty: everything)."""
-        return {"head": ("fc.",), "last-block": ("layer4.", "fc."), "full": ()}[self.freeze]
+        return self.freeze_policy.trainable
 
     def trainable_parameters(self) -> list[Any]:
         """The parameters the optimizer should update."""
         self._check_built()
         return [p for p in self.module_.parameters() if p.requires_grad]
+
+    def eval_modules(self) -> list[str]:
+        """The submodules that stay in eval mode while training (frozen BatchNorm statistics and dropout)."""
+        self._check_built()
+        return self.freeze_policy.frozen_modules(self.module_)
 
     def set_train_mode(self, mode: bool = True) -> Any:
         """Put :attr:`module_` in train mode while frozen parts (and their BatchNorm statistics) stay in eval mode.
@@ -307,18 +268,32 @@ class ResNetBreedModel:
         self._check_built()
         module = self.module_
         module.train(mode)
-        if mode and self.freeze != "full":
-            keep = {p.rstrip(".") for p in self.trainable_prefixes()}
-            for name, child in module.named_children():
-                if name not in keep:
-                    child.eval()
+        if mode:
+            for name in self.eval_modules():
+                module.get_submodule(name).eval()
         return module
 
-    # -- inference helpers ---------------------------------------------------------------------------------------
+    # -- features and inference ----------------------------------------------------------------------------------
+    def forward_features(self, batch: Any, module: Any = None) -> Any:
+        """Pooled backbone features ``(N, feature_dim)`` of a preprocessed batch: what the head sees.
+
+        Args:
+            batch: ``(N, 3, H, W)``.
+            module: The network to run (default :attr:`module_`; e.g. the copy from :meth:`fold_batchnorm`).
+        """
+        self._check_built()
+        return self.backbone_spec.forward_features(self.module_ if module is None else module, batch)
+
+    def fold_batchnorm(self, channels_last: bool = False) -> Any:
+        """An inference-only copy of :attr:`module_` with BatchNorm folded into the convolutions (the feature
+        cache's backbone pass); :attr:`module_` is unchanged. Run it with :meth:`forward_features`."""
+        self._check_built()
+        return self.backbone_spec.fold_batchnorm(self.module_, channels_last)
+
     @property
     def preprocess(self) -> Preprocess:
         """The input preprocessing (from the config)."""
-        return self.config.preprocess
+        return self.config.preprocess  # type: ignore[return-value]
 
     def transform(self) -> Any:
         """The deterministic input transform for this model; see :func:`eval_transform`."""
@@ -361,7 +336,7 @@ class ResNetBreedModel:
         out.mkdir(parents=True, exist_ok=True)
         (out / CONFIG_FILE).unlink(missing_ok=True)  # the folder is incomplete until config.json is back
         state = {k: v.detach().to("cpu").contiguous() for k, v in self.module_.state_dict().items()}
-        # Streamed straight into the temporary file: no second in-memory copy of the ~100 MB state dict.
+        # Streamed straight into the temporary file: no second in-memory copy of the state dict.
         atomic_write(out / MODEL_FILE, lambda fh: torch.save(state, fh))
         atomic_write(out / LABELS_FILE, self.labels_.to_json(indent=1))
         atomic_write_json(out / CONFIG_FILE, self.config_dict())
@@ -380,10 +355,11 @@ class ResNetBreedModel:
             return _pack(tmp, tar_path, code_dir=code_dir)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], map_location: Any = "cpu") -> ResNetBreedModel:
+    def load(cls, path: str | os.PathLike[str], map_location: Any = "cpu") -> Any:
         """Rebuild a model from an artifact folder or a ``model.tar.gz``; returns it built and in eval mode.
 
-        The state dict is read with ``torch.load(weights_only=True)``; no backbone weights are downloaded.
+        Reads ``dogclf.model/1`` (ResNet) and ``dogclf.model/2`` artifacts. The state dict is read with
+        ``torch.load(weights_only=True)``; no backbone weights are loaded or downloaded.
 
         Args:
             path: A folder written by :meth:`save`, or a ``.tar.gz``/``.tar`` written by :meth:`pack` (or by a
@@ -391,8 +367,9 @@ class ResNetBreedModel:
             map_location: Passed to :func:`torch.load` (``"cpu"``, ``"cuda"``, a device).
 
         Raises:
-            ArtifactError: missing ``model.pt``/``labels.json``/``config.json``, or any of them corrupt, or the
-                state dict does not fit the config.
+            ArtifactError: missing ``model.pt``/``labels.json``/``config.json``, or any of them corrupt, a
+                backbone that is not registered here (or not of this class's family), or a state dict that does
+                not fit the config.
             UnsafeArchiveError: the archive holds unsafe members.
         """
         src = Path(path)
@@ -405,31 +382,43 @@ class ResNetBreedModel:
         return cls._load_dir(src, map_location, source=str(src))
 
     @classmethod
-    def _load_dir(cls, folder: Path, map_location: Any, source: str) -> ResNetBreedModel:
+    def _load_dir(cls, folder: Path, map_location: Any, source: str) -> Any:
+        import torch
+
         missing = [n for n in (MODEL_FILE, LABELS_FILE, CONFIG_FILE) if not (folder / n).is_file()]
         if missing:
             raise ArtifactError(f"model artifact {source!r} is missing {', '.join(missing)}")
         try:
-            config, num_classes = ModelConfig.from_dict(json.loads((folder / CONFIG_FILE).read_text("utf-8")))
+            doc = json.loads((folder / CONFIG_FILE).read_text("utf-8"))
+            config, num_classes = ModelConfig.from_dict(doc)
             labels = BreedLabels.load(folder / LABELS_FILE)
+            cls._check_family(config.backbone)
+        except UnknownBackboneError as exc:
+            info = doc.get("backbone_info", {}) if isinstance(doc, dict) else {}
+            raise ArtifactError(f"model artifact {source!r} was made with backbone {doc.get('backbone')!r} "
+                                f"(from {info.get('module', 'an unknown module')}), which is not registered here; "
+                                f"install the package that provides it. {exc}") from exc
         except (ValueError, ConfigError) as exc:
-            raise ArtifactError(f"model artifact {source!r} has a corrupt {CONFIG_FILE} or {LABELS_FILE}: {exc}") \
-                from exc
+            raise ArtifactError(f"model artifact {source!r} has a corrupt or unusable {CONFIG_FILE} or "
+                                f"{LABELS_FILE}: {exc}") from exc
         if len(labels) != num_classes:
             raise ArtifactError(f"model artifact {source!r}: {LABELS_FILE} has {len(labels)} breeds but "
                                 f"{CONFIG_FILE} says num_classes={num_classes}")
-        state = _extract_state_dict(_torch_load(folder / MODEL_FILE, map_location), f"{source}/{MODEL_FILE}")
+        try:
+            raw = torch.load(folder / MODEL_FILE, map_location=map_location, weights_only=True)
+        except Exception as exc:  # truncated zip, bad pickle, not a torch file at all
+            raise ArtifactError(f"model artifact {source!r}: {MODEL_FILE} is corrupt or not a PyTorch file: "
+                                f"{type(exc).__name__}: {str(exc)[:200]}") from exc
+        state = extract_state_dict(raw, f"{source}/{MODEL_FILE}")
         model = cls.__new__(cls)
         model.labels = labels
         model.config = config
-        module = model._new_module(num_classes, on_meta=True)
+        module = config.backbone_spec.new_network(num_classes, dropout=config.dropout, on_meta=True)
         try:
             module.load_state_dict(state, strict=True, assign=True)
         except RuntimeError as exc:
             raise ArtifactError(f"model artifact {source!r}: {MODEL_FILE} does not fit a {config.backbone} with "
                                 f"{num_classes} classes: {str(exc)[:300]}") from exc
-        import torch
-
         if isinstance(map_location, (str, torch.device)):
             module.to(map_location)
         model.module_ = module
@@ -437,6 +426,42 @@ class ResNetBreedModel:
         model.apply_freeze()
         module.eval()
         return model
+
+
+class ResNetBreedModel(BreedModel):
+    """A torchvision ResNet whose ``fc`` is replaced by a head for a breed label set: :class:`BreedModel` for the
+    ResNet family, with the seed's defaults (``resnet50``, ``IMAGENET1K_V2``).
+
+    Args:
+        labels: As for :class:`BreedModel`.
+        backbone: ``"resnet18"``, ``"resnet34"``, ``"resnet50"``, ``"resnet101"`` or ``"resnet152"``.
+        weights: A torchvision weights name for the backbone (``"IMAGENET1K_V2"``, ``"IMAGENET1K_V1"``,
+            ``"DEFAULT"``), loaded through the weights enum and torchvision's cache under ``$TORCH_HOME``
+            (downloaded there on first use); a local checkpoint path (a torchvision-style ResNet state dict; its
+            ``fc`` is ignored when its shape differs); or ``None`` for random initialisation.
+        freeze: ``"head"`` trains only the new head (the seed), ``"last-block"`` trains ``layer4`` and the head,
+            ``"full"`` trains everything.
+        dropout: Dropout probability before the head's linear layer (``0`` for none).
+        preprocess: Input preprocessing (:class:`Preprocess` or its dict form); default: the weights' (resize 256,
+            or 232 for ``IMAGENET1K_V2``, centre crop 224, ImageNet mean/std), 256/224 without weights.
+
+    Raises:
+        ConfigError: an unknown or non-ResNet backbone, unknown freeze policy or weights name, or dropout outside
+            ``[0, 1)``.
+
+    Example:
+        >>> model = ResNetBreedModel(["Beagle", "Pug"], backbone="resnet18", weights=None).build()
+        >>> model.module_.fc.out_features
+        2
+    """
+
+    family = "resnet"
+
+    def __init__(self, labels: Any = "dogimages-133", backbone: str = "resnet50",
+                 weights: str | os.PathLike[str] | None = "IMAGENET1K_V2", freeze: str = "head",
+                 dropout: float = 0.0, preprocess: Preprocess | dict[str, Any] | None = None) -> None:
+        super().__init__(labels, backbone=backbone, weights=weights, freeze=freeze, dropout=dropout,
+                         preprocess=preprocess)
 
 
 def copy_artifact(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +30,10 @@ class DeployConfig:
         framework_version: PyTorch version of the stock SageMaker inference container.
         py_version: Its Python version tag.
         server: How the local endpoint serves (:class:`~dogclf.serving.server.ServerConfig`: host, port, dynamic
-            batching, request size limit, timeout, worker threads).
+            batching, request size limit, timeout, threads) and the inference ``runtime`` every backend serves
+            (``"torch"``, ``"onnx"`` or ``"onnx-int8"``; also given as ``EndpointDeployer(runtime=...)``).
+        calibration: Training photos (a folder) to calibrate ``onnx-int8`` with when the artifact has none recorded
+            (see :func:`dogclf.serving.export.export_runtimes`).
         startup_timeout_s: How long the local backend waits for ``/ping``.
         wait_poll_s: Seconds between status checks while a SageMaker endpoint is being created.
 
@@ -43,6 +47,7 @@ class DeployConfig:
     framework_version: str = "2.6"
     py_version: str = "py312"
     server: ServerConfig = ServerConfig()
+    calibration: str | None = None
     startup_timeout_s: float = 120.0
     wait_poll_s: float = 15.0
 
@@ -63,12 +68,21 @@ class DeployConfig:
             object.__setattr__(self, "server", ServerConfig.from_dict(self.server))
         if not isinstance(self.server, ServerConfig):
             raise ConfigError(f"server must be a ServerConfig or a dict, got {self.server!r:.80}")
+        if isinstance(self.calibration, os.PathLike):
+            object.__setattr__(self, "calibration", os.fspath(self.calibration))
+        if self.calibration is not None and (not isinstance(self.calibration, str) or not self.calibration):
+            raise ConfigError(f"calibration must be a folder of training photos, got {self.calibration!r:.80}")
         if isinstance(self.startup_timeout_s, bool) or not isinstance(self.startup_timeout_s, (int, float)) \
                 or self.startup_timeout_s <= 0:
             raise ConfigError(f"startup_timeout_s must be a number > 0, got {self.startup_timeout_s!r}")
         if isinstance(self.wait_poll_s, bool) or not isinstance(self.wait_poll_s, (int, float)) \
                 or self.wait_poll_s <= 0:
             raise ConfigError(f"wait_poll_s must be a number > 0, got {self.wait_poll_s!r}")
+
+    @property
+    def runtime(self) -> str:
+        """The inference runtime served (``server.runtime``)."""
+        return self.server.runtime
 
 
 _SERVER_KEYS = {f.name for f in fields(ServerConfig)}
@@ -90,11 +104,12 @@ class EndpointDeployer:
 
     Args:
         config: A :class:`DeployConfig`; keyword options override its fields, and the
-            :class:`~dogclf.serving.server.ServerConfig` fields (``max_batch_size``, ``max_delay_ms``, ``port``,
-            ``workers``, ...) may be given directly too.
+            :class:`~dogclf.serving.server.ServerConfig` fields (``runtime``, ``max_batch_size``, ``max_delay_ms``,
+            ``port``, ``workers``, ...) may be given directly too.
         backend: ``None`` (the default backend: ``local``, or ``$DOGCLF_BACKEND``), a registered name, or a backend
             object (``get_backend("sagemaker", role=..., bucket=...)``).
-        **options: Field overrides, e.g. ``instance_type="ml.c5.xlarge"`` or ``max_batch_size=16``.
+        **options: Field overrides, e.g. ``instance_type="ml.c5.xlarge"``, ``max_batch_size=16`` or
+            ``runtime="onnx-int8"``.
 
     Nothing starts until :meth:`deploy`.
 
@@ -125,6 +140,10 @@ class EndpointDeployer:
     def deploy(self, artifact: Any) -> Any:
         """Deploy ``artifact`` on the deployer's backend and return its endpoint handle (a context manager; leaving
         it deletes the endpoint).
+
+        With an ONNX ``runtime``, an artifact deployed for the first time is exported (into an artifact folder, so
+        once) and checked against its eager model first; a failed or disagreeing export raises
+        :class:`~dogclf.errors.RuntimeExportError` / :class:`~dogclf.errors.AgreementError` and nothing is deployed.
 
         Args:
             artifact: An artifact folder, a ``model.tar.gz`` (local path, or ``s3://`` for SageMaker) or a built

@@ -24,6 +24,8 @@ import weakref
 from pathlib import Path
 from typing import Any
 
+from dogclf._extras import require
+from dogclf._faults import failpoint
 from dogclf.errors import EndpointError, InvalidRequestError
 
 __all__ = ["CostWarning", "Endpoint", "LocalEndpoint", "InProcessEndpoint", "raise_for_error", "new_endpoint_name"]
@@ -120,28 +122,48 @@ class InProcessEndpoint(Endpoint):
     Args:
         artifact: An artifact folder, a ``model.tar.gz`` or a built :class:`~dogclf.models.ResNetBreedModel`.
         name: A name for logs.
+        runtime: The inference runtime (``"torch"``, ``"onnx"`` or ``"onnx-int8"``); an ONNX runtime the artifact
+            lacks is exported on first use (into an artifact folder, so once).
+        calibration: Training photos to calibrate ``onnx-int8`` with when the artifact has none recorded.
+        intra_op_threads: Threads of one ONNX Runtime forward pass (``None``: as many as torch uses).
 
     The model is loaded on first use (or by :meth:`load`).
     """
 
     backend = "in-process"
 
-    def __init__(self, artifact: Any, name: str = "in-process") -> None:
+    def __init__(self, artifact: Any, name: str = "in-process", *, runtime: str = "torch", calibration: Any = None,
+                 intra_op_threads: int | None = None) -> None:
+        from dogclf.serving.runtimes import check_runtime
+
         self.artifact = artifact
         self.name = name
+        self.runtime = check_runtime(runtime)
+        self.calibration = calibration
+        self.intra_op_threads = intra_op_threads
         self._model: Any = None
         self._lock = threading.Lock()
 
     def load(self) -> Any:
-        """Load the model (once) and return the :class:`~dogclf.serving.handler.ServedModel`."""
+        """Load the model (once) and return the :class:`~dogclf.serving.handler.ServedModel`.
+
+        Raises:
+            ArtifactError: the artifact is not usable (:class:`~dogclf.errors.AgreementError` and
+                :class:`~dogclf.errors.RuntimeExportError` when its ONNX export is refused or fails).
+            MissingExtraError: an ONNX runtime without its packages installed.
+        """
         from dogclf.serving import handler
+        from dogclf.serving.export import ensure_runtime
         from dogclf.serving.package import resolve_model_dir
 
         with self._lock:
             if self._model is None:
                 self._check_live()
                 with tempfile.TemporaryDirectory(prefix="dogclf-inproc-") as tmp:
-                    self._model = handler.model_fn(resolve_model_dir(self.artifact, tmp))
+                    model_dir = resolve_model_dir(self.artifact, tmp)
+                    ensure_runtime(model_dir, self.runtime, calibration=self.calibration)
+                    self._model = handler.load_model(model_dir, self.runtime,
+                                                     intra_op_threads=self.intra_op_threads)
             return self._model
 
     @property
@@ -195,10 +217,12 @@ class LocalEndpoint(Endpoint):
         workdir: Folder for the unpacked model and the server log; a temporary folder (removed on
             :meth:`delete`) by default.
         startup_timeout_s: How long :meth:`start` waits for ``/ping``.
+        calibration: Training photos to calibrate an ``onnx-int8`` runtime with when the artifact has none recorded.
 
     :meth:`start` (called by :class:`~dogclf.serving.EndpointDeployer`) binds the socket here, so the port is known
     before the child starts, and waits until ``GET /ping`` answers. The child is stopped by :meth:`delete`, by the
-    context manager's exit, when the handle is garbage-collected, and at interpreter exit.
+    context manager's exit, when the handle is garbage-collected, and at interpreter exit. If the deploying process
+    itself dies (even by ``SIGKILL``), the server notices within a second, stops, and removes its temporary folder.
 
     Attributes:
         url: ``http://host:port`` once started.
@@ -209,9 +233,11 @@ class LocalEndpoint(Endpoint):
     backend = "local"
 
     def __init__(self, artifact: Any, config: Any = None, *, name: str | None = None,
-                 workdir: str | os.PathLike[str] | None = None, startup_timeout_s: float = 120.0) -> None:
+                 workdir: str | os.PathLike[str] | None = None, startup_timeout_s: float = 120.0,
+                 calibration: Any = None) -> None:
         self.artifact = artifact
         self.config = config
+        self.calibration = calibration
         self.name = name or new_endpoint_name()
         self.workdir = Path(workdir) if workdir is not None else None
         self.startup_timeout_s = startup_timeout_s
@@ -232,15 +258,38 @@ class LocalEndpoint(Endpoint):
         """Whether the server process is alive."""
         return self._proc is not None and self._proc.poll() is None
 
+    def _exit_status(self) -> str | None:
+        """How the server process ended (``"was killed by SIGKILL"``, ``"exited with status 1"``), or None while
+        it runs."""
+        if self._proc is None or self._proc.poll() is None:
+            return None
+        code = self._proc.returncode
+        if code < 0:
+            try:
+                return f"was killed by {signal.Signals(-code).name}"
+            except ValueError:
+                return f"was killed by signal {-code}"
+        return f"exited with status {code}"
+
+    def _check_server(self, cause: BaseException | None = None) -> None:
+        ended = self._exit_status()
+        if ended is not None:
+            raise EndpointError(f"local endpoint {self.name!r} is not running: its server process {self.pid} "
+                                f"{ended}; delete() it and deploy again. Its log ends:\n{self._log_tail()}") from cause
+
     def start(self) -> LocalEndpoint:
         """Start the server process and wait for ``/ping``; returns ``self``.
 
         Raises:
             EndpointError: the process exited or did not answer ``/ping`` in time (the message carries the end
                 of its log).
-            ArtifactError: the artifact is not usable.
+            ArtifactError: the artifact is not usable (:class:`~dogclf.errors.AgreementError` and
+                :class:`~dogclf.errors.RuntimeExportError` when the configured ONNX runtime's export is refused or
+                fails; it is made here, before the server starts).
+            MissingExtraError: an ONNX runtime without its packages installed.
         """
         from dogclf.labels import BreedLabels
+        from dogclf.serving.export import ensure_runtime
         from dogclf.serving.package import resolve_model_dir
         from dogclf.serving.server import ServerConfig
 
@@ -254,6 +303,7 @@ class LocalEndpoint(Endpoint):
         workdir.mkdir(parents=True, exist_ok=True)
         try:
             model_dir = resolve_model_dir(self.artifact, workdir)
+            ensure_runtime(model_dir, config.runtime, calibration=self.calibration)
             self.labels = BreedLabels.load(model_dir / "labels.json")
             family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
             sock = socket.socket(family, socket.SOCK_STREAM)
@@ -267,6 +317,8 @@ class LocalEndpoint(Endpoint):
                 env = {**os.environ, "PYTHONUNBUFFERED": "1"}
                 cmd = [sys.executable, "-m", "dogclf.serving.server", str(model_dir), "--fd", str(sock.fileno()),
                        "--config", json.dumps(config.to_dict()), "--parent-pid", str(os.getpid())]
+                if remove:
+                    cmd += ["--remove-when-orphaned", str(workdir)]
                 with open(self.log_path, "ab") as log:
                     self._proc = subprocess.Popen(cmd, pass_fds=(sock.fileno(),), stdout=log,
                                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
@@ -278,6 +330,7 @@ class LocalEndpoint(Endpoint):
                 shutil.rmtree(workdir, ignore_errors=True)
             raise
         self._finalizer = weakref.finalize(self, _cleanup, self._proc, workdir, remove)
+        failpoint("serving.endpoint.spawned")
         url_host = f"[{host}]" if family == socket.AF_INET6 else host
         self.url = f"http://{url_host}:{port}"
         try:
@@ -295,7 +348,7 @@ class LocalEndpoint(Endpoint):
             return ""
 
     def _wait_ready(self) -> None:
-        import requests
+        requests = require("serve", "requests", "local endpoint client")
 
         deadline = time.monotonic() + self.startup_timeout_s
         while True:
@@ -314,7 +367,7 @@ class LocalEndpoint(Endpoint):
             time.sleep(0.1)
 
     def _session(self) -> Any:
-        import requests
+        requests = require("serve", "requests", "local endpoint client")
 
         session = getattr(self._local, "session", None)
         if session is None:
@@ -323,9 +376,9 @@ class LocalEndpoint(Endpoint):
 
     def ping(self) -> bool:
         """Whether ``GET /ping`` answers 200."""
-        import requests
+        requests = require("serve", "requests", "local endpoint client")
 
-        if self.url is None or self.deleted:
+        if self.url is None or self.deleted or not self.is_running:
             return False
         try:
             return self._session().get(f"{self.url}/ping", timeout=5).status_code == 200
@@ -333,23 +386,36 @@ class LocalEndpoint(Endpoint):
             return False
 
     def stats(self) -> dict[str, Any]:
-        """The server's counters: requests, 4xx/5xx errors, forward passes (``batches``) and ``images``."""
+        """The server's counters: requests, 4xx/5xx errors, forward passes (``batches``), ``images``, and the
+        requests ``queued`` for a forward pass now."""
         self._check_live()
         return self._session().get(f"{self.url}/stats", timeout=10).json()
 
     def invoke(self, body: bytes, content_type: str, *, accept: str = "application/json",
                k: int | None = None, timeout: float = 120.0) -> tuple[bytes, str]:
-        """``POST /invocations``; see :meth:`Endpoint.invoke`. ``timeout`` bounds the HTTP call in seconds."""
-        import requests
+        """``POST /invocations``; see :meth:`Endpoint.invoke`. ``timeout`` bounds the HTTP call in seconds.
+
+        If the server process has ended (crashed, or killed), or ends while answering, the call raises
+        :class:`~dogclf.errors.EndpointError` saying how it ended, with the end of its log; :attr:`is_running`
+        is then False, and :meth:`delete` cleans up what is left.
+        """
+        requests = require("serve", "requests", "local endpoint client")
 
         self._check_live()
         if self.url is None:
             raise EndpointError(f"local endpoint {self.name!r} was not started")
+        self._check_server()
         params = {"k": str(k)} if k is not None else None
         try:
             response = self._session().post(f"{self.url}/invocations", data=body, params=params, timeout=timeout,
                                             headers={"Content-Type": content_type, "Accept": accept})
         except requests.RequestException as exc:
+            if self._proc is not None:
+                try:  # a connection cut by the server's death: report the death, not just the reset
+                    self._proc.wait(timeout=2)
+                except subprocess.TimeoutExpired:
+                    pass
+            self._check_server(exc)
             raise EndpointError(f"local endpoint {self.name!r} at {self.url} could not be reached: {exc}") from exc
         raise_for_error(response.status_code, response.content, f"local endpoint {self.name!r}")
         return response.content, response.headers.get("content-type", "")

@@ -66,6 +66,7 @@ __all__ = [
     "InferenceInput",
     "InferenceOutput",
     "model_fn",
+    "load_model",
     "input_fn",
     "predict_fn",
     "output_fn",
@@ -96,22 +97,25 @@ class ServedModel:
     """What :func:`model_fn` loads: the network in eval mode and what the handler needs around it.
 
     Attributes:
-        module: The ``torch.nn.Module`` (eval mode, channels-last memory format on CPU).
+        module: The ``torch.nn.Module`` (eval mode, channels-last memory format on CPU), or for the ONNX runtimes
+            a :class:`~dogclf.serving.runtimes.OnnxModule` called the same way (batch tensor in, logits out).
         labels: The breed labels, in output order.
         resize: Shorter-side length images are resized to.
         crop: Side of the centre crop (the network's input size).
         mean: Per-channel normalisation mean.
         std: Per-channel normalisation standard deviation.
         device: Where the module runs.
+        runtime: The inference runtime (:data:`~dogclf.serving.runtimes.RUNTIMES`).
     """
 
-    module: torch.nn.Module
+    module: Any
     labels: BreedLabels
     resize: int = 256
     crop: int = 224
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    runtime: str = "torch"
 
     @property
     def num_classes(self) -> int:
@@ -125,7 +129,8 @@ class ServedModel:
 
 
 def model_fn(model_dir: str | os.PathLike[str]) -> ServedModel:
-    """Load the artifact in ``model_dir`` (``model.pt``, ``labels.json``, ``config.json``) for serving.
+    """Load the artifact in ``model_dir`` (``model.pt``, ``labels.json``, ``config.json``) for serving with the
+    ``torch`` runtime (the stock SageMaker contract: one argument; see :func:`load_model` for the others).
 
     Args:
         model_dir: The unpacked artifact folder (``/opt/ml/model`` in a SageMaker container).
@@ -137,23 +142,52 @@ def model_fn(model_dir: str | os.PathLike[str]) -> ServedModel:
     Raises:
         ArtifactError: the folder is not a dogclf model artifact.
     """
-    from dogclf.models import ResNetBreedModel
+    return load_model(model_dir)
 
+
+def load_model(model_dir: str | os.PathLike[str], runtime: str = "torch", *,
+               intra_op_threads: int | None = None) -> ServedModel:
+    """Load the artifact in ``model_dir`` for serving with an inference runtime.
+
+    Args:
+        model_dir: The unpacked artifact folder.
+        runtime: ``"torch"`` (the eager module, as :func:`model_fn`), ``"onnx"`` or ``"onnx-int8"`` (the
+            artifact's exported model in ONNX Runtime; see :mod:`dogclf.serving.runtimes`).
+        intra_op_threads: Threads of one ONNX Runtime forward pass (``None``: as many as torch uses). The torch
+            runtime uses torch's global setting (``torch.set_num_threads``).
+
+    Raises:
+        ArtifactError: the folder is not a dogclf model artifact, or has no accepted, current export for
+            ``runtime``.
+        MissingExtraError: an ONNX runtime without onnxruntime installed.
+        ConfigError: an unknown runtime.
+    """
+    from dogclf.models import BreedModel
+    from dogclf.serving import runtimes
+
+    runtimes.check_runtime(runtime)
     folder = Path(model_dir)
     if not (folder / "config.json").is_file():
         raise ArtifactError(f"{str(folder)!r} is not a dogclf model artifact: config.json is missing")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = ResNetBreedModel.load(folder, map_location=device)
-    module = model.module_.eval().to(device)
-    if device.type == "cpu":
-        module = module.to(memory_format=torch.channels_last)
-    for param in module.parameters():
-        param.requires_grad_(False)
-    pre = model.preprocess
-    served = ServedModel(module=module, labels=model.labels_, resize=pre.resize, crop=pre.crop,
-                         mean=tuple(pre.mean), std=tuple(pre.std), device=device)  # type: ignore[arg-type]
+    if runtime == "torch":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        model = BreedModel.load(folder, map_location=device)  # any registered backbone; old dogclf.model/1 too
+        module = model.module_.eval().to(device)
+        if device.type == "cpu":
+            module = module.to(memory_format=torch.channels_last)
+        for param in module.parameters():
+            param.requires_grad_(False)
+        pre, labels, backbone = model.preprocess, model.labels_, model.backbone
+    else:  # the exported model alone: no torch weights are loaded
+        module = runtimes.load_onnx_module(folder, runtime, intra_op_threads=intra_op_threads)
+        device = torch.device("cpu")
+        config, labels = runtimes.read_config(folder)
+        pre, backbone = config.preprocess, config.backbone
+    served = ServedModel(module=module, labels=labels, resize=pre.resize, crop=pre.crop, mean=tuple(pre.mean),
+                         std=tuple(pre.std), device=device, runtime=runtime)  # type: ignore[arg-type]
     _publish_preprocess(served)
-    logger.info("loaded %s (%d breeds) from %s on %s", model.backbone, served.num_classes, folder, device)
+    logger.info("loaded %s (%d breeds) from %s on %s, runtime %s", backbone, served.num_classes, folder, device,
+                runtime)
     return served
 
 
@@ -304,7 +338,7 @@ def predict_fn(data: InferenceInput, model: ServedModel) -> InferenceOutput:
         raise request_error(f"input of shape {tuple(batch.shape)} does not fit the model's (N, 3, {model.crop}, "
                             f"{model.crop})", "bad_shape")
     batch = batch.to(model.device, non_blocking=True)
-    if model.device.type == "cpu":
+    if model.device.type == "cpu" and isinstance(model.module, torch.nn.Module):
         batch = batch.contiguous(memory_format=torch.channels_last)
     if threading.current_thread() is threading.main_thread():
         # Forward passes on a process's main thread ran 3-12x slower than on any other thread on this busy 2-core
@@ -317,7 +351,7 @@ def predict_fn(data: InferenceInput, model: ServedModel) -> InferenceOutput:
     return InferenceOutput(logits=logits.float().cpu(), k=k, labels=model.labels)
 
 
-def _forward(module: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+def _forward(module: Any, batch: torch.Tensor) -> torch.Tensor:
     with torch.inference_mode():  # thread-local, so set on the thread that runs the module
         return module(batch)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from dogclf import images
+from dogclf._extras import require
 from dogclf._io import atomic_path
 from dogclf.errors import ConfigError, DataNotFoundError, DogclfError, NotFittedError, UnknownBreedError
 from dogclf.images import IMAGE_SUFFIXES
@@ -173,14 +174,19 @@ class BreedPredictor:
             model's (in-process), the endpoint's when it knows it, else ``"dogimages-133"``.
         batch_size: Images per forward pass in-process.
         concurrency: Requests in flight at once against an endpoint (its server batches them).
+        runtime: In-process only: the inference runtime, ``"torch"`` (default), ``"onnx"`` or ``"onnx-int8"`` (see
+            :class:`~dogclf.serving.InProcessEndpoint`; an endpoint's runtime is chosen when it is deployed).
+        calibration: In-process only: training photos to calibrate ``onnx-int8`` with when the artifact has none.
 
     After :meth:`predict_folder`, :attr:`table_`, :attr:`confusion_matrix_` and :attr:`most_confused_` hold its
     results.
     """
 
     def __init__(self, source: Any, *, k: int | None = None, labels: Any = None, batch_size: int = 16,
-                 concurrency: int = 4) -> None:
+                 concurrency: int = 4, runtime: str | None = None, calibration: Any = None) -> None:
         self.source = source
+        self.runtime = runtime
+        self.calibration = calibration
         self.k = k
         self.labels = labels
         self.batch_size = batch_size
@@ -195,7 +201,14 @@ class BreedPredictor:
         from dogclf.serving.endpoint import Endpoint, InProcessEndpoint
 
         if self._endpoint is None:
-            self._endpoint = self.source if isinstance(self.source, Endpoint) else InProcessEndpoint(self.source)
+            if isinstance(self.source, Endpoint):
+                if self.runtime is not None or self.calibration is not None:
+                    raise ConfigError(f"runtime={self.runtime!r} and calibration apply to in-process prediction; "
+                                      f"endpoint {self.source.name!r} serves the runtime it was deployed with")
+                self._endpoint = self.source
+            else:
+                self._endpoint = InProcessEndpoint(self.source, runtime=self.runtime or "torch",
+                                                   calibration=self.calibration)
         return self._endpoint
 
     def _k(self, k: int | None) -> int | None:
@@ -368,7 +381,7 @@ class BreedPredictor:
         Raises:
             DataNotFoundError: ``folder`` does not exist or holds no photos.
         """
-        import pandas as pd
+        pd = require("report", "pandas", "prediction table")
 
         root = Path(folder)
         if not root.is_dir():

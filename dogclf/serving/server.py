@@ -17,19 +17,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import json
 import logging
 import os
+import signal
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from dogclf._extras import require
 from dogclf.errors import ConfigError, InvalidRequestError
+from dogclf.serving.batching import DynamicBatcher
+from dogclf.serving.runtimes import check_runtime, plan_threads
 
-__all__ = ["ServerConfig", "DynamicBatcher", "create_app", "serve", "main"]
+__all__ = ["ServerConfig", "DynamicBatcher", "create_app", "serve", "main"]  # DynamicBatcher: from .batching
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +49,12 @@ class ServerConfig:
         batching: ``False`` runs every request alone (same as ``max_batch_size=1``).
         max_request_bytes: Larger bodies are refused with 413 (SageMaker real-time endpoints allow 6 MB).
         request_timeout_s: Requests taking longer get 504.
-        workers: Threads that decode, preprocess and serialise requests.
-        torch_threads: Intra-op threads for the forward pass; ``None`` keeps torch's default.
+        runtime: The inference runtime: ``"torch"`` (eager PyTorch), ``"onnx"`` or ``"onnx-int8"`` (the artifact's
+            exported model in ONNX Runtime; see :mod:`dogclf.serving.runtimes`).
+        workers: Threads that decode, preprocess and serialise requests; ``None`` lets the server choose for the
+            machine it runs on (:func:`~dogclf.serving.runtimes.plan_threads`).
+        intra_op_threads: Threads one forward pass uses; ``None`` lets the server choose (torch keeps its own
+            default, one per core).
         log_level: uvicorn's log level.
 
     Raises:
@@ -61,8 +68,9 @@ class ServerConfig:
     batching: bool = True
     max_request_bytes: int = 6 * 1024 * 1024
     request_timeout_s: float = 60.0
-    workers: int = 2
-    torch_threads: int | None = None
+    runtime: str = "torch"
+    workers: int | None = None
+    intra_op_threads: int | None = None
     log_level: str = "warning"
 
     def __post_init__(self) -> None:
@@ -76,10 +84,12 @@ class ServerConfig:
         positive_int("port", allow_zero=True)
         if self.port > 65535:
             raise ConfigError(f"port must be in 0..65535, got {self.port}")
-        for name in ("max_batch_size", "max_request_bytes", "workers"):
+        for name in ("max_batch_size", "max_request_bytes"):
             positive_int(name)
-        if self.torch_threads is not None:
-            positive_int("torch_threads")
+        for name in ("workers", "intra_op_threads"):
+            if getattr(self, name) is not None:
+                positive_int(name)
+        check_runtime(self.runtime)
         for name in ("max_delay_ms", "request_timeout_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or value != value:
@@ -109,158 +119,6 @@ class ServerConfig:
         if unknown:
             raise ConfigError(f"unknown server options {unknown}; expected some of {sorted(known)}")
         return cls(**data)
-
-
-class _Pending:
-    __slots__ = ("data", "future", "size", "k")
-
-    def __init__(self, data: Any, future: asyncio.Future[Any], k: int) -> None:
-        self.data = data
-        self.future = future
-        self.size = len(data.batch)
-        self.k = k
-
-
-class DynamicBatcher:
-    """Merge concurrent requests into shared forward passes on one inference thread.
-
-    Requests queue in arrival order. A batch starts with the oldest request and takes the following ones while
-    they fit in ``max_batch_size`` images, waiting up to ``max_delay_s`` after the batch's first request for more
-    to arrive; a request with more images than ``max_batch_size`` runs alone. The forward pass runs on a dedicated
-    thread, so the event loop keeps accepting (and the worker threads keep decoding) meanwhile.
-
-    Args:
-        model: A :class:`~dogclf.serving.handler.ServedModel`.
-        max_batch_size: Most images per forward pass.
-        max_delay_s: How long to wait for more requests after the first one of a batch.
-
-    Attributes:
-        batches: Forward passes run so far.
-        images: Images those passes took.
-
-    :meth:`start` must be called from the event loop that will :meth:`submit`.
-    """
-
-    def __init__(self, model: Any, max_batch_size: int = 8, max_delay_s: float = 0.01) -> None:
-        self.model = model
-        self.max_batch_size = max_batch_size
-        self.max_delay_s = max_delay_s
-        self.batches = 0
-        self.images = 0
-        self._pending: collections.deque[_Pending] = collections.deque()
-        self._arrived: asyncio.Event | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._executor: ThreadPoolExecutor | None = None
-
-    def start(self) -> None:
-        """Start the batching task on the running event loop."""
-        self._arrived = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dogclf-infer")
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def stop(self) -> None:
-        """Stop the task and fail what is still queued."""
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-        while self._pending:
-            item = self._pending.popleft()
-            if not item.future.done():
-                item.future.set_exception(RuntimeError("the server is shutting down"))
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-
-    async def warm_up(self) -> None:
-        """Run one forward pass of zeros on the inference thread, so the first request does not pay for the
-        one-off set-up of the convolution kernels (the server answers ``/ping`` only after this)."""
-        import torch
-
-        from dogclf.serving import handler
-
-        assert self._executor is not None
-        crop = int(getattr(self.model, "crop", 224))
-        zeros = handler.InferenceInput(batch=torch.zeros(1, 3, crop, crop), k=1)
-        await asyncio.get_running_loop().run_in_executor(self._executor, handler.predict_fn, zeros, self.model)
-
-    async def submit(self, data: Any) -> Any:
-        """Queue one :class:`~dogclf.serving.handler.InferenceInput`; returns its
-        :class:`~dogclf.serving.handler.InferenceOutput` once its batch has run.
-
-        Raises:
-            InvalidRequestError: its ``k`` is out of range (checked before queueing, so one bad request cannot
-                fail the batch it would have shared).
-        """
-        from dogclf.serving import handler
-
-        k = handler.resolve_k(data.k, self.model.num_classes)
-        if self._arrived is None:
-            raise RuntimeError("DynamicBatcher.start() was not called")
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(data, future, k))
-        self._arrived.set()
-        return await future
-
-    async def _wait(self, timeout: float | None) -> None:
-        assert self._arrived is not None
-        self._arrived.clear()
-        if timeout is None:
-            await self._arrived.wait()
-            return
-        try:
-            await asyncio.wait_for(self._arrived.wait(), timeout)
-        except asyncio.TimeoutError:
-            pass
-
-    async def _next_batch(self) -> list[_Pending]:
-        while not self._pending:
-            await self._wait(None)
-        items = [self._pending.popleft()]
-        size = items[0].size
-        deadline = time.monotonic() + self.max_delay_s
-        while size < self.max_batch_size:
-            if not self._pending:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                await self._wait(remaining)
-                continue
-            if size + self._pending[0].size > self.max_batch_size:
-                break  # it opens the next batch
-            item = self._pending.popleft()
-            items.append(item)
-            size += item.size
-        return [item for item in items if not item.future.done()]  # timed-out requests are dropped
-
-    async def _run(self) -> None:
-        import torch
-
-        from dogclf.serving import handler
-
-        loop = asyncio.get_running_loop()
-        while True:
-            items = await self._next_batch()
-            if not items:
-                continue
-            merged = handler.InferenceInput(batch=torch.cat([item.data.batch for item in items]), k=1)
-            try:
-                output = await loop.run_in_executor(self._executor, handler.predict_fn, merged, self.model)
-            except Exception as exc:  # noqa: BLE001 - handed to each waiting request
-                for item in items:
-                    if not item.future.done():
-                        item.future.set_exception(exc)
-                continue
-            self.batches += 1
-            self.images += len(merged.batch)
-            start = 0
-            for item in items:
-                result = handler.InferenceOutput(logits=output.logits[start:start + item.size], k=item.k,
-                                                 labels=output.labels)
-                start += item.size
-                if not item.future.done():
-                    item.future.set_result(result)
 
 
 class _RequestProcessor:
@@ -298,10 +156,12 @@ def create_app(model: Any, config: ServerConfig | None = None) -> Any:
 
     Returns:
         A Starlette application with ``GET /ping`` and ``POST /invocations`` (plus ``GET /stats``: batches run,
-        images seen, requests served and refused).
+        images seen, requests served, refused and queued for a forward pass, and the runtime, workers and
+        intra-op threads serving them).
     """
     from contextlib import asynccontextmanager
 
+    require("serve", "starlette", "local endpoint server")
     from starlette.applications import Starlette
     from starlette.requests import ClientDisconnect, Request
     from starlette.responses import JSONResponse, Response
@@ -310,9 +170,17 @@ def create_app(model: Any, config: ServerConfig | None = None) -> Any:
     from dogclf.serving import handler
 
     config = config or ServerConfig()
+    runtime = getattr(model, "runtime", "torch")
+    intra_op_threads, workers = plan_threads(runtime, intra_op_threads=config.intra_op_threads, workers=config.workers)
     batcher = DynamicBatcher(model, config.effective_batch_size, config.max_delay_ms / 1000.0)
-    pool = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="dogclf-worker")
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dogclf-worker")
     stats = {"requests": 0, "errors_4xx": 0, "errors_5xx": 0}
+    intra_op_threads = getattr(model.module, "intra_op_threads", None) or intra_op_threads  # what the session has
+    if intra_op_threads is None:
+        import torch
+
+        intra_op_threads = torch.get_num_threads()
+    serving = {"runtime": runtime, "workers": workers, "intra_op_threads": intra_op_threads}
 
     async def ping(request: Request) -> Response:
         return JSONResponse({"status": "healthy", "breeds": model.num_classes})
@@ -363,7 +231,8 @@ def create_app(model: Any, config: ServerConfig | None = None) -> Any:
             return _error(500, "internal_error", f"{type(exc).__name__}: {exc}")
 
     async def get_stats(request: Request) -> Response:
-        return JSONResponse({**stats, "batches": batcher.batches, "images": batcher.images})
+        return JSONResponse({**stats, "batches": batcher.batches, "images": batcher.images,
+                             "queued": batcher.queued, **serving})
 
     @asynccontextmanager
     async def lifespan(app: Any) -> Any:
@@ -386,21 +255,26 @@ def serve(model_dir: str | os.PathLike[str], config: ServerConfig | None = None,
           sock: socket.socket | None = None) -> None:
     """Load the artifact in ``model_dir`` and serve it until interrupted (SIGINT/SIGTERM stop it gracefully).
 
+    The ``onnx`` runtimes serve the artifact's exported model (:func:`dogclf.serving.export.export_runtimes` makes
+    it; :class:`~dogclf.serving.EndpointDeployer` does so before starting the server); the server never exports.
+
     Args:
         model_dir: An unpacked artifact folder.
         config: Serving options.
         sock: An already bound and listening socket to serve on (``config.host``/``port`` are then ignored).
     """
     import torch
-    import uvicorn
 
+    uvicorn = require("serve", "uvicorn", "local endpoint server")
     from dogclf.serving import handler
 
     config = config or ServerConfig()
-    if config.torch_threads is not None:
-        torch.set_num_threads(config.torch_threads)
-    model = handler.model_fn(model_dir)
-    app = create_app(model, config)
+    intra_op_threads, workers = plan_threads(config.runtime, intra_op_threads=config.intra_op_threads,
+                                             workers=config.workers)
+    if config.runtime == "torch" and intra_op_threads is not None:
+        torch.set_num_threads(intra_op_threads)
+    model = handler.load_model(model_dir, config.runtime, intra_op_threads=intra_op_threads)
+    app = create_app(model, replace(config, intra_op_threads=intra_op_threads, workers=workers))
     uv_config = uvicorn.Config(app, host=config.host, port=config.port, log_level=config.log_level,
                                access_log=False, timeout_graceful_shutdown=5, lifespan="on")
     server = uvicorn.Server(uv_config)
@@ -410,7 +284,6 @@ def serve(model_dir: str | os.PathLike[str], config: ServerConfig | None = None,
 def _watch_parent(parent_pid: int, interval_s: float = 1.0) -> None:
     """Stop this server gracefully (SIGTERM to itself) once ``parent_pid`` has exited, so a crashed or killed
     client process leaves no orphaned server behind."""
-    import signal
     import threading
 
     def watch() -> None:
@@ -422,6 +295,10 @@ def _watch_parent(parent_pid: int, interval_s: float = 1.0) -> None:
     threading.Thread(target=watch, name="dogclf-parent-watch", daemon=True).start()
 
 
+def _exit_on_signal(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point: ``python -m dogclf.serving.server MODEL_DIR [options]``."""
     parser = argparse.ArgumentParser(prog="python -m dogclf.serving.server", description=__doc__.split("\n\n")[0])
@@ -430,8 +307,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fd", type=int, default=None, help="serve on this inherited listening socket")
     parser.add_argument("--parent-pid", type=int, default=None,
                         help="stop when this process (the one that started the server) is gone")
+    parser.add_argument("--remove-when-orphaned", default=None, metavar="DIR",
+                        help="with --parent-pid: remove this folder (the endpoint's temporary one) when stopping "
+                             "because that process is gone")
     for f in fields(ServerConfig):
-        if f.name in ("host", "log_level"):
+        if f.name in ("host", "log_level", "runtime"):
             parser.add_argument(f"--{f.name.replace('_', '-')}", default=None)
         elif f.name == "batching":
             parser.add_argument("--no-batching", dest="batching", action="store_false", default=None)
@@ -444,12 +324,22 @@ def main(argv: list[str] | None = None) -> int:
     config = ServerConfig.from_dict(options)
     logging.basicConfig(level=config.log_level.upper() if config.log_level != "trace" else "DEBUG",
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.parent_pid is not None:
-        _watch_parent(args.parent_pid)
-    sock = socket.socket(fileno=args.fd) if args.fd is not None else None
-    serve(args.model_dir, config, sock=sock)
+    try:  # from here on, a SIGTERM (SystemExit) still runs the clean-up below
+        if args.parent_pid is not None:
+            _watch_parent(args.parent_pid)
+        sock = socket.socket(fileno=args.fd) if args.fd is not None else None
+        serve(args.model_dir, config, sock=sock)
+    finally:
+        if args.remove_when_orphaned and args.parent_pid is not None and os.getppid() != args.parent_pid:
+            import shutil
+
+            # the process that would have removed it is gone (killed): nothing else will
+            shutil.rmtree(args.remove_when_orphaned, ignore_errors=True)
     return 0
 
 
 if __name__ == "__main__":  # pragma: no cover - run as a process
+    # SIGTERM (from delete(), or from the parent watch) ends the process through SystemExit, so main()'s clean-up
+    # runs even while the model is still loading; uvicorn handles it gracefully while serving, then re-raises it.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     raise SystemExit(main())

@@ -24,17 +24,17 @@ def make_artifact(path: str | os.PathLike[str], labels: Sequence[str] | str = ("
     Args:
         path: The artifact folder to write.
         labels: Breed names, or a registered label-set name such as ``"dogimages-133"``.
-        backbone: A :data:`~dogclf.models.BACKBONES` entry.
+        backbone: A registered backbone (:func:`~dogclf.models.backbones.list_models`).
         seed: Seed for the random weights (the same seed writes the same model).
     """
     import torch
 
-    from dogclf.models import ResNetBreedModel
+    from dogclf.models import BreedModel
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = ResNetBreedModel(labels if isinstance(labels, str) else list(labels), backbone=backbone,
-                                 weights=None).build()
+        model = BreedModel(labels if isinstance(labels, str) else list(labels), backbone=backbone,
+                           weights=None).build()
     return model.save(path)
 
 
@@ -76,7 +76,9 @@ def running_app(app: Any, host: str = "127.0.0.1") -> Iterator[str]:
     process for the duration of the ``with`` block; yields its base URL. Always stops the server."""
     import socket
 
-    import uvicorn
+    from dogclf._extras import require
+
+    uvicorn = require("serve", "uvicorn", "test server")
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind((host, 0))

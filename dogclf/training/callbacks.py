@@ -65,7 +65,9 @@ class TrainingContext:
         stop_training: Set to ``True`` to end training early.
         stop_reason: Why a callback stopped training.
         state: Free space for callbacks to share values (the entry point puts ``num_workers``,
-            ``feature_cache``, ``device``, ``labels`` and ``breed_model`` there).
+            ``feature_cache``, ``device``, ``labels`` and ``breed_model`` there, and ``resumed_from``: ``None``, or
+            for a job resumed from a checkpoint ``{"epoch": epochs done, "steps": {"train": n, "eval": m}}``, the
+            step counts the run continues from).
         training: The job's typed :class:`~dogclf.training.TrainingConfig` (``None`` outside the entry point).
         model_config: The job's typed :class:`~dogclf.models.ModelConfig` (``None`` outside the entry point).
     """

@@ -4,19 +4,23 @@ A checkpoint holds the trainable weights, the optimizer, every random state the 
 generator, torch's CPU generator and, on CUDA, every device's generator), the metric history and step counters,
 plus a fingerprint of the hyperparameters that change the result: a job started again with other ones starts
 over instead of mixing two runs. It is written atomically (:func:`dogclf._io.atomic_write`), so a kill during the
-write leaves the previous checkpoint.
+write leaves the previous checkpoint; the next :func:`load_checkpoint` removes the killed write's temporary file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 from dogclf._contract import encode
-from dogclf._io import atomic_write
+from dogclf._faults import watch_writes
+from dogclf._io import atomic_write, remove_stale_temporaries
 from dogclf.errors import ArtifactError
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["CHECKPOINT_FILE", "fingerprint", "save_checkpoint", "load_checkpoint", "trainable_state", "rng_state",
            "restore_rng_state"]
@@ -36,20 +40,27 @@ def fingerprint(model: Any, training: Any) -> str:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write a checkpoint atomically (temporary file, fsync, rename)."""
+    """Write a checkpoint atomically (temporary file, fsync, rename).
+
+    Fail point ``training.checkpoint.write``: after each MiB written to the temporary file.
+    """
     import torch
 
-    atomic_write(path, lambda fh: torch.save(state, fh))
+    atomic_write(path, lambda fh: torch.save(state, watch_writes(fh, "training.checkpoint.write")))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any] | None:
-    """The checkpoint at ``path``, or ``None`` if there is none.
+    """The checkpoint at ``path``, or ``None`` if there is none. Temporary files of writes killed midway are
+    removed (the checkpoint they were to replace is the one read).
 
     Raises:
         ArtifactError: the file exists but is corrupt.
     """
     import torch
 
+    for stale in remove_stale_temporaries(path):
+        logger.warning("removed %s, a checkpoint write that was killed midway; %s is the last complete checkpoint",
+                       stale, path if path.is_file() else "there is no earlier")
     if not path.is_file():
         return None
     try:

@@ -163,13 +163,19 @@ class DecodedImages:
         return load_image(path, self.preprocess, crop=self.crop), label
 
 
+SMALL_SPLIT = 512
+"""Splits of up to this many images are decoded in the job's own process: a worker process costs a second or more
+to start (it imports torch), more than decoding a few hundred photos."""
+
+
 def auto_workers(n_images: int, batch_size: int) -> int:
-    """DataLoader workers for decoding: the machine's CPUs less one (at most 8), none for tiny datasets."""
+    """DataLoader workers for decoding: the machine's CPUs less one (at most 8); none for small splits
+    (:data:`SMALL_SPLIT`) or a single batch."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         cpus = os.cpu_count() or 1
-    if cpus <= 1 or n_images <= batch_size:
+    if cpus <= 1 or n_images <= max(batch_size, SMALL_SPLIT):
         return 0
     return max(1, min(8, cpus - 1))
 

@@ -38,8 +38,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -384,20 +382,14 @@ class _RankLog(logging.Filter):
         return True
 
 
-def _die_with_parent() -> None:
-    """torchrun starts each worker in a session of its own; should torchrun itself be killed (SIGKILL, the OOM
-    killer), its workers would live on. On Linux the kernel sends this process SIGKILL when its parent dies."""
-    if not sys.platform.startswith("linux") or not os.environ.get("TORCHELASTIC_RUN_ID"):
-        return
-    try:
-        import ctypes
+def _die_with_torchrun() -> None:
+    """torchrun starts each worker in a session of its own: should torchrun itself be killed (SIGKILL, the OOM
+    killer, a local job's caller gone), its workers would live on. Each kills itself and its session (its
+    DataLoader workers) once its parent, torchrun, is gone (:func:`dogclf._process.die_with_parent`)."""
+    if os.environ.get("TORCHELASTIC_RUN_ID"):
+        from dogclf._process import die_with_parent
 
-        parent = os.getppid()
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
-        if os.getppid() != parent:  # the parent died before the request: nothing would tell us
-            os._exit(1)
-    except (OSError, AttributeError):  # pragma: no cover - no prctl: torchrun still tears workers down
-        pass
+        die_with_parent(os.getppid())
 
 
 def start(training: Any) -> Ranks:
@@ -426,7 +418,7 @@ def start(training: Any) -> Ranks:
     import torch
     import torch.distributed as dist
 
-    _die_with_parent()
+    _die_with_torchrun()
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dogclf._faults import failpoint
 from dogclf.training.callbacks import StepInfo, TrainingContext
 from dogclf.training.checkpoint import restore_rng_state, rng_state, save_checkpoint, trainable_state
 from dogclf.training.distributed import Ranks
@@ -61,7 +62,7 @@ class Trainer:
         self.cached, self.device, self.normalizer, self.crop = cached, device, normalizer, crop
         self.checkpoint_path, self.fingerprint = checkpoint_path, fingerprint
         self.callbacks, self.metrics, self.ctx = callbacks, metrics, context
-        self.module = model.module_.fc if cached else model.module_
+        self.module = model.head_ if cached else model.module_
         self.steps = {"train": 0, "eval": 0}
         self.history: list[dict[str, Any]] = []
         self.ranks = ranks if ranks is not None else Ranks(device=device)
@@ -151,6 +152,7 @@ class Trainer:
                                                t2 - t1))
             self.steps["train"] += 1
             ctx.global_step = self.steps["train"]
+            failpoint("training.loop.step")  # the fault suite's mid-epoch kill (no-op unless armed)
             if self.training.log_interval and self.steps["train"] % self.training.log_interval == 0:
                 logger.info("epoch %d step %d: batch loss %.4f", epoch, self.steps["train"], batch_loss)
             ctx.stop_training = self.ranks.any(ctx.stop_training)  # a callback on rank 0 stops every rank

@@ -199,13 +199,13 @@ def run(model_config: Any, training: Any, paths: JobPaths, extra: dict[str, Any]
     import torch
 
     from dogclf._contract import encode
-    from dogclf.models import ResNetBreedModel
+    from dogclf.models import BreedModel
     from dogclf.training.callbacks import TrainingContext, make_callbacks
     from dogclf.training.checkpoint import CHECKPOINT_FILE, fingerprint, load_checkpoint
     from dogclf.images import Normalizer
     from dogclf.training.data import auto_workers, load_split_images, resolve_channels, resolve_data_labels, scan_split
     from dogclf.training.distributed import start
-    from dogclf.training.features import cached_features, feature_cache_dir, fold_batchnorm
+    from dogclf.training.features import cached_features, feature_cache_dir
     from dogclf.training.loop import Trainer, make_optimizer
     from dogclf.training.metrics import MetricsPublisher
 
@@ -227,9 +227,9 @@ def run(model_config: Any, training: Any, paths: JobPaths, extra: dict[str, Any]
         checkpoint = None
 
     _seed_everything(training.seed, training.deterministic)
-    model = ResNetBreedModel(labels, backbone=model_config.backbone, weights=model_config.weights,
-                             freeze=model_config.freeze, dropout=model_config.dropout,
-                             preprocess=model_config.preprocess).build()
+    model = BreedModel(labels, backbone=model_config.backbone, weights=model_config.weights,
+                       freeze=model_config.freeze, dropout=model_config.dropout,
+                       preprocess=model_config.preprocess).build()
     device = ranks.device
     # Convolutions run faster channels-last with oneDNN on CPU and with cuDNN on GPU (measured for resnet50 here).
     channels_last = training.channels_last in ("on", "auto")
@@ -263,7 +263,7 @@ def run(model_config: Any, training: Any, paths: JobPaths, extra: dict[str, Any]
 
         def backbone() -> Any:  # folded once, on the first cache miss
             if not folded:
-                folded.append(fold_batchnorm(module, channels_last))
+                folded.append(model.fold_batchnorm(channels_last))
             return folded[0]
 
         data = {name: cached_features(model, split, cache_dir, seed=training.seed, batch_size=eval_bs,
@@ -280,12 +280,14 @@ def run(model_config: Any, training: Any, paths: JobPaths, extra: dict[str, Any]
     input_seconds = time.perf_counter() - inputs_started
     # 3. The loop, observed by the registered callbacks.
     hyperparameters = {**encode(model_config, training), **(extra or {})}
-    ctx = TrainingContext(model=module.fc if use_cache else module, loss_fn=torch.nn.CrossEntropyLoss(),
+    ctx = TrainingContext(model=model.head_ if use_cache else module, loss_fn=torch.nn.CrossEntropyLoss(),
                           optimizer=make_optimizer(training, model.trainable_parameters()),
                           hyperparameters=hyperparameters, output_data_dir=output_dir, model_dir=model_dir,
                           epochs=training.epochs, training=training, model_config=model_config)
     ctx.state.update({"feature_cache": use_cache, "device": str(device), "labels": labels, "num_workers": workers,
                       "breed_model": model, "num_train_images": len(splits["train"]),
+                      "resumed_from": None if checkpoint is None else {
+                          "epoch": int(checkpoint["epoch"]), "steps": dict(checkpoint.get("steps") or {})},
                       "rank": ranks.rank, "world_size": ranks.world_size})
     for var in ("SMDEBUG_CONFIG_FILE_PATH", "SMPROFILER_CONFIG_PATH"):
         if os.environ.get(var):

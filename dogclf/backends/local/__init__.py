@@ -42,6 +42,14 @@ class LocalBackend(PackageBackend):
     delivers_debugger_config = True
     """Jobs get ``debughookconfig.json`` / ``profilerconfig.json`` written from the spec, as SageMaker's Debugger
     service does."""
+    resumes_jobs = True
+    """A job started again under the name of one that did not complete (killed, failed, stopped) continues in
+    its folder from its last checkpoint: a killed experiment's trials resume under their own names."""
+    extras = {
+        "train": (("local", "sagemaker_training"),),  # jobs run under the container contract through the toolkit
+        "trial_pool": (("local", "sagemaker_training"),),
+        "deploy": (("serve", "starlette"), ("serve", "uvicorn"), ("serve", "requests")),
+    }
 
     def __init__(self, root: str | os.PathLike[str] | None = None, processes: int | None = None) -> None:
         if processes is not None and (isinstance(processes, bool) or not isinstance(processes, int) or processes < 1):

@@ -1,12 +1,12 @@
-"""Local backend: the job process, which starts the entry point as SageMaker's PyTorch container does.
+"""Local backend: data-parallel jobs, started as SageMaker's PyTorch container starts them.
 
-``python -m dogclf.backends.local.launch JOB_DIR`` is the process of a local training job (``SAGEMAKER_BASE_DIR``
-is ``JOB_DIR``). Like the container's training module it reads the job through the sagemaker-training toolkit's
-``Environment`` and picks the toolkit's runner: the entry point as one process, or, when the job's hyperparameters
-enable ``torch_distributed`` (``sagemaker_torch_distributed_enabled``, what SageMaker's
-``distribution={"torch_distributed": {"enabled": True}}`` sends), the toolkit's ``TorchDistributedRunner``, which
-runs ``torchrun --nnodes 1 --nproc_per_node N dogclf/training/train.py --lr ...`` (N from
-``sagemaker_mpi_num_of_processes_per_host``).
+A local job's process (:mod:`.training`) reads the job through the sagemaker-training toolkit's ``Environment``
+and, like the container's training module, picks the toolkit's runner (:func:`toolkit_runner`): the entry point
+as one process, or, when the job's hyperparameters enable ``torch_distributed``
+(``sagemaker_torch_distributed_enabled``, what SageMaker's ``distribution={"torch_distributed": {"enabled":
+True}}`` sends), the toolkit's ``TorchDistributedRunner``, which runs ``torchrun --nnodes 1 --nproc_per_node N
+dogclf/training/train.py --lr ...`` (N from ``sagemaker_mpi_num_of_processes_per_host``).
+:func:`job_processes` checks a spec against this machine, :func:`distributed_layout` lays out the job folder.
 
 The job folder's ``bin/torchrun``, first on the job's ``PATH``, is this module's ``--torchrun`` mode: PyTorch's
 own launcher (:mod:`torch.distributed.run`, run in-process with the interpreter of the job) with what a job on a
@@ -17,6 +17,9 @@ shared machine needs on top:
 * when a worker fails, torchrun stops the others (none is orphaned) and this writes the reason to
   ``output/failure`` (SageMaker's ``FailureReason``): which rank died and how (``kill -9`` leaves no message of
   its own), ahead of what the other ranks then reported.
+
+torchrun starts each worker in a session of its own, out of reach of the job's process group; each worker dies
+with torchrun (:func:`dogclf.training.distributed.start`), which is in the job's group.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from dogclf._io import atomic_write
 from dogclf.errors import ConfigError
 from dogclf.training.distributed import check_global_batch
 
-__all__ = ["job_processes", "resource_config", "distributed_layout", "run_job", "torchrun", "failure_reason"]
+__all__ = ["job_processes", "resource_config", "distributed_layout", "toolkit_runner", "torchrun", "failure_reason"]
 
 HOST = "algo-1"
 """The host name SageMaker gives the first (here: only) instance of a job."""
@@ -98,24 +101,15 @@ def distributed_layout(base: Path, processes: int, hyperparameters: dict[str, st
     env.setdefault("OMP_NUM_THREADS", str(max(1, cpus // processes)))
 
 
-def run_job(base: str) -> int:
-    """The job process: run the entry point through the sagemaker-training toolkit, with the runner the PyTorch
-    container would pick; returns the exit status."""
-    os.environ["SAGEMAKER_BASE_DIR"] = base
-    from sagemaker_training import entry_point, environment, errors, runner
+def toolkit_runner(env: Any) -> Any:
+    """The sagemaker-training runner the PyTorch container picks for a job's ``Environment``: torchrun when the
+    job enables ``torch_distributed`` (for this instance's group), else one process."""
+    from sagemaker_training import runner
 
-    env = environment.Environment()
-    runner_type = runner.ProcessRunnerType
     if env.additional_framework_parameters.get("sagemaker_torch_distributed_enabled") and \
             env.current_instance_group in env.distribution_instance_groups:
-        runner_type = runner.TorchDistributedRunnerType
-    try:
-        entry_point.run(uri=env.module_dir, user_entry_point=env.user_entry_point, args=env.to_cmd_args(),
-                        env_vars=env.to_env_vars(), capture_error=False, runner_type=runner_type)
-    except errors.ExecuteUserScriptError as exc:
-        print(f"training entry point failed: {str(exc).strip()[:500]}", flush=True)
-        return int(getattr(exc, "return_code", 1) or 1)
-    return 0
+        return runner.TorchDistributedRunnerType
+    return runner.ProcessRunnerType
 
 
 def failure_reason(failures: dict[int, Any], world: int, written: str | None) -> str | None:
@@ -162,9 +156,7 @@ def torchrun(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--torchrun"]:
-        sys.exit(torchrun(sys.argv[2:]))
-    if len(sys.argv) != 2:
-        print("usage: python -m dogclf.backends.local.launch JOB_DIR | --torchrun TORCHRUN_ARGS", file=sys.stderr)
+    if sys.argv[1:2] != ["--torchrun"]:
+        print("usage: python -m dogclf.backends.local.launch --torchrun TORCHRUN_ARGS", file=sys.stderr)
         sys.exit(64)
-    sys.exit(run_job(sys.argv[1]))
+    sys.exit(torchrun(sys.argv[2:]))

@@ -18,8 +18,8 @@ def deploy(backend: LocalBackend, artifact: Any, config: Any = None, **kwargs: A
         backend: The :class:`~dogclf.backends.local.LocalBackend` (its ``root`` is not used: the unpacked model and
             the server log live in a temporary folder removed when the endpoint is deleted).
         artifact: An artifact folder, a ``model.tar.gz`` or a built :class:`~dogclf.models.ResNetBreedModel`.
-        config: A :class:`~dogclf.serving.DeployConfig` (its ``server`` and ``startup_timeout_s`` apply here);
-            defaults to its defaults.
+        config: A :class:`~dogclf.serving.DeployConfig` (its ``server``, ``calibration`` and ``startup_timeout_s``
+            apply here); defaults to its defaults.
         **kwargs: :class:`~dogclf.serving.DeployConfig` or :class:`~dogclf.serving.server.ServerConfig` field
             overrides, e.g. ``port=8080`` or ``max_batch_size=16``.
 
@@ -35,5 +35,5 @@ def deploy(backend: LocalBackend, artifact: Any, config: Any = None, **kwargs: A
 
     config = EndpointDeployer(config, **kwargs).resolved_config()
     endpoint = LocalEndpoint(artifact, config.server, name=config.endpoint_name,
-                             startup_timeout_s=config.startup_timeout_s)
+                             startup_timeout_s=config.startup_timeout_s, calibration=config.calibration)
     return endpoint.start()

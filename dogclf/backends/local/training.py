@@ -13,14 +13,17 @@ Each job gets a folder laid out like a container's ``/opt/ml``::
         logs/train.log                      everything the job printed
         job.json                            status, metrics and paths (what :func:`attach` reads)
 
-The job runs in a separate process (:mod:`.launch`) through the ``sagemaker-training`` toolkit with
-``SAGEMAKER_BASE_DIR`` set to the job folder, i.e. the same code path SageMaker's PyTorch containers use:
-``environment.Environment()`` reads the config files, ``entry_point.run`` starts ``dogclf/training/train.py`` with
-the hyperparameters as command-line options and the ``SM_*`` environment; a job with a
-:class:`~dogclf.training.Distribution` (or a backend with ``processes``) runs it in N processes under ``torchrun``,
-as SageMaker's ``torch_distributed`` launcher does. Its output streams to a logger and to ``on_log_line``; its metrics are the
+The job runs in a separate process through the ``sagemaker-training`` toolkit with ``SAGEMAKER_BASE_DIR`` set to
+the job folder, i.e. the same code path SageMaker's PyTorch containers use: ``environment.Environment()`` reads the
+config files, ``entry_point.run`` starts ``dogclf/training/train.py`` with the hyperparameters as command-line
+options and the ``SM_*`` environment (N processes under torchrun for a distributed job, :mod:`.launch`). Its output streams to a logger and to ``on_log_line``; its metrics are the
 events the entry point publishes in ``output/data/metrics.jsonl`` (:mod:`dogclf.training.metrics`), read as they
 come, never parsed from the log.
+
+A local job lives as long as the process that started it (which reads its output): killed with ``kill -9``, that
+process takes its jobs with it (:func:`dogclf._process.die_with_parent`), and ``job.json`` says how each ended
+(:mod:`._jobstate`). A job started again under the name of one that did not complete continues in the same folder
+from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -38,9 +41,11 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from dogclf._extras import require
 from dogclf._io import atomic_write_json
+from dogclf._process import die_with_parent, group_members, kill_group
 from dogclf._source import copy_package_source
-from dogclf.backends.local.launch import distributed_layout, job_processes, resource_config
+from dogclf.backends.local.launch import distributed_layout, job_processes, resource_config, toolkit_runner
 from dogclf.errors import (
     ConfigError,
     DataError,
@@ -52,6 +57,8 @@ from dogclf.errors import (
 from dogclf.images import is_image_file
 from dogclf.training.metrics import last_values, read_metric_events
 from dogclf.training.spec import TrainingJobResult, TrainingJobSpec
+
+from ._jobstate import CALLER_ENV, mark_ended, process_fields, reconcile, running, write_state
 
 if TYPE_CHECKING:
     from dogclf.backends.local import LocalBackend
@@ -112,22 +119,24 @@ def _rewrite_opt_ml(value: Any, base: Path) -> Any:
 
 def prepare_job(backend: LocalBackend, spec: TrainingJobSpec, job_name: str,
                 processes: int | None = None) -> tuple[Path, dict[str, str]]:
-    """Lay out the job folder and return it with the environment for the job process (``processes``: run the
-    entry point in that many processes under torchrun, see :func:`.launch.job_processes`).
+    """Lay out the job folder and return it with the environment for the job process (of ``processes`` under
+    torchrun, :func:`.launch.job_processes`).
+
+    A job of that name that did not complete starts again in its folder and resumes from its checkpoints; one
+    whose process is gone, or orphaned, is first recorded as ended (:func:`._jobstate.reconcile`).
 
     Raises:
-        DuplicateError: a completed job of that name exists.
+        DuplicateError: a completed job of that name exists, or one runs.
         ConfigError, DataNotFoundError, DataError: bad channels or checkpoint location.
     """
     channels = _check_channels(spec)
     base = job_dir(backend, job_name)
-    state = base / "job.json"
-    if state.is_file():
-        previous = json.loads(state.read_text(encoding="utf-8"))
+    previous = reconcile(base)
+    if previous is not None:
         if previous.get("status") == "Completed":
             raise DuplicateError(f"training job {job_name!r} already completed in {base}; read it with "
                                  "attach(job_name) or choose another job_name")
-        if previous.get("status") == "InProgress" and _alive(previous.get("pid")):
+        if previous.get("status") in ("InProgress", "Stopping") and all(running(previous)):
             raise DuplicateError(f"training job {job_name!r} is running (pid {previous.get('pid')})")
         logger.info("job folder %s exists (status %s): starting again, resuming from its checkpoints", base,
                     previous.get("status"))
@@ -187,6 +196,7 @@ def prepare_job(backend: LocalBackend, spec: TrainingJobSpec, job_name: str,
         "PYTHONUNBUFFERED": "1",
         "DOGCLF_FEATURE_CACHE_DIR": str(Path(backend.root) / "cache" / "features"),
         "TRAINING_JOB_NAME": job_name,
+        CALLER_ENV: str(os.getpid()),  # the job dies with this process, which reads its output
     })
     if processes is not None:
         distributed_layout(base, processes, hyperparameters, env)
@@ -206,41 +216,6 @@ def prepare_job(backend: LocalBackend, spec: TrainingJobSpec, job_name: str,
         env.pop("SMPROFILER_CONFIG_PATH", None)
     env.update(spec.environment)
     return base, env
-
-
-def _alive(pid: Any) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    try:  # a zombie (exited, not yet reaped) is not alive
-        with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
-            return fh.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
-def _group_alive(pgid: int) -> bool:
-    """Whether any process of group ``pgid`` still runs (zombies, which a container's init may never reap, do not)."""
-    proc = Path("/proc")
-    if not proc.is_dir():  # pragma: no cover - not Linux
-        try:
-            os.killpg(pgid, 0)
-        except OSError:
-            return False
-        return True
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text(encoding="utf-8").rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-            return True
-    return False
 
 
 class LocalTrainingJob:
@@ -266,6 +241,7 @@ class LocalTrainingJob:
         self._stop_requested = False
         self._started = time.time()
         self._result: TrainingJobResult | None = None
+        self._ids = process_fields(process.pid)  # read now: once it has ended, the process cannot be named
         self._save_state()
         self._reader = threading.Thread(target=self._read, name=f"dogclf-job-{job_name}", daemon=True)
         self._reader.start()
@@ -305,12 +281,12 @@ class LocalTrainingJob:
         return self._process.pid
 
     def _save_state(self, result: TrainingJobResult | None = None) -> None:
-        doc = {"job_name": self.job_name, "status": self._status, "pid": self._process.pid,
+        doc = {"job_name": self.job_name, "status": self._status, **self._ids,
                "started": self._started, "spec_hyperparameters": self.spec.hyperparameters,
                "channels": self.spec.channels}
         if result is not None:
             doc["result"] = result.to_dict()
-        atomic_write_json(self.job_dir / "job.json", doc)
+        write_state(self.job_dir, doc)
 
     def _read(self) -> None:
         assert self._process.stdout is not None
@@ -328,6 +304,11 @@ class LocalTrainingJob:
                     except Exception:  # a caller's callback must not kill the log reader
                         logger.exception("on_log_line callback failed for job %s", self.job_name)
         code = self._process.wait()
+        if isinstance(self._process, subprocess.Popen) and group_members(self._process.pid):
+            # the job process ended (killed alone?) and left the entry point or its workers: they go with it
+            logger.warning("job %s: process %d ended with status %s and left processes in its group; killing them",
+                           self.job_name, self._process.pid, code)
+            kill_group(self._process.pid)
         self._finish(code)
 
     def _finish(self, code: int) -> None:
@@ -342,8 +323,8 @@ class LocalTrainingJob:
                 failure = self.job_dir / "output" / "failure"
                 reason = failure.read_text(encoding="utf-8").strip() if failure.is_file() else None
                 if not reason:
-                    errors = [t for t in self._tail if "Error" in t or "error" in t]
-                    reason = (errors[-1] if errors else f"the job process exited with status {code}")[:1024]
+                    errors = [t for t in self._tail if "Error" in t or "error" in t or "killed by" in t]
+                    reason = (errors[-1] if errors else _exit_text(code))[:1024]
             self._status = status
             history = self.metric_history
             self._result = TrainingJobResult(
@@ -392,20 +373,8 @@ class LocalTrainingJob:
                 return
             self._stop_requested = True
             self._status = "Stopping"
-        try:
-            os.killpg(self._process.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + grace_s
-        while _group_alive(self._process.pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if _group_alive(self._process.pid):  # the entry point (a grandchild) too, not only the toolkit runner
-            try:
-                os.killpg(self._process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            while _group_alive(self._process.pid) and time.monotonic() < deadline + 10:
-                time.sleep(0.1)
+        # the whole group: the entry point (a grandchild) and its workers too, not only the toolkit runner
+        kill_group(self._process.pid, grace_s=grace_s)
         self._reader.join(30)
 
 
@@ -424,9 +393,8 @@ def train(backend: LocalBackend, spec: TrainingJobSpec, *, wait: bool = True,
         logger: Where the job's lines are logged (INFO); defaults to this module's logger.
 
     Raises:
-        ConfigError, DataNotFoundError, DataError: bad spec or channels, before anything runs; a distribution
-            this machine cannot run (several instances, a batch size the processes do not divide, SyncBatchNorm
-            or ``device="cuda"`` without a GPU per process).
+        ConfigError, DataNotFoundError, DataError: bad spec or channels, or a distribution this machine cannot
+            run (:func:`.launch.job_processes`), before anything runs.
         DuplicateError: a completed (or running) job of that name exists.
         JobError: the job failed (``wait=True`` and ``raise_on_failure``).
     """
@@ -437,7 +405,7 @@ def train(backend: LocalBackend, spec: TrainingJobSpec, *, wait: bool = True,
     base, env = prepare_job(backend, spec, job_name, processes)
     log = logger or globals()["logger"]
     process = subprocess.Popen(
-        [sys.executable, "-u", "-m", "dogclf.backends.local.launch", str(base)],
+        [sys.executable, "-u", "-m", "dogclf.backends.local.training", str(base)],
         env=env, cwd=str(base), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
         bufsize=1, start_new_session=True,
     )
@@ -455,27 +423,68 @@ def train(backend: LocalBackend, spec: TrainingJobSpec, *, wait: bool = True,
 def attach(backend: LocalBackend, job_name: str) -> TrainingJobResult:
     """Read a local job's result from its folder (like ``Estimator.attach``).
 
-    A job whose process is gone without a result (killed with the caller) reads as ``Failed``.
+    A job whose process is gone without a result (killed, or with the process that started it) reads as
+    ``Failed``, and ``job.json`` is rewritten to say so; an orphaned one is killed first
+    (:func:`._jobstate.reconcile`).
 
     Raises:
         NotFoundError: no job of that name under the backend's root.
     """
     base = job_dir(backend, job_name)
-    state_path = base / "job.json"
-    if not state_path.is_file():
+    state = reconcile(base)
+    if state is None:
         known = sorted(p.name for p in (Path(backend.root) / "jobs").glob("*") if (p / "job.json").is_file()) \
             if (Path(backend.root) / "jobs").is_dir() else []
         raise NotFoundError(f"no local training job {job_name!r} under {backend.root}; known: "
                             f"{', '.join(map(repr, known[-10:])) or 'none'}")
-    state = json.loads(state_path.read_text(encoding="utf-8"))
     if "result" in state:
         return TrainingJobResult.from_dict(state["result"])
-    log_path = base / "logs" / "train.log"
-    history = read_metric_events(base / "output" / "data")
-    running = _alive(state.get("pid"))
+    history = read_metric_events(base / "output" / "data")  # it runs: what it has published so far
     return TrainingJobResult(
-        job_name=job_name, status="InProgress" if running else "Failed", metrics=last_values(history),
-        metric_history=history,
-        output_dir=str(base / "output" / "data"),
-        failure_reason=None if running else "the job process ended without a result (killed?)",
-        log_path=str(log_path), hyperparameters=state.get("spec_hyperparameters", {}))
+        job_name=job_name, status=str(state.get("status", "InProgress")), metrics=last_values(history),
+        metric_history=history, output_dir=str(base / "output" / "data"), log_path=str(base / "logs" / "train.log"),
+        hyperparameters=state.get("spec_hyperparameters", {}))
+
+
+def _exit_text(code: int) -> str:
+    """How a process ended, from its exit status (negative: the signal that killed it)."""
+    if code < 0:
+        try:
+            return f"the job process was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"the job process was killed by signal {-code}"
+    return f"the job process exited with status {code}"
+
+
+def _watch_caller(base: str | os.PathLike[str]) -> None:
+    """In a job process: die with the caller named by ``DOGCLF_JOB_CALLER``, recording why in ``job.json``."""
+    caller = os.environ.get(CALLER_ENV, "")
+    if caller.isdigit():
+        die_with_parent(int(caller), lambda: mark_ended(
+            Path(base), f"the process that started the job (pid {caller}) is gone; the job was killed with it"))
+
+
+def _run_in_job_folder(base: str) -> int:
+    """The job process: run the entry point through the sagemaker-training toolkit (``SAGEMAKER_BASE_DIR`` set)."""
+    os.environ["SAGEMAKER_BASE_DIR"] = base
+    _watch_caller(base)
+    require("local", "sagemaker_training", "local backend's training job")
+    from sagemaker_training import entry_point, environment, errors
+
+    env = environment.Environment()
+    try:
+        entry_point.run(uri=env.module_dir, user_entry_point=env.user_entry_point, args=env.to_cmd_args(),
+                        env_vars=env.to_env_vars(), capture_error=False, runner_type=toolkit_runner(env))
+    except errors.ExecuteUserScriptError as exc:
+        code = int(getattr(exc, "return_code", 1) or 1)
+        how = _exit_text(code).replace("the job process", "the training entry point")
+        print(f"training entry point failed: {how} ({' '.join(str(exc).split())[:500]})", flush=True)
+        return 128 - code if code < 0 else code  # a signal as a shell reports it (137: SIGKILL)
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        print("usage: python -m dogclf.backends.local.training JOB_DIR", file=sys.stderr)
+        sys.exit(64)
+    sys.exit(_run_in_job_folder(sys.argv[1]))

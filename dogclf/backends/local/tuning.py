@@ -6,6 +6,11 @@ trial's own work is a fraction of a second, the interpreter start, the torch imp
 job would dominate: :meth:`LocalBackend.trial_pool <dogclf.backends.local.LocalBackend.trial_pool>` then offers a
 :class:`WarmPoolBackend`, whose workers run one job after another, each in its own job folder under the
 training-container environment.
+
+Like every local job, pool workers live only as long as the process that started them (the experiment's): killed
+with ``kill -9``, it takes the workers and their jobs with it, and each job's ``job.json`` records how it ended
+(:mod:`._jobstate`). The next run of the experiment resumes those trials from their checkpoints, under their own
+names (the backend's ``resumes_jobs``).
 """
 
 from __future__ import annotations
@@ -18,9 +23,12 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dogclf.errors import BackendError
+
+from ._jobstate import CALLER_ENV
 
 if TYPE_CHECKING:
     from dogclf.backends.local import LocalBackend
@@ -70,11 +78,13 @@ class _PoolWorker:
     and runs the entry point's ``main`` with the job's hyperparameters as command-line options.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, root: Any) -> None:
+        # the backend's root on the command line: `ps` shows which jobs folder a worker serves
         self.process = subprocess.Popen(
-            [sys.executable, "-u", "-m", "dogclf.backends.local.tuning", "--pool-worker"],
+            [sys.executable, "-u", "-m", "dogclf.backends.local.tuning", "--pool-worker", str(root)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
-            bufsize=1, start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            bufsize=1, start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", CALLER_ENV: str(os.getpid())},
         )
         self.busy = False
 
@@ -153,6 +163,7 @@ class WarmPoolBackend:
         self._workers: list[_PoolWorker] = []
         self._lock = threading.Lock()
         self.warm_up_first = False
+        self.resumes_jobs = bool(getattr(backend, "resumes_jobs", False))
 
     def _worker(self) -> _PoolWorker:
         with self._lock:
@@ -163,12 +174,12 @@ class WarmPoolBackend:
                     return w
             if len(self._workers) >= self.size:
                 raise BackendError(f"all {self.size} pool workers are busy")
-            w = _PoolWorker()
+            w = _PoolWorker(self.root)
             w.busy = True
             self._workers.append(w)
             # start the others now, so their start-up overlaps this first job (e.g. its backbone pass)
             while len(self._workers) < self.size:
-                self._workers.append(_PoolWorker())
+                self._workers.append(_PoolWorker(self.root))
             return w
 
     def train(self, spec: Any, wait: bool = True, on_log_line: Any = None, **kwargs: Any) -> Any:
@@ -207,8 +218,27 @@ class WarmPoolBackend:
             w.close()
 
 
-def _pool_worker_main() -> int:
-    """The worker: read job requests (one JSON line each) from stdin and run each job's entry point in-process."""
+def _mark_my_jobs(root: Path, reason: str) -> None:
+    """Record as ended every job under ``root`` that names this worker as its process and claims to run (the one it
+    runs, and one handed to it that it has not read yet)."""
+    from ._jobstate import mark_ended, read_state
+
+    for job in (root / "jobs").glob("*"):
+        state = read_state(job)
+        if state and state.get("pid") == os.getpid() and state.get("status") == "InProgress" and "result" not in state:
+            mark_ended(job, reason)
+
+
+def _pool_worker_main(root: str | None = None) -> int:
+    """The worker: read job requests (one JSON line each) from stdin and run each job's entry point in-process;
+    die with the process that started it (its jobs recorded as ended in their ``job.json``)."""
+    from dogclf._process import die_with_parent
+
+    caller = os.environ.get(CALLER_ENV, "")
+    if caller.isdigit():
+        reason = f"the process that started the job (pid {caller}) is gone; the job was killed with it"
+        die_with_parent(int(caller), lambda: root is not None and _mark_my_jobs(Path(root), reason))
+
     import torch  # noqa: F401 - import torch and what the entry point runs once, up front
     import torchvision  # noqa: F401
     from sagemaker_training import environment
@@ -238,12 +268,12 @@ def _pool_worker_main() -> int:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--pool-worker"]:
-        status = _pool_worker_main()
+    if sys.argv[1:2] == ["--pool-worker"]:
+        status = _pool_worker_main(sys.argv[2] if len(sys.argv) > 2 else None)
         # Every job's files are written (atomically) and its output flushed before its done-mark: skip the
         # interpreter's teardown of torch and the toolkit (about a second per worker on 2 busy cores).
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(status)
-    print("usage: python -m dogclf.backends.local.tuning --pool-worker", file=sys.stderr)
+    print("usage: python -m dogclf.backends.local.tuning --pool-worker [ROOT]", file=sys.stderr)
     sys.exit(64)

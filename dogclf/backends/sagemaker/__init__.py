@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from dogclf._extras import require
 from dogclf.backends.base import PackageBackend
 
 __all__ = ["SageMakerBackend"]
@@ -30,6 +31,8 @@ class SageMakerBackend(PackageBackend):
     delivers_debugger_config = False
     """SageMaker writes ``debughookconfig.json`` only for accounts that have Debugger: dogclf's Debugger settings
     travel packed in a hyperparameter instead (see :class:`~dogclf.debug.DebugTrainer`)."""
+    extras = {capability: (("sagemaker", "sagemaker"),)
+              for capability in ("train", "attach", "tune", "deploy", "fetch_output", "debugger_tensors")}
 
     def __init__(self, role: str | None = None, bucket: str | None = None, region: str | None = None,
                  session: Any = None) -> None:
@@ -63,6 +66,7 @@ class SageMakerBackend(PackageBackend):
 
     def tuning_state(self, name: str) -> Any:
         """Rebuild a tuning experiment's state from a SageMaker tuning job by name; see :mod:`.tuning`."""
+        require("sagemaker", "sagemaker", "SageMaker backend's tuning_state")
         from .tuning import state_from_tuning_job
 
         return state_from_tuning_job(self, name)

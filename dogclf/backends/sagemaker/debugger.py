@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from dogclf._extras import require
 from dogclf.errors import ConfigError
 
 from dogclf.debug.config import DebuggerConfig
@@ -59,6 +60,7 @@ def sagemaker_debugger_kwargs(config: DebuggerConfig, s3_output_path: str | None
         ConfigError: a name in ``config.sagemaker_rules`` is not one of SageMaker's built-in rules.
     """
     os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
+    require("sagemaker", "sagemaker.debugger", "SageMaker Debugger configuration")
     from sagemaker.debugger import CollectionConfig, DebuggerHookConfig, ProfilerConfig, ProfilerRule, Rule, rule_configs
 
     collections = []

@@ -17,7 +17,8 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dogclf.backends.sagemaker.session import make_session
+from dogclf._extras import require
+from dogclf.backends.sagemaker.session import error_cause, is_not_found, make_session
 from dogclf.errors import ConfigError, EndpointError
 from dogclf.serving.endpoint import (
     CostWarning,
@@ -73,7 +74,7 @@ class SageMakerEndpoint(Endpoint):
             EndpointError: the endpoint does not exist.
         """
         if session is None:
-            import sagemaker
+            sagemaker = require("sagemaker", "sagemaker", "SageMaker endpoint")
 
             session = sagemaker.Session()
         try:
@@ -115,30 +116,71 @@ class SageMakerEndpoint(Endpoint):
         return data, response.get("ContentType", accept)
 
     def delete(self) -> None:
-        """Delete the endpoint, its endpoint config and its model(s); idempotent, and tolerant of parts already
-        gone."""
+        """Delete the endpoint, its endpoint config and its model(s); idempotent.
+
+        Parts already gone (SageMaker's "Could not find ..." answers) count as deleted. Any other failure
+        (``AccessDenied``, throttling after retries, a network error) raises, naming what is still there; the
+        handle then stays live: :attr:`deleted` is False, calling :meth:`delete` again retries what is left, and an
+        owned handle still warns with :class:`~dogclf.serving.CostWarning` when it is garbage-collected.
+
+        Raises:
+            EndpointError: something could not be deleted (or the endpoint could not be described to find its
+                parts). Its ``remaining`` attribute lists ``(kind, name)`` of what is still there, e.g.
+                ``[("endpoint", "dogclf-..."), ("endpoint config", "..."), ("model", "...")]``.
+        """
         if self.deleted:
             return
         client = self.session.sagemaker_client
-        config_name, model_names = None, []
-        try:
-            config_name = client.describe_endpoint(EndpointName=self.name)["EndpointConfigName"]
-            variants = client.describe_endpoint_config(EndpointConfigName=config_name)["ProductionVariants"]
-            model_names = [v["ModelName"] for v in variants if v.get("ModelName")]
-        except Exception as exc:  # noqa: BLE001 - already gone
-            logger.info("endpoint %s not fully described (%s); deleting what remains", self.name, exc)
-        if self.model is not None and getattr(self.model, "name", None) and self.model.name not in model_names:
-            model_names.append(self.model.name)
-        for what, call, kwargs in [("endpoint", client.delete_endpoint, {"EndpointName": self.name}),
-                                   *([("endpoint config", client.delete_endpoint_config,
-                                       {"EndpointConfigName": config_name})] if config_name else []),
-                                   *[("model", client.delete_model, {"ModelName": m}) for m in model_names]]:
+        problems: list[str] = []
+        pending: list[tuple[str, str]] | None = getattr(self, "_pending", None)
+        described = pending is not None
+        if pending is None:
+            pending = [("endpoint", self.name)]
             try:
-                call(**kwargs)
-            except Exception as exc:  # noqa: BLE001 - an already deleted part is fine
-                logger.info("deleting %s %s: %s", what, kwargs, exc)
+                config_name = client.describe_endpoint(EndpointName=self.name)["EndpointConfigName"]
+                pending.append(("endpoint config", config_name))
+                variants = client.describe_endpoint_config(EndpointConfigName=config_name)["ProductionVariants"]
+                pending += [("model", v["ModelName"]) for v in variants if v.get("ModelName")]
+                described = True
+            except Exception as exc:  # noqa: BLE001 - botocore errors; only "not found" means gone
+                if not is_not_found(exc):
+                    problems.append("describing it to find its endpoint config and models failed: "
+                                    f"{error_cause(exc)}")
+                else:
+                    described = True
+                    logger.info("endpoint %s not fully described (%s); deleting what remains", self.name, exc)
+            if self.model is not None and getattr(self.model, "name", None) and \
+                    ("model", self.model.name) not in pending:
+                pending.append(("model", self.model.name))
+        calls = {"endpoint": (client.delete_endpoint, "EndpointName"),
+                 "endpoint config": (client.delete_endpoint_config, "EndpointConfigName"),
+                 "model": (client.delete_model, "ModelName")}
+        left: list[tuple[str, str]] = []
+        for kind, name in pending:
+            if ("endpoint", self.name) in left:  # a live endpoint keeps its config and model(s)
+                left.append((kind, name))
+                continue
+            call, key = calls[kind]
+            try:
+                call(**{key: name})
+            except Exception as exc:  # noqa: BLE001 - botocore errors; only "not found" means gone
+                if is_not_found(exc):
+                    logger.info("%s %s was already deleted", kind, name)
+                    continue
+                left.append((kind, name))
+                problems.append(f"{kind} {name!r}: {error_cause(exc)}")
+        if problems:
+            self._pending = left if described else None  # a retry describes again what it could not
+            billed = ("the endpoint is still running and billed" if ("endpoint", self.name) in left
+                      else "the endpoint itself is gone")
+            error = EndpointError(f"SageMaker endpoint {self.name!r} was not fully deleted ({billed}); "
+                                  f"{'; '.join(problems)}. Call delete() again once fixed, or delete what is left in "
+                                  "the SageMaker console")
+            error.remaining = left  # type: ignore[attr-defined]
+            raise error
         self._deleted = True
-        logger.info("deleted SageMaker endpoint %s (config %s, models %s)", self.name, config_name, model_names)
+        logger.info("deleted SageMaker endpoint %s (%s)", self.name,
+                    ", ".join(f"{kind} {name}" for kind, name in pending))
 
     def keep(self) -> SageMakerEndpoint:
         """Keep the endpoint running on purpose after this handle goes away (no :class:`CostWarning`)."""
@@ -152,13 +194,24 @@ class SageMakerEndpoint(Endpoint):
                           "on purpose", CostWarning, stacklevel=2)
 
 
-def _upload_artifact(artifact: Any, session: Any, key_prefix: str) -> str:
-    """Pack ``artifact`` with the self-sufficient ``code/`` (:func:`~dogclf.serving.pack_artifact`) and upload it."""
+def _upload_artifact(artifact: Any, session: Any, key_prefix: str, runtime: str = "torch",
+                     calibration: Any = None) -> str:
+    """Pack ``artifact`` with the self-sufficient ``code/`` (:func:`~dogclf.serving.pack_artifact`) and the
+    ``runtime``'s export, and upload it."""
     from dogclf.serving.package import pack_artifact
 
     with tempfile.TemporaryDirectory(prefix="dogclf-sm-") as tmp:
-        tar = pack_artifact(artifact, Path(tmp) / "model.tar.gz")
+        tar = pack_artifact(artifact, Path(tmp) / "model.tar.gz", runtime=runtime, calibration=calibration)
         return session.upload_data(str(tar), key_prefix=key_prefix)
+
+
+def _download(uri: str, session: Any, dest: Path) -> Path:
+    """Download an ``s3://`` object (a training job's ``model.tar.gz``) to ``dest``."""
+    from sagemaker.s3 import parse_s3_url
+
+    bucket, key = parse_s3_url(uri)
+    session.boto_session.client("s3").download_file(bucket, key, str(dest))
+    return dest
 
 
 def _labels_of(artifact: Any) -> Any:
@@ -182,7 +235,8 @@ def deploy(backend: SageMakerBackend, artifact: Any, config: Any = None, **kwarg
         artifact: An ``s3://`` ``model.tar.gz`` (e.g. a training job's output), or a local artifact folder,
             ``model.tar.gz`` or built :class:`~dogclf.models.ResNetBreedModel` (uploaded to the backend's bucket).
         config: A :class:`~dogclf.serving.DeployConfig` (endpoint name, instance type and count, framework and
-            Python versions).
+            Python versions, and the inference runtime ``server.runtime``: with an ONNX runtime the artifact, an
+            ``s3://`` one downloaded first, is exported if it lacks the runtime, checked, and packed with it).
         **kwargs: :class:`~dogclf.serving.DeployConfig` field overrides.
 
     Returns:
@@ -208,6 +262,9 @@ def deploy(backend: SageMakerBackend, artifact: Any, config: Any = None, **kwarg
     name = config.endpoint_name or new_endpoint_name()
     env = {"SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT": "application/json"}
     with tempfile.TemporaryDirectory(prefix="dogclf-code-") as tmp:
+        if isinstance(artifact, str) and artifact.startswith("s3://") and config.runtime != "torch":
+            # The ONNX runtimes need the export inside the archive: fetch it, export if needed, pack and upload.
+            artifact = _download(artifact, session, Path(tmp) / "source.tar.gz")
         if isinstance(artifact, str) and artifact.startswith("s3://"):
             # An archive already on S3 (a training job's output): the SDK repacks it with our code/ folder.
             code_dir = write_code_dir(Path(tmp) / "code")
@@ -217,7 +274,8 @@ def deploy(backend: SageMakerBackend, artifact: Any, config: Any = None, **kwarg
             # Packed here with code/ inside, exactly the archive the stock handler was tested with; no repacking.
             code = {"entry_point": None}
             env.update(SAGEMAKER_PROGRAM="inference.py", SAGEMAKER_SUBMIT_DIRECTORY="/opt/ml/model/code")
-            model_data = _upload_artifact(artifact, session, key_prefix=f"dogclf/endpoints/{name}")
+            model_data = _upload_artifact(artifact, session, f"dogclf/endpoints/{name}", config.runtime,
+                                          config.calibration)
         model = PyTorchModel(
             model_data=model_data,
             role=backend.role,
@@ -235,7 +293,11 @@ def deploy(backend: SageMakerBackend, artifact: Any, config: Any = None, **kwarg
             session.wait_for_endpoint(name, poll=config.wait_poll_s)
         except Exception as exc:  # the SDK raises UnexpectedStatusException / ClientError
             endpoint = SageMakerEndpoint(name, session, owned=False, model=model)
-            endpoint.delete()
+            try:
+                endpoint.delete()
+            except EndpointError as cleanup:
+                raise JobError(f"SageMaker endpoint {name!r} did not come into service: {exc}; and cleaning up "
+                               f"failed: {cleanup}", job_id=name, status="Failed") from exc
             raise JobError(f"SageMaker endpoint {name!r} did not come into service: {exc}", job_id=name,
                            status="Failed") from exc
     logger.info("SageMaker endpoint %s in service (%s x %d) serving %s", name, config.instance_type,

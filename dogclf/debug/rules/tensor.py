@@ -179,6 +179,12 @@ class Overfit(_LossRule):
 class VanishingGradient(TensorRule):
     """Fires when the mean absolute value of a saved gradient tensor falls below ``threshold``.
 
+    A bias whose gradient vanishes while its layer's weight gradient does not is not counted: the learning signal
+    reaches that layer, and the bias is cancelled by a normalisation after it (in EfficientNet's linear
+    bottlenecks every ``_bn2.bias`` feeds, through linear layers only, a BatchNorm that subtracts the batch mean,
+    so its gradient is zero by construction). When the rule fires for other tensors, such biases are listed under
+    ``cancelled_biases`` in the evidence.
+
     Parameters (AWS's): ``threshold`` (1e-7).
     """
 
@@ -194,12 +200,13 @@ class VanishingGradient(TensorRule):
         names = self._names_at(step, regex="^gradient")
         if not names:
             return None
-        small = {}
-        for name in names:
-            mean_abs = float(np.mean(np.abs(self._value(name, step))))
-            if mean_abs < self.parameters["threshold"]:
-                small[name] = mean_abs
-        return {"tensors": small} if small else False
+        means = {name: float(np.mean(np.abs(self._value(name, step)))) for name in names}
+        small = {n: v for n, v in means.items() if v < self.parameters["threshold"]}
+        cancelled = sorted(n for n in small if n.endswith("bias") and
+                           means.get(n[: -len("bias")] + "weight", 0.0) >= self.parameters["threshold"])
+        for name in cancelled:
+            del small[name]
+        return {"tensors": small, "cancelled_biases": cancelled} if small else False
 
 
 class ExplodingTensor(TensorRule):

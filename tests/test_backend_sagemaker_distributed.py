@@ -38,6 +38,12 @@ def backend(aws, tmp_path, monkeypatch):
     for name, calls in sent.items():
         session.sagemaker_client.meta.events.register(f"provide-client-params.sagemaker.{name}",
                                                       lambda params, calls=calls, **kw: calls.append(dict(params)))
+    # moto lacks ListTrainingJobsForHyperParameterTuningJob: answered as for a tuning job with no training job yet
+    from botocore.awsrequest import AWSResponse
+
+    session.sagemaker_client.meta.events.register(
+        "before-call.sagemaker.ListTrainingJobsForHyperParameterTuningJob",
+        lambda **kw: (AWSResponse("moto", 200, {}, None), {"TrainingJobSummaries": []}))
     b = get_backend("sagemaker", role=ROLE, bucket="dogclf-test", region="us-east-1", session=session)
     b.sent = sent
     return b

@@ -32,6 +32,7 @@ _LAZY = {
     "ModelConfig": "dogclf.models",
     "TrainingConfig": "dogclf.training",
     "TrainingJobSpec": "dogclf.training",
+    "Distribution": "dogclf.training",
     "Continuous": "dogclf.hpo",
     "Integer": "dogclf.hpo",
     "Categorical": "dogclf.hpo",

@@ -15,6 +15,25 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
 
+_JOB_ENVIRONMENT = ("DOGCLF_DEBUG", "SMDEBUG_CONFIG_FILE_PATH", "SMPROFILER_CONFIG_PATH")
+
+
+@pytest.fixture(autouse=True)
+def _no_job_environment_leaks(request):
+    """Fail a test that leaves a job's Debugger settings in the environment: later training in this process (and
+    the jobs it starts) would pick them up and ask for Debugger support they never meant to."""
+    before = {k: os.environ.get(k) for k in _JOB_ENVIRONMENT}
+    yield
+    after = {k: os.environ.get(k) for k in _JOB_ENVIRONMENT}
+    if after != before:
+        for k, v in before.items():  # put it back so one leak fails one test, not every later one
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        pytest.fail(f"{request.node.nodeid} changed the job environment: {before} -> {after}", pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     """``../shared`` beside the project; skips the test when it is not there."""

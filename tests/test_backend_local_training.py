@@ -63,7 +63,7 @@ def test_job_runs_under_the_container_contract(backend, dataset):
     assert hp["lr"] == '"0.01"' and hp["batch-size"] == '"8"' and json.loads(hp["sagemaker_program"]) == \
         "dogclf/training/train.py"
     assert {k: json.loads(v) for k, v in hp.items() if not k.startswith("sagemaker_")} == spec.hyperparameters
-    assert json.loads((config / "resourceconfig.json").read_text())["hosts"] == ["localhost"]
+    assert json.loads((config / "resourceconfig.json").read_text())["hosts"] == ["algo-1"]  # as SageMaker names it
     assert set(json.loads((config / "inputdataconfig.json").read_text())) == {"training"}
     assert (job / "input" / "data" / "training").resolve() == dataset.resolve()
     assert json.loads((config / "debughookconfig.json").read_text())["LocalPath"] == str(job / "output" / "tensors")

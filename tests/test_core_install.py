@@ -116,7 +116,9 @@ def test_training_entry_point_without_debugger(tmp_path):
 
     data = make_synthetic_dataset(tmp_path / "data", n_classes=3, per_class={"train": 6, "valid": 2, "test": 2},
                                   image_size=48)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SM_", "PYTHONPATH"))}
+    # No job settings of the caller's (a Debugger configuration would ask for smdebug, which the core lacks).
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("SM_", "PYTHONPATH", "SMDEBUG_", "SMPROFILER_", "DOGCLF_DEBUG"))}
     env.update(SM_CHANNEL_TRAINING=str(data.root), SM_MODEL_DIR=str(tmp_path / "model"),
                SM_OUTPUT_DATA_DIR=str(tmp_path / "output"), SAGEMAKER_BASE_DIR=str(tmp_path / "opt_ml"),
                OMP_NUM_THREADS="1")

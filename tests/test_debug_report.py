@@ -53,17 +53,20 @@ def test_bad_job_configuration_fails_before_training(tmp_path, monkeypatch):
     from dogclf.debug import make_callbacks
     from dogclf.errors import ConfigError, UnknownRuleError
 
-    with job_env(tmp_path / "c1", DebuggerConfig(profiler=None)):
-        monkeypatch.setenv("DOGCLF_DEBUG", json.dumps({"rules": ["NoSuchRule"]}))
+    # monkeypatch's own context inside job_env's: each puts back what it found, in the right order (the other way
+    # round monkeypatch would restore job_env's value after job_env removed it, leaking it into later tests).
+    with job_env(tmp_path / "c1", DebuggerConfig(profiler=None)), monkeypatch.context() as mp:
+        mp.setenv("DOGCLF_DEBUG", json.dumps({"rules": ["NoSuchRule"]}))
         with pytest.raises(UnknownRuleError, match="NoSuchRule"):
             make_callbacks({}, tmp_path / "o1")
-        monkeypatch.setenv("DOGCLF_DEBUG", "{not json")
+        mp.setenv("DOGCLF_DEBUG", "{not json")
         with pytest.raises(ConfigError, match="not valid JSON"):
             make_callbacks({}, tmp_path / "o1")
         Path(os.environ["SMDEBUG_CONFIG_FILE_PATH"]).write_text("[1, 2]")
-        monkeypatch.setenv("DOGCLF_DEBUG", "{}")
+        mp.setenv("DOGCLF_DEBUG", "{}")
         with pytest.raises(ConfigError, match="JSON object"):
             make_callbacks({}, tmp_path / "o1")
+    assert "DOGCLF_DEBUG" not in os.environ
 
 
 def test_smdebugs_own_profiler_is_kept_off(tmp_path, monkeypatch):

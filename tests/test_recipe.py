@@ -196,7 +196,7 @@ def test_precision_bf16_autocast_and_fp16_scaler_run_on_any_device():
 
 # -- selection ---------------------------------------------------------------------------------------------------
 def test_selector_keeps_the_best_weights_on_disk_and_stops_after_the_patience(tmp_path):
-    training = TrainingConfig(patience=2, monitor="valid_acc")
+    training = TrainingConfig(patience=2, monitor_metric="valid_acc")
     sel = EpochSelector(training, tmp_path)
     weights = {"w": torch.zeros(2)}
     for epoch, acc in enumerate([0.5, 0.7, 0.6, 0.7], start=1):

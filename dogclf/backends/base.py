@@ -53,7 +53,9 @@ class Backend(Protocol):
     def train(self, spec: TrainingJobSpec, **kwargs: Any) -> Any:
         """Run one training job of the shared training entry point; return its
         :class:`~dogclf.training.TrainingJobResult` (or, with ``wait=False``, a handle with ``status``,
-        ``metric_history``, ``wait()`` and ``stop()``)."""
+        ``metric_history``, ``wait()`` and ``stop()``). A spec with a ``distribution`` runs the entry point once
+        per process under ``torchrun``; a backend that cannot raises :class:`~dogclf.errors.ConfigError` before
+        anything runs."""
         ...
 
     def deploy(self, artifact: Any, **kwargs: Any) -> Any:

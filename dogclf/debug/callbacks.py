@@ -93,6 +93,11 @@ class HookCallback(Callback):
         train, evals = int(steps.get("train", 0)), int(steps.get("eval", 0))
         kept = prepare_trial(self.out_dir, self.config_path.parent, train + evals if resumed else None)
         self.hook_config["LocalPath"] = str(self.out_dir)
+        params = dict(self.hook_config.get("HookParameters") or {})
+        if ctx.state.get("world_size", 1) > 1 and params.get("include_workers", "one") != "one":
+            # In a job of several processes only rank 0 runs callbacks: its tensors are the trial (worker_0).
+            logger.warning("include_workers=%r: dogclf saves the tensors of rank 0 only", params["include_workers"])
+            self.hook_config["HookParameters"] = {**params, "include_workers": "one"}
         write_json(self.config_path, self.hook_config)
         Hook = require("debug", "smdebug.pytorch", "Debugger hook").Hook  # on SageMaker: the job's requirements.txt
 

@@ -3,7 +3,8 @@ its callbacks.
 
 * :class:`TrainingConfig` (how a network is trained) and :class:`~dogclf.models.ModelConfig` (what it is) are the
   typed job contract; :class:`TrainingJobSpec` holds them with the data channels for any backend;
-  :class:`TrainingJobResult` is what a job produced.
+  :class:`TrainingJobResult` is what a job produced; :class:`Distribution` spreads a job over processes and
+  instances (data-parallel, :mod:`dogclf.training.distributed`).
 * :mod:`dogclf.training.train` is the entry point script (``python -m dogclf.training.train``, or the file as
   SageMaker's ``user_entry_point``); the loop is :class:`~dogclf.training.loop.Trainer`.
 * :data:`METRIC_DEFINITIONS` are the regexes that read the entry point's metric lines on SageMaker; locally a
@@ -15,12 +16,14 @@ its callbacks.
 
 from dogclf.training.callbacks import Callback, StepInfo, TrainingContext
 from dogclf.training.config import TrainingConfig
+from dogclf.training.distributed import Distribution
 from dogclf.training.lr_finder import LRFinderResult, lr_find
 from dogclf.training.metrics import METRIC_DEFINITIONS, METRIC_NAMES, format_metric_line, parse_metric_line
 from dogclf.training.spec import JOB_STATUSES, TrainingJobResult, TrainingJobSpec
 
 __all__ = [
     "Callback",
+    "Distribution",
     "JOB_STATUSES",
     "LRFinderResult",
     "METRIC_DEFINITIONS",

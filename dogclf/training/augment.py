@@ -12,8 +12,9 @@ the resize size when the augmentation crops at random (``crop``, ``crop-flip``, 
   torchvision reference recipes).
 
 The v2 transforms run on the ``uint8`` tensors themselves (no PIL round trip). They draw from torch's global
-generator, so each batch runs them under :func:`torch.random.fork_rng` seeded from the run's data generator: the
-augmentation is the same for the same seed, a resumed run draws what an uninterrupted one would, and the global
+generator, so each batch runs them under :func:`torch.random.fork_rng`, each image seeded from one draw of the
+run's data generator and its place in the batch: the augmentation is the same for the same seed (and for any
+number of processes sharing the batch), a resumed run draws what an uninterrupted one would, and the global
 generator (dropout) is left alone.
 
 Evaluation takes the centre ``crop`` (images decoded larger) and, with ``tta='flip'``, also its mirror image;
@@ -65,24 +66,35 @@ class Augmenter:
             self._per_image = v2.Compose(steps)
         return self._per_image
 
-    def train(self, x: Any, generator: Any) -> Any:
-        """An augmented ``crop``-sized ``uint8`` batch, drawn from ``generator``."""
+    def train(self, x: Any, generator: Any, part: slice | None = None, batch_size: int | None = None) -> Any:
+        """An augmented ``crop``-sized ``uint8`` batch, drawn from ``generator``.
+
+        In a job of several processes ``x`` is this process's ``part`` of a global batch of ``batch_size``
+        images: the random draws are made for the whole batch (each image's own seed for the per-image
+        transforms) and the part's are applied, so every image is augmented as it would be in one process.
+        """
         import torch
 
         augment, crop = self.augment, self.crop
         if augment == "none":
             return self.center(x)
+        total = batch_size if batch_size is not None else x.shape[0]
+        first = (part.start or 0) if part is not None else 0
+        mine = slice(first, first + x.shape[0])
         if augment in ("crop", "crop-flip"):
             i, j = (int(v) for v in torch.randint(0, x.shape[-1] - crop + 1, (2,), generator=generator))
             x = x[:, :, i:i + crop, j:j + crop]
         elif augment in ("rrc", "rrc-flip", "trivialaugment"):
             seed = int(torch.randint(0, 2**62, (1,), generator=generator))
             transform = self._transform()
+            images = []
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                x = torch.stack([transform(image) for image in x])
+                for k, image in enumerate(x):
+                    torch.manual_seed(seed + first + k)  # the image's place in the global batch
+                    images.append(transform(image))
+            x = torch.stack(images)
         if augment in _FLIPS:
-            flip = torch.rand(x.shape[0], generator=generator) < 0.5
+            flip = torch.rand(total, generator=generator)[mine] < 0.5
             x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
         return x
 

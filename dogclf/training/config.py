@@ -41,14 +41,16 @@ TrivialAugmentWide."""
 TTA_MODES = ("none", "flip")
 """Test-time augmentation at evaluation (``tta``): none, or the mean of the photo's and its mirror image's
 probabilities."""
-BATCHNORM_MODES = ("auto", "local", "frozen")
-"""What BatchNorm layers of training backbone stages normalise with (``batchnorm``)."""
+BATCHNORM_MODES = ("auto", "sync", "local", "frozen")
+"""What BatchNorm layers of training backbone stages normalise with (``batchnorm``;
+:func:`dogclf.training.optim.resolve_batchnorm`): the global batch's statistics across the processes of a job
+(``sync``, GPUs), each process's own batch (``local``), or the pretrained running ones (``frozen``)."""
 AMP_MODES = ("off", "auto", "bf16", "fp16")
 """Mixed precision (``amp``; :mod:`dogclf.training.amp`)."""
 SELECTIONS = ("best", "last")
 """Which epoch's weights the artifact holds (``select``)."""
 MONITORS = ("valid_loss", "valid_acc")
-"""The validation metric that picks the best epoch and drives early stopping (``monitor``)."""
+"""The validation metric that picks the best epoch and drives early stopping (``monitor_metric``)."""
 FEATURE_CACHE_MODES = ("auto", "on", "off")
 """``feature_cache``: ``auto`` uses cached backbone features whenever only the head trains on fixed inputs (the
 whole run with ``freeze='head'``, the head-only epochs of a fine-tune) without augmentation or test-time
@@ -94,10 +96,12 @@ class TrainingConfig:
                                                  "lr / lr_mult, later ones geometrically closer to lr; auto: 100 "
                                                  "with freeze_epochs and pretrained weights, else 1", ge=1,
                                           none="auto")
-    batchnorm: str = hyperparameter("auto", "statistics of BatchNorm layers in training backbone stages: local "
-                                            "(the batch's own, running ones updated), frozen (the pretrained "
+    batchnorm: str = hyperparameter("auto", "statistics of BatchNorm layers in training backbone stages: sync "
+                                            "(the global batch's, over a job's processes; GPUs), local (each "
+                                            "process's batch, running ones updated), frozen (the pretrained "
                                             "running ones, never updated); auto: frozen with pretrained weights "
-                                            "and batches under 32, else local", choices=BATCHNORM_MODES)
+                                            "when the batch BatchNorm sees is under 32, else sync with several "
+                                            "GPU processes, else local", choices=BATCHNORM_MODES)
     label_smoothing: float = hyperparameter(0.0, "label smoothing of the training loss (validation and test "
                                                  "losses are plain cross-entropy)", ge=0, lt=1)
     clip_grad: float | None = hyperparameter(None, "clip the gradients' global norm to this (off: no clipping)",
@@ -115,8 +119,8 @@ class TrainingConfig:
     select: str = hyperparameter("best", "the artifact's weights: the epoch with the best validation metric, or "
                                          "the last epoch (without a validation channel: the last)",
                                  choices=SELECTIONS)
-    monitor: str = hyperparameter("valid_loss", "the validation metric for select=best and early stopping",
-                                  choices=MONITORS)
+    monitor_metric: str = hyperparameter("valid_loss", "the validation metric for select=best and early "
+                                                       "stopping", choices=MONITORS)
     patience: int | None = hyperparameter(None, "early stopping: stop after this many epochs without a better "
                                                 "validation metric (off: never)", ge=1, none="off")
     feature_cache: str = hyperparameter("auto", "cached backbone features for head-only training",

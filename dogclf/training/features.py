@@ -6,6 +6,9 @@ the convolutions, :meth:`~dogclf.models.BreedModel.fold_batchnorm`) and stores t
 backbone, weights, preprocessing, decoder and the data's content (:func:`feature_cache_key`), in
 ``$DOGCLF_FEATURE_CACHE_DIR`` (shared by the jobs of a backend) or the job's ``checkpoints/features``. Every epoch, and every later job on the same
 data, then trains only the head on those features.
+
+In a job of several processes each computes the features of its part of a split, the parts are gathered (every
+process gets all features) and rank 0 writes the cache file: N processes do 1/N of the backbone passes each.
 """
 
 from __future__ import annotations
@@ -89,8 +92,30 @@ def feature_cache_dir(checkpoint_dir: Path) -> Path:
     return Path(shared) if shared else checkpoint_dir / "features"
 
 
+def _load(path: Path, key: str, split: Split) -> tuple[Any, Any] | None:
+    import torch
+
+    if not path.is_file():
+        return None
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        if data.get("key") == key and len(data["labels"]) == len(split):
+            return data["features"], data["labels"]
+        logger.warning("feature cache file %s does not match; recomputing", path)
+    except Exception as exc:  # a damaged cache file is recomputed, never trusted
+        logger.warning("feature cache file %s is unreadable (%s); recomputing", path, exc)
+    return None
+
+
+def _save(path: Path, key: str, features: Any, targets: Any) -> None:
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save({"key": key, "features": features, "labels": targets}, tmp)
+
+
 def cached_features(model: Any, split: Split, cache_dir: Path, *, seed: int, batch_size: int, workers: int,
-                    normalizer: Normalizer, backbone: Any = None) -> tuple[Any, Any]:
+                    normalizer: Normalizer, backbone: Any = None, ranks: Any = None) -> tuple[Any, Any]:
     """The split's backbone features and labels, from the cache or computed once and stored there.
 
     On a miss the backbone runs with its BatchNorm layers folded into the convolutions
@@ -98,37 +123,41 @@ def cached_features(model: Any, split: Split, cache_dir: Path, *, seed: int, bat
     when the normalizer produces channels-last batches. ``backbone`` (optional, no arguments) returns that folded
     copy, so a caller filling several splits folds the network once; it is called only on a miss. The file is
     written atomically: a job killed while filling it (fail point ``training.features.batch``, after each batch)
-    leaves no cache file, and the temporary file of a write killed midway is removed here.
+    leaves no cache file, and the temporary file of a write killed midway is removed here. ``ranks`` (a
+    :class:`~dogclf.training.distributed.Ranks` of several processes): unless every process finds the file, each
+    computes its part of the split and the parts are gathered; rank 0 writes the file.
     """
     import torch
 
+    from dogclf.training.distributed import Ranks
+
+    ranks = ranks if ranks is not None else Ranks()
     key = feature_cache_key(model, split, seed)
     path = cache_dir / f"{model.backbone}-{key[:24]}-{split.name}.pt"
-    for stale in remove_stale_temporaries(path):
-        logger.warning("removed %s, a feature cache write that was killed midway", stale)
-    if path.is_file():
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-            if data.get("key") == key and len(data["labels"]) == len(split):
-                logger.info("feature cache hit for %s (%d images): %s", split.name, len(split), path)
-                return data["features"], data["labels"]
-            logger.warning("feature cache file %s does not match; recomputing", path)
-        except Exception as exc:  # a damaged cache file is recomputed, never trusted
-            logger.warning("feature cache file %s is unreadable (%s); recomputing", path, exc)
+    if ranks.is_main:
+        for stale in remove_stale_temporaries(path):
+            logger.warning("removed %s, a feature cache write that was killed midway", stale)
+    found = _load(path, key, split)
+    if ranks.all(found is not None):
+        logger.info("feature cache hit for %s (%d images): %s", split.name, len(split), path)
+        return found
     start = time.perf_counter()
+    lo, hi = ranks.span(len(split))
     model.module_.eval()
     module = backbone() if backbone is not None else model.fold_batchnorm(normalizer.channels_last)
-    feats, labels = [], []
+    feats = [torch.zeros(0, model.feature_dim)]  # a process with no image of a tiny split still takes part
     with torch.inference_mode():
         pre = model.config.preprocess
-        for images, y in decode_batches(split, pre, pre.crop, batch_size, workers):
+        part = Split(split.name, split.root, split.samples[lo:hi])
+        for images, _ in (decode_batches(part, pre, pre.crop, batch_size, workers) if hi > lo else ()):
             feats.append(model.forward_features(normalizer(images), module).float().cpu())
-            labels.append(y)
             failpoint("training.features.batch")
-    features, targets = torch.cat(feats), torch.cat(labels).long()
-    with atomic_path(path) as tmp:
-        torch.save({"key": key, "features": features, "labels": targets}, tmp)
-    logger.info("feature cache miss for %s: computed %d backbone features in %.1fs (%.1f images/s), saved to %s",
-                split.name, len(split), time.perf_counter() - start, len(split) / max(1e-9, time.perf_counter() - start),
-                path)
+    features = ranks.gather_rows(torch.cat(feats), len(split))
+    targets = torch.tensor([label for _, label in split.samples], dtype=torch.long)
+    ranks.on_main(_save, path, key, features, targets)
+    seconds = time.perf_counter() - start
+    logger.info("feature cache miss for %s: computed %d of %d backbone features (images %d-%d) in %.1fs "
+                "(%.1f images/s)%s", split.name, hi - lo, len(split), lo, hi - 1, seconds,
+                (hi - lo) / max(1e-9, seconds), f", saved to {path}" if ranks.is_main else "",
+                extra={"all_ranks": True})
     return features, targets

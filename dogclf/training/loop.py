@@ -23,6 +23,7 @@ from dogclf.training.augment import Augmenter, average_views
 from dogclf._faults import failpoint
 from dogclf.training.callbacks import StepInfo, TrainingContext
 from dogclf.training.checkpoint import restore_rng_state, rng_state, save_checkpoint, trainable_state
+from dogclf.training.distributed import Ranks
 from dogclf.training.optim import head_prefixes, make_optimizer, resolve, set_head_only, train_mode
 from dogclf.training.schedule import LRSchedule, Phase
 from dogclf.training.selection import EpochSelector
@@ -52,11 +53,15 @@ class Trainer:
         context: The :class:`~dogclf.training.TrainingContext` callbacks see.
         features: Cached backbone features per split for the head-only epochs of a fine-tune (``data`` then
             holds the images the later epochs run on), or ``None``.
+        ranks: This process's :class:`~dogclf.training.distributed.Ranks` in a job of several processes (each
+            trains on its share of every global batch, metrics are summed over the ranks, rank 0 writes);
+            default: a job of one process.
     """
 
     def __init__(self, model: Any, training: Any, data: dict[str, tuple[Any, Any]], *, cached: bool, device: Any,
                  normalizer: Any, crop: int, checkpoint_path: Path, fingerprint: str, callbacks: list[Any],
-                 metrics: Any, context: TrainingContext, features: dict[str, tuple[Any, Any]] | None = None) -> None:
+                 metrics: Any, context: TrainingContext, features: dict[str, tuple[Any, Any]] | None = None,
+                 ranks: Ranks | None = None) -> None:
         self.model, self.training, self.data = model, training, data
         self.cached, self.device, self.normalizer, self.crop = cached, device, normalizer, crop
         self.checkpoint_path, self.fingerprint = checkpoint_path, fingerprint
@@ -65,14 +70,18 @@ class Trainer:
         self.module = model.head_ if cached else model.module_
         self.steps = {"train": 0, "eval": 0}
         self.history: list[dict[str, Any]] = []
-        self.settings = resolve(training, model.config)
+        self.ranks = ranks if ranks is not None else Ranks(device=device)
+        self.settings = resolve(training, model.config, world_size=self.ranks.world_size,
+                                cuda=getattr(device, "type", str(device)) == "cuda")
         self.augmenter = Augmenter(training.augment, crop, training.rrc_scale, training.tta)
         self.precision = Precision(training.amp, getattr(device, "type", str(device)), training.clip_grad)
         self.schedule = LRSchedule(training, self.steps_per_epoch)
-        self.selector = EpochSelector(training, checkpoint_path.parent, has_valid="valid" in data)
+        self.selector = EpochSelector(training, checkpoint_path.parent, has_valid="valid" in data,
+                                      writer=self.ranks.is_main)
         self.heads = head_prefixes(model)
         self.phase: Phase | None = None
         self.on_features = cached  # whether the current phase runs the head on cached features
+        self.train_module = self.module  # in DistributedDataParallel with several processes (per phase)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -97,6 +106,8 @@ class Trainer:
         set_head_only(self.model, phase.head_only and not self.cached)
         self.on_features = self.cached or (phase.head_only and self.features is not None)
         self.module = self.model.head_ if self.on_features else self.model.module_
+        # DistributedDataParallel registers the parameters that train when it wraps: wrapped again each phase.
+        self.train_module = self.ranks.wrap(self.module)
         rates = {g.get("stage", "all"): g.get("peak_lr", g["lr"]) for g in self.ctx.optimizer.param_groups
                  if any(p.requires_grad for p in g["params"])}
         logger.info("phase %s, epochs %d-%d: %s%s; %s schedule; peak rates %s", phase.name, phase.first, phase.last,
@@ -111,12 +122,13 @@ class Trainer:
             train_mode(self.model, head_only=bool(self.phase and self.phase.head_only),
                        frozen_batchnorm=self.settings["batchnorm"] == "frozen", heads=self.heads)
 
-    def _inputs(self, name: str, index: Any, train: bool, generator: Any) -> list[Any]:
-        """The batch's inputs: one tensor per view (several with test-time augmentation)."""
-        x = self._split(name)[0][index]
+    def _inputs(self, name: str, index: Any, train: bool, generator: Any, part: slice = slice(None)) -> list[Any]:
+        """The batch's inputs: one tensor per view (several with test-time augmentation). ``part`` is this rank's
+        share of a global training batch ``index``; random draws are made for the whole batch."""
+        x = self._split(name)[0][index[part]]
         if self.on_features:
             return [x.to(self.device)]
-        views = [self.augmenter.train(x, generator)] if train else self.augmenter.views(x)
+        views = [self.augmenter.train(x, generator, part, len(index))] if train else self.augmenter.views(x)
         return [self.normalizer(v) for v in views]
 
     def evaluate(self, name: str, epoch: int, generator: Any) -> tuple[float, float]:
@@ -130,12 +142,13 @@ class Trainer:
         total_loss, correct = 0.0, 0
         loss_fn = self.ctx.loss_fn
         smoothing = getattr(loss_fn, "label_smoothing", 0.0)
+        start, stop = self.ranks.span(n)  # each rank evaluates its part of the split
         try:
             if smoothing:
                 loss_fn.label_smoothing = 0.0
             with torch.no_grad():
-                for lo in range(0, n, batch):
-                    index = torch.arange(lo, min(n, lo + batch))
+                for lo in range(start, stop, batch):
+                    index = torch.arange(lo, min(stop, lo + batch))
                     self._call("on_step_begin", "eval", self.steps["eval"])
                     t0 = time.perf_counter()
                     views, y = self._inputs(name, index, False, generator), labels[index].to(self.device)
@@ -153,6 +166,7 @@ class Trainer:
         finally:
             if smoothing:
                 loss_fn.label_smoothing = smoothing
+        total_loss, correct = self.ranks.sum(total_loss, correct)
         return total_loss / n, correct / n
 
     def _train_epoch(self, epoch: int, generator: Any) -> dict[str, float]:
@@ -164,22 +178,24 @@ class Trainer:
         order = torch.randperm(n, generator=generator)
         total_loss, correct, seen = 0.0, 0, 0
         for i, lo in enumerate(range(0, n, batch)):
-            index = order[lo:lo + batch]
+            index = order[lo:lo + batch]  # the global batch; this rank trains on its share of it
+            share = self.ranks.share(len(index))
             self.schedule.apply(optimizer, epoch, i)
             self._call("on_step_begin", "train", self.steps["train"])
             t0 = time.perf_counter()
-            x, y = self._inputs("train", index, True, generator)[0], labels[index].to(self.device)
+            x = self._inputs("train", index, True, generator, share.positions)[0]
+            y = labels[index[share.positions]].to(self.device)
             t1 = time.perf_counter()
             with self.precision.autocast():
-                logits = self.module(x)
+                logits = self.train_module(x)
                 loss = ctx.loss_fn(logits.float(), y)
-            self.precision.step(loss, optimizer)
+            self.precision.step(share.scale_loss(loss), optimizer)
             t2 = time.perf_counter()
             batch_loss = float(loss.detach())
-            total_loss += batch_loss * len(y)
-            correct += int((logits.detach().argmax(1) == y).sum())
-            seen += len(y)
-            self._call("on_step_end", StepInfo("train", self.steps["train"], epoch, batch_loss, len(y), t1 - t0,
+            total_loss += batch_loss * share.count
+            correct += int((logits.detach().argmax(1) == y).sum()) if share.count else 0
+            seen += share.count
+            self._call("on_step_end", StepInfo("train", self.steps["train"], epoch, batch_loss, share.count, t1 - t0,
                                                t2 - t1))
             self.steps["train"] += 1
             ctx.global_step = self.steps["train"]
@@ -187,8 +203,10 @@ class Trainer:
             if self.training.log_interval and self.steps["train"] % self.training.log_interval == 0:
                 logger.info("epoch %d step %d: batch loss %.4f, lr %.3g", epoch, self.steps["train"], batch_loss,
                             optimizer.param_groups[-1]["lr"])
+            ctx.stop_training = self.ranks.any(ctx.stop_training)  # a callback on rank 0 stops every rank
             if ctx.stop_training:
                 break
+        total_loss, correct, seen = self.ranks.sum(total_loss, correct, seen)
         return {"train_loss": total_loss / max(1, seen), "train_acc": correct / max(1, seen)}
 
     def _resume(self, checkpoint: dict[str, Any], generator: Any) -> int:
@@ -196,7 +214,7 @@ class Trainer:
         ctx = self.ctx
         self.model.module_.load_state_dict(checkpoint["trainable"], strict=False)
         ctx.optimizer.load_state_dict(checkpoint["optimizer"])
-        restore_rng_state(generator, checkpoint["rng"])
+        restore_rng_state(generator, self.ranks.rng_for_rank(checkpoint))
         start_epoch, self.history = int(checkpoint["epoch"]), list(checkpoint.get("history", []))
         self.steps = dict(checkpoint.get("steps", self.steps))
         self.selector.load_state_dict(checkpoint.get("selection"))
@@ -217,13 +235,14 @@ class Trainer:
         reason = self.selector.should_stop(epoch) if not ctx.stop_training else None
         if reason:
             ctx.stop_training, ctx.stop_reason = True, reason
-        save_checkpoint(self.checkpoint_path, {
+        rank_rng = self.ranks.gather_objects(rng_state(generator))  # every rank's, to resume each (collective)
+        self.ranks.on_main(save_checkpoint, self.checkpoint_path, {
             "epoch": epoch, "fingerprint": self.fingerprint, "trainable": trainable_state(self.model),
             "optimizer": ctx.optimizer.state_dict(), "rng": rng_state(generator), "history": self.history,
             "steps": dict(self.steps), "stopped": ctx.stop_training, "stop_reason": ctx.stop_reason,
-            "selection": self.selector.state_dict(), "scaler": self.precision.state_dict(),
+            "selection": self.selector.state_dict(), "scaler": self.precision.state_dict(), "rank_rng": rank_rng,
         })
-        self.selector.cleanup()
+        self.ranks.on_main(self.selector.cleanup)
         logger.info("checkpoint saved: epoch %d -> %s", epoch, self.checkpoint_path)
 
     # -- the run --------------------------------------------------------------------------------------------------
@@ -242,12 +261,12 @@ class Trainer:
         generator = torch.Generator().manual_seed(training.seed)
         # Dropout draws from the global RNG: seeded here so the data path taken before (cache hit or miss)
         # cannot change what training does.
-        torch.manual_seed(training.seed + 1)
+        torch.manual_seed(training.seed + 1 + self.ranks.rank)
         start_epoch = self._resume(checkpoint, generator) if checkpoint is not None else 0
         logger.info("recipe: %s, lr %.3g, %s schedule, label smoothing %g, augment %s, tta %s, amp %s, select %s "
                     "on %s, patience %s", ", ".join(f"{k} {v}" for k, v in self.settings.items()), training.lr,
                     training.schedule, training.label_smoothing, training.augment, training.tta,
-                    self.precision.mode, self.selector.select, training.monitor, training.patience)
+                    self.precision.mode, self.selector.select, training.monitor_metric, training.patience)
 
         self._call("on_train_begin")
         epoch = start_epoch

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from typing import Any
 
 __all__ = ["RESNET_STAGES", "model_stages", "head_prefixes", "stage_rates", "param_groups", "make_optimizer",
-           "resolve", "set_head_only", "train_mode"]
+           "resolve", "resolve_batchnorm", "set_head_only", "train_mode"]
 
 logger = logging.getLogger(__name__)
 
@@ -116,9 +116,45 @@ def param_groups(model: Any, lr: float, lr_mult: float = 1.0, weight_decay: floa
     return groups
 
 
-def resolve(training: Any, model_config: Any) -> dict[str, Any]:
+def resolve_batchnorm(policy: str, *, pretrained: bool, batch_size: int, world_size: int = 1,
+                      cuda: bool = False) -> str:
+    """The BatchNorm mode a job runs with: ``"sync"``, ``"local"`` or ``"frozen"``.
+
+    ``auto`` is ``frozen`` when the weights are pretrained and the batch BatchNorm would see is under 32 images
+    (the global batch with several CUDA processes, which synchronise; each process's share otherwise): such
+    batches give noisier statistics than the pretrained running ones. Else ``sync`` with several CUDA processes,
+    else ``local``. ``sync`` in a job of one process is ``local`` (the same statistics).
+
+    Raises:
+        ConfigError: ``sync`` with several processes on the CPU (``torch.nn.SyncBatchNorm`` needs GPUs).
+
+    Example:
+        >>> resolve_batchnorm("auto", pretrained=True, batch_size=16)
+        'frozen'
+        >>> resolve_batchnorm("auto", pretrained=True, batch_size=64, world_size=4, cuda=True)
+        'sync'
+        >>> resolve_batchnorm("auto", pretrained=True, batch_size=64, world_size=4)   # 16 per CPU process
+        'frozen'
+    """
+    several_gpus = world_size > 1 and cuda
+    if policy == "auto":
+        seen = batch_size if several_gpus else batch_size // max(1, world_size)
+        if pretrained and seen < 32:
+            return "frozen"
+        return "sync" if several_gpus else "local"
+    if policy == "sync":
+        if world_size > 1 and not cuda:
+            from dogclf.errors import ConfigError
+
+            raise ConfigError("batchnorm 'sync' cannot run on cpu: torch.nn.SyncBatchNorm needs GPUs; use "
+                              "batchnorm='frozen' (the same result on any number of processes) or 'local'")
+        return "sync" if world_size > 1 else "local"
+    return policy
+
+
+def resolve(training: Any, model_config: Any, *, world_size: int = 1, cuda: bool = False) -> dict[str, Any]:
     """The ``auto`` settings of a job as what it does: ``optimizer``, ``weight_decay``, ``lr_mult``,
-    ``batchnorm``."""
+    ``batchnorm`` (for a job of ``world_size`` processes, on CUDA or not: :func:`resolve_batchnorm`)."""
     backbone_trains = model_config.freeze != "head"
     optimizer = training.optimizer if training.optimizer != "auto" else ("adamw" if backbone_trains else "adam")
     weight_decay = training.weight_decay if training.weight_decay is not None else (
@@ -126,9 +162,8 @@ def resolve(training: Any, model_config: Any) -> dict[str, Any]:
     pretrained = model_config.weights is not None
     lr_mult = training.lr_mult if training.lr_mult is not None else (
         100.0 if training.freeze_epochs > 0 and pretrained else 1.0)
-    batchnorm = training.batchnorm
-    if batchnorm == "auto":
-        batchnorm = "frozen" if pretrained and training.batch_size < 32 else "local"
+    batchnorm = resolve_batchnorm(training.batchnorm, pretrained=pretrained, batch_size=training.batch_size,
+                                  world_size=world_size, cuda=cuda)
     return {"optimizer": optimizer, "weight_decay": float(weight_decay), "lr_mult": float(lr_mult),
             "batchnorm": batchnorm}
 

@@ -2,7 +2,7 @@
 survive a kill.
 
 The test split only reports: nothing here (nor in tuning) looks at it. After every epoch
-:class:`EpochSelector` compares the monitored validation metric (``monitor``: ``valid_loss``, lower is better,
+:class:`EpochSelector` compares the monitored validation metric (``monitor_metric``: ``valid_loss``, lower is better,
 or ``valid_acc``) with the best so far:
 
 * with ``select='best'`` a better epoch's trainable weights are written atomically beside the checkpoint
@@ -40,20 +40,23 @@ def check_splits(training: Any, splits: Any) -> None:
     """
     if training.patience is not None and "valid" not in splits:
         raise ConfigError(f"patience (--patience) {training.patience} needs a validation channel to watch "
-                          f"{training.monitor}, and this job has none; give a 'valid' channel or --patience off")
+                          f"{training.monitor_metric}, and this job has none; give a 'valid' channel or --patience off")
 
 
 class EpochSelector:
     """Tracks the best epoch on the monitored validation metric, its weights, and early stopping.
 
     Args:
-        training: The :class:`~dogclf.training.TrainingConfig` (``select``, ``monitor``, ``patience``).
+        training: The :class:`~dogclf.training.TrainingConfig` (``select``, ``monitor_metric``, ``patience``).
         folder: Where the best weights file goes (the checkpoint's folder).
         has_valid: Whether the job has a validation split.
+        writer: Whether this process writes the best weights file (rank 0 of a job of several processes; the
+            others keep the weights in memory only).
     """
 
-    def __init__(self, training: Any, folder: Path, has_valid: bool = True) -> None:
-        self.monitor, self.patience = training.monitor, training.patience
+    def __init__(self, training: Any, folder: Path, has_valid: bool = True, writer: bool = True) -> None:
+        self.writer = writer
+        self.monitor, self.patience = training.monitor_metric, training.patience
         self.select = training.select if has_valid else "last"
         if training.select == "best" and not has_valid:
             logger.warning("select=best needs a validation channel; the artifact holds the last epoch's weights")
@@ -90,7 +93,9 @@ class EpochSelector:
 
             self.best_state = state()
             weights = self.best_state
-            atomic_write(self._file(epoch), lambda fh: torch.save({"epoch": epoch, "trainable": weights}, fh))
+            if self.writer:
+                atomic_write(self._file(epoch),
+                             lambda fh: torch.save({"epoch": epoch, "trainable": weights}, fh))
         return True
 
     def should_stop(self, epoch: int) -> str | None:

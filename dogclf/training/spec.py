@@ -18,6 +18,7 @@ from dogclf._contract import decode, encode, names, split_known, values, wire_va
 from dogclf._io import atomic_write_json
 from dogclf.errors import ConfigError
 from dogclf.training.config import TrainingConfig
+from dogclf.training.distributed import Distribution, check_job_distribution
 from dogclf.training.metrics import METRIC_DEFINITIONS
 
 __all__ = ["TrainingJobSpec", "TrainingJobResult", "JOB_STATUSES", "check_job", "normalize_channels"]
@@ -146,6 +147,9 @@ class TrainingJobSpec:
         profiler_config: Profiler JSON config, as SageMaker writes ``profilerconfig.json``.
         debugger: The :class:`~dogclf.debug.DebuggerConfig` of a Debugger job, for backends with a Debugger
             service of their own (SageMaker builds its Debugger objects from it); ``None`` otherwise.
+        distribution: Data-parallel training over several processes and instances
+            (:class:`~dogclf.training.Distribution`, or a dict of its fields); ``None``: one process on one
+            instance. ``training.batch_size`` stays the global batch size.
 
     Raises:
         ConfigError: a value is invalid (the message names it and what was expected).
@@ -172,6 +176,7 @@ class TrainingJobSpec:
     debugger_hook_config: dict[str, Any] | None = None
     profiler_config: dict[str, Any] | None = None
     debugger: Any = None
+    distribution: Any = None
 
     def __post_init__(self) -> None:
         model, labels = _model_config(self.model)
@@ -212,6 +217,8 @@ class TrainingJobSpec:
         if isinstance(self.instance_count, bool) or not isinstance(self.instance_count, int) \
                 or self.instance_count < 1:
             raise ConfigError(f"instance_count must be a positive int, got {self.instance_count!r}")
+        object.__setattr__(self, "distribution", Distribution.coerce(self.distribution))
+        check_job_distribution(self.distribution, self.instance_count, training)
         if not isinstance(self.metric_definitions, list) or not all(
                 isinstance(d, dict) and isinstance(d.get("Name"), str) and isinstance(d.get("Regex"), str)
                 for d in self.metric_definitions):
@@ -279,6 +286,7 @@ class TrainingJobSpec:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("model", "training", "debugger",
                                                                                   "extra_hyperparameters")}
         out["hyperparameters"] = self.hyperparameters
+        out["distribution"] = self.distribution.to_dict() if self.distribution is not None else None
         return json.loads(json.dumps(out))
 
     @classmethod

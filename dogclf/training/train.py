@@ -35,6 +35,11 @@ Checkpoints: after every epoch the trainable weights, optimizer and random state
 started again (after ``kill -9``, a spot interruption) resumes from the last one and ends with the same result as
 an uninterrupted run. With a seed, runs on CPU are deterministic.
 
+Several processes: started by ``torchrun`` (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``/``PORT`` in
+the environment, as SageMaker's ``torch_distributed`` launcher and the local backend's ``processes`` start it), the
+entry point trains with DistributedDataParallel: NCCL on CUDA, gloo on the CPU, each process a share of every
+global batch, metrics summed over the processes, and rank 0 alone writing (:mod:`.distributed`).
+
 Its hyperparameters are the fields of :class:`~dogclf.models.ModelConfig` and :class:`~dogclf.training.TrainingConfig`
 (the options are generated from them, :mod:`dogclf._contract`); the work is split by concern: :mod:`.data`
 (channels, splits, decoding), :mod:`.features` (the feature cache), :mod:`.checkpoint`, :mod:`.loop` (the
@@ -63,7 +68,7 @@ from dataclasses import dataclass  # noqa: E402
 from typing import Any  # noqa: E402
 
 from dogclf._contract import add_arguments, decode, split_known  # noqa: E402
-from dogclf.errors import ConfigError, DogclfError  # noqa: E402
+from dogclf.errors import DogclfError  # noqa: E402
 
 __all__ = ["JobPaths", "build_parser", "parse_args", "main", "run"]
 
@@ -177,10 +182,18 @@ def _seed_everything(seed: int, deterministic: bool) -> None:
 
 
 def _write_failure(message: str) -> None:
+    """``$SM_OUTPUT_DIR/failure``; in a job of several processes prefixed with the rank, and written by another
+    rank than 0 only when no process has written one (rank 0's reason wins, the first one otherwise)."""
+    from dogclf._io import atomic_write
+
     out = Path(os.environ.get("SM_OUTPUT_DIR") or _base_dir() / "output")
+    rank, world = os.environ.get("RANK", "0"), os.environ.get("WORLD_SIZE", "1")
+    if world not in ("", "1"):
+        message = f"rank {rank} of {world}: {message}"
+        if rank != "0" and (out / "failure").exists():
+            return
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "failure").write_text(message[:1024], encoding="utf-8")
+        atomic_write(out / "failure", message[:1024])
     except OSError:  # pragma: no cover - nowhere to write; the exit status still says it failed
         pass
 
@@ -200,6 +213,7 @@ def run(model_config: Any, training: Any, paths: JobPaths, extra: dict[str, Any]
     from dogclf.images import Normalizer
     from dogclf.training.augment import decode_size
     from dogclf.training.data import auto_workers, load_split_images, resolve_channels, resolve_data_labels, scan_split
+    from dogclf.training.distributed import start
     from dogclf.training.features import cache_plan, cached_features, feature_cache_dir
     from dogclf.training.loop import Trainer
     from dogclf.training.metrics import MetricsPublisher
@@ -207,7 +221,9 @@ def run(model_config: Any, training: Any, paths: JobPaths, extra: dict[str, Any]
     from dogclf.training.selection import check_splits
 
     started = time.perf_counter()
-    # 1. Everything that can fail fast: data layout, labels, model config, weights, checkpoint.
+    # 1. Everything that can fail fast: the processes of the job (world size, device), data layout, labels, model
+    # config, weights, checkpoint.
+    ranks = start(training, pretrained=model_config.weights is not None)
     channels = resolve_channels(paths)
     labels = resolve_data_labels(training.labels, channels["train"])
     splits = {name: scan_split(name, path, labels) for name, path in channels.items() if path is not None}
@@ -226,9 +242,7 @@ def run(model_config: Any, training: Any, paths: JobPaths, extra: dict[str, Any]
     model = BreedModel(labels, backbone=model_config.backbone, weights=model_config.weights,
                        freeze=model_config.freeze, dropout=model_config.dropout,
                        preprocess=model_config.preprocess).build()
-    device = torch.device("cuda" if training.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
-    if training.device == "cuda" and device.type != "cuda":
-        raise ConfigError("device 'cuda' was requested but CUDA is not available")
+    device = ranks.device
     # Convolutions run faster channels-last with oneDNN on CPU and with cuDNN on GPU (measured for resnet50 here).
     channels_last = training.channels_last in ("on", "auto")
     module = model.module_.to(device)
@@ -236,7 +250,7 @@ def run(model_config: Any, training: Any, paths: JobPaths, extra: dict[str, Any]
     normalizer = Normalizer(pre, device=device, channels_last=channels_last)
     eval_bs = training.eval_batch_size or training.batch_size
     workers = training.num_workers if training.num_workers is not None else \
-        auto_workers(len(splits["train"]), training.batch_size)
+        ranks.workers(auto_workers(len(splits["train"]), training.batch_size))
     plan = cache_plan(model_config, training)  # "all": the whole run on cached features; "head": a fine-tune's
     use_cache = plan == "all"                   # head-only epochs on them, later epochs on images
     # Converting ResNet50 to channels-last (and back before saving) copies every conv weight: about 0.5 s each way
@@ -250,6 +264,7 @@ def run(model_config: Any, training: Any, paths: JobPaths, extra: dict[str, Any]
                 "on" if channels_last else "off")
 
     # 2. Inputs: cached backbone features (head-only fast path) and/or images decoded once into memory.
+    inputs_started = time.perf_counter()
     features = None
     if plan != "off":
         cache_dir = feature_cache_dir(ckpt_dir)
@@ -265,7 +280,8 @@ def run(model_config: Any, training: Any, paths: JobPaths, extra: dict[str, Any]
             return folded[0]
 
         features = {name: cached_features(model, split, cache_dir, seed=training.seed, batch_size=eval_bs,
-                                          workers=workers, normalizer=normalizer, backbone=backbone)
+                                          workers=workers, normalizer=normalizer, backbone=backbone,
+                                          ranks=ranks)
                     for name, split in splits.items()}
         folded.clear()
     if use_cache:
@@ -276,7 +292,9 @@ def run(model_config: Any, training: Any, paths: JobPaths, extra: dict[str, Any]
                         "images every epoch; images are decoded once and kept in memory", model_config.freeze,
                         training.augment, training.tta, training.feature_cache)
         data = load_split_images(splits, pre, decode_size(training.augment, pre), eval_bs, workers)
+        module = ranks.prepare(module)  # SyncBatchNorm in a job of several CUDA processes (after the feature pass)
 
+    input_seconds = time.perf_counter() - inputs_started
     # 3. The loop, observed by the registered callbacks.
     hyperparameters = {**encode(model_config, training), **(extra or {})}
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=training.label_smoothing)
@@ -287,26 +305,31 @@ def run(model_config: Any, training: Any, paths: JobPaths, extra: dict[str, Any]
     ctx.state.update({"feature_cache": use_cache, "device": str(device), "labels": labels, "num_workers": workers,
                       "breed_model": model, "num_train_images": len(splits["train"]),
                       "resumed_from": None if checkpoint is None else {
-                          "epoch": int(checkpoint["epoch"]), "steps": dict(checkpoint.get("steps") or {})}})
+                          "epoch": int(checkpoint["epoch"]), "steps": dict(checkpoint.get("steps") or {})},
+                      "rank": ranks.rank, "world_size": ranks.world_size})
     for var in ("SMDEBUG_CONFIG_FILE_PATH", "SMPROFILER_CONFIG_PATH"):
         if os.environ.get(var):
             logger.info("%s=%s", var, os.environ[var])
-    callbacks = make_callbacks(hyperparameters, output_dir)
+    callbacks = make_callbacks(hyperparameters, output_dir) if ranks.is_main else []  # rank 0 observes the run
     if callbacks:
         logger.info("callbacks: %s", ", ".join(type(cb).__name__ for cb in callbacks))
-    metrics = MetricsPublisher(output_dir, history=checkpoint.get("history") if checkpoint else None)
+    metrics = ranks.publisher(lambda: MetricsPublisher(output_dir, history=checkpoint.get("history")
+                                                       if checkpoint else None))
     trainer = Trainer(model, training, data, cached=use_cache, device=device, normalizer=normalizer, crop=pre.crop,
                       checkpoint_path=ckpt_path, fingerprint=print_, callbacks=callbacks, metrics=metrics,
-                      context=ctx, features=features)
+                      context=ctx, features=features, ranks=ranks)
     outcome = trainer.fit(checkpoint)
 
     # 4. The artifact and the metrics summary.
     module.to("cpu")
     if converted:
         module.to(memory_format=torch.contiguous_format)
-    model.save(model_dir)
+    ranks.on_main(model.save, model_dir)
     metrics.finish({**outcome, "feature_cache": use_cache, "train_images": len(splits["train"]),
-                    "total_seconds": time.perf_counter() - started, "hyperparameters": hyperparameters})
+                    "total_seconds": time.perf_counter() - started, "input_seconds": input_seconds,
+                    "hyperparameters": hyperparameters,
+                    "world_size": ranks.world_size})
+    ranks.barrier()  # every process ends after the artifact is complete
     logger.info("saved the model to %s; %.1fs in all", model_dir, time.perf_counter() - started)
     return outcome["metrics"]
 
@@ -327,11 +350,14 @@ def main(argv: list[str] | None = None) -> int:
         # set for the run only: the entry point may run inside a caller's process (tests, notebooks).
         import torch
 
+        from dogclf.training.distributed import stop
+
         torch.set_flush_denormal(True)
         try:
             run(model, training, paths, extra)
         finally:
             torch.set_flush_denormal(False)
+            stop()
     except DogclfError as exc:
         logger.error("%s: %s", type(exc).__name__, exc)
         _write_failure(f"{type(exc).__name__}: {exc}")

@@ -12,6 +12,7 @@ from typing import Any
 
 from dogclf._paths import home
 from dogclf.backends.base import PackageBackend
+from dogclf.errors import ConfigError
 
 __all__ = ["LocalBackend"]
 
@@ -27,6 +28,13 @@ class LocalBackend(PackageBackend):
     Args:
         root: Folder for job directories, staged datasets and endpoints; defaults to :func:`default_root`.
             Nothing is created until a job runs.
+        processes: Training processes per job on this machine (data-parallel under ``torchrun``, gloo on the
+            CPU, see :mod:`dogclf.training.distributed`) where the spec's
+            :class:`~dogclf.training.Distribution` does not say; ``None``: jobs without a distribution run one
+            plain process, jobs with one run one process each.
+
+    Raises:
+        ConfigError: ``processes`` is not an int >= 1 or ``None``.
     """
 
     name = "local"
@@ -43,12 +51,16 @@ class LocalBackend(PackageBackend):
         "deploy": (("serve", "starlette"), ("serve", "uvicorn"), ("serve", "requests")),
     }
 
-    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, root: str | os.PathLike[str] | None = None, processes: int | None = None) -> None:
+        if processes is not None and (isinstance(processes, bool) or not isinstance(processes, int) or processes < 1):
+            raise ConfigError(f"processes must be an int >= 1 (or None), got {processes!r}")
         # Absolute from the start: jobs run in other working directories (SAGEMAKER_BASE_DIR, child processes).
         self.root = (Path(root).expanduser() if root is not None else default_root()).absolute()
+        self.processes = processes
 
     def __repr__(self) -> str:
-        return f"LocalBackend(root={str(self.root)!r})"
+        extra = f", processes={self.processes}" if self.processes is not None else ""
+        return f"LocalBackend(root={str(self.root)!r}{extra})"
 
     def fetch_output(self, result: Any, dest: Any = None) -> Path:
         """A job's output data folder: on this machine already (``dest`` is not used)."""

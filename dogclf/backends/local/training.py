@@ -16,7 +16,7 @@ Each job gets a folder laid out like a container's ``/opt/ml``::
 The job runs in a separate process through the ``sagemaker-training`` toolkit with ``SAGEMAKER_BASE_DIR`` set to
 the job folder, i.e. the same code path SageMaker's PyTorch containers use: ``environment.Environment()`` reads the
 config files, ``entry_point.run`` starts ``dogclf/training/train.py`` with the hyperparameters as command-line
-options and the ``SM_*`` environment. Its output streams to a logger and to ``on_log_line``; its metrics are the
+options and the ``SM_*`` environment (N processes under torchrun for a distributed job, :mod:`.launch`). Its output streams to a logger and to ``on_log_line``; its metrics are the
 events the entry point publishes in ``output/data/metrics.jsonl`` (:mod:`dogclf.training.metrics`), read as they
 come, never parsed from the log.
 
@@ -45,6 +45,7 @@ from dogclf._extras import require
 from dogclf._io import atomic_write_json
 from dogclf._process import die_with_parent, group_members, kill_group
 from dogclf._source import copy_package_source
+from dogclf.backends.local.launch import distributed_layout, job_processes, resource_config, toolkit_runner
 from dogclf.errors import (
     ConfigError,
     DataError,
@@ -116,8 +117,10 @@ def _rewrite_opt_ml(value: Any, base: Path) -> Any:
     return value
 
 
-def prepare_job(backend: LocalBackend, spec: TrainingJobSpec, job_name: str) -> tuple[Path, dict[str, str]]:
-    """Lay out the job folder and return it with the environment for the job process.
+def prepare_job(backend: LocalBackend, spec: TrainingJobSpec, job_name: str,
+                processes: int | None = None) -> tuple[Path, dict[str, str]]:
+    """Lay out the job folder and return it with the environment for the job process (of ``processes`` under
+    torchrun, :func:`.launch.job_processes`).
 
     A job of that name that did not complete starts again in its folder and resumes from its checkpoints; one
     whose process is gone, or orphaned, is first recorded as ended (:func:`._jobstate.reconcile`).
@@ -180,13 +183,10 @@ def prepare_job(backend: LocalBackend, spec: TrainingJobSpec, job_name: str) -> 
         "sagemaker_container_log_level": "20",
         "sagemaker_region": json.dumps("local"),
     })
-    atomic_write_json(config / "hyperparameters.json", hyperparameters)
     atomic_write_json(config / "inputdataconfig.json", {
         name: {"ContentType": "application/x-image", "TrainingInputMode": "File",
                "S3DistributionType": "FullyReplicated", "RecordWrapperType": "None"} for name in channels})
-    atomic_write_json(config / "resourceconfig.json", {"current_host": "localhost", "hosts": ["localhost"],
-                                                 "current_group_name": "homogeneousCluster",
-                                                 "network_interface_name": "lo"})
+    atomic_write_json(config / "resourceconfig.json", resource_config())
 
     env = dict(os.environ)
     env.update({
@@ -198,6 +198,9 @@ def prepare_job(backend: LocalBackend, spec: TrainingJobSpec, job_name: str) -> 
         "TRAINING_JOB_NAME": job_name,
         CALLER_ENV: str(os.getpid()),  # the job dies with this process, which reads its output
     })
+    if processes is not None:
+        distributed_layout(base, processes, hyperparameters, env)
+    atomic_write_json(config / "hyperparameters.json", hyperparameters)
     for var in ("SM_CHANNEL_TRAIN", "SM_CHANNEL_VALID", "SM_CHANNEL_TEST", "SM_CHANNEL_TRAINING", "SM_MODEL_DIR",
                 "SM_OUTPUT_DATA_DIR", "SM_OUTPUT_DIR"):
         env.pop(var, None)  # the toolkit sets these for this job; a caller's own must not leak in
@@ -211,6 +214,7 @@ def prepare_job(backend: LocalBackend, spec: TrainingJobSpec, job_name: str) -> 
         env["SMPROFILER_CONFIG_PATH"] = str(config / "profilerconfig.json")
     else:
         env.pop("SMPROFILER_CONFIG_PATH", None)
+    env.pop("DOGCLF_DEBUG", None)  # a Debugger job's rules come in its own spec.environment, never the caller's
     env.update(spec.environment)
     return base, env
 
@@ -390,16 +394,16 @@ def train(backend: LocalBackend, spec: TrainingJobSpec, *, wait: bool = True,
         logger: Where the job's lines are logged (INFO); defaults to this module's logger.
 
     Raises:
-        ConfigError, DataNotFoundError, DataError: bad spec or channels, before anything runs.
+        ConfigError, DataNotFoundError, DataError: bad spec or channels, or a distribution this machine cannot
+            run (:func:`.launch.job_processes`), before anything runs.
         DuplicateError: a completed (or running) job of that name exists.
         JobError: the job failed (``wait=True`` and ``raise_on_failure``).
     """
     if not isinstance(spec, TrainingJobSpec):
         raise ConfigError(f"spec must be a dogclf.training.TrainingJobSpec, got {type(spec).__name__}")
-    if spec.instance_count != 1:
-        raise ConfigError(f"the local backend runs one instance; spec.instance_count is {spec.instance_count}")
+    processes = job_processes(getattr(backend, "processes", None), spec)
     job_name = spec.job_name or _new_job_name(spec)
-    base, env = prepare_job(backend, spec, job_name)
+    base, env = prepare_job(backend, spec, job_name, processes)
     log = logger or globals()["logger"]
     process = subprocess.Popen(
         [sys.executable, "-u", "-m", "dogclf.backends.local.training", str(base)],
@@ -471,7 +475,7 @@ def _run_in_job_folder(base: str) -> int:
     env = environment.Environment()
     try:
         entry_point.run(uri=env.module_dir, user_entry_point=env.user_entry_point, args=env.to_cmd_args(),
-                        env_vars=env.to_env_vars(), capture_error=False)
+                        env_vars=env.to_env_vars(), capture_error=False, runner_type=toolkit_runner(env))
     except errors.ExecuteUserScriptError as exc:
         code = int(getattr(exc, "return_code", 1) or 1)
         how = _exit_text(code).replace("the job process", "the training entry point")

@@ -56,13 +56,13 @@ def uses_feature_cache(spec: Any, space: Any = ()) -> bool:
 
 def trial_pool(backend: LocalBackend, spec: Any, space: Any, size: int) -> WarmPoolBackend | None:
     """A warm pool of ``size`` workers for an experiment's trials when they are head-only fits on the shared
-    feature cache (where start-up dominates), else ``None`` (each trial is a fresh job process).
+    feature cache (where start-up dominates) of one process each, else ``None`` (each trial is a fresh job).
 
     The pool's ``warm_up_first`` asks the runner to let the first trial fill the feature cache before the others
     start reading it.
     """
-    if not uses_feature_cache(spec, space):
-        return None
+    if not uses_feature_cache(spec, space) or spec.distribution is not None or (backend.processes or 1) > 1:
+        return None  # a pool worker runs one process per job, in-process: not a job of several processes
     pool = WarmPoolBackend(backend, size)
     pool.warm_up_first = size > 1
     return pool

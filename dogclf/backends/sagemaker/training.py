@@ -6,7 +6,9 @@ anything (the tuner wraps it in a ``HyperparameterTuner``; Debugger options arri
 returns a :class:`~dogclf.training.TrainingJobResult` built from ``DescribeTrainingJob``.
 
 The dogclf package ships with the job: a copy of it is staged as the estimator's ``source_dir`` and the entry
-point is ``dogclf/training/train.py`` inside it, the very file the local backend runs.
+point is ``dogclf/training/train.py`` inside it, the very file the local backend runs. A spec with a
+:class:`~dogclf.training.Distribution` becomes a ``torch_distributed`` job (:mod:`.distribution`): ``torchrun``
+on each of ``instance_count`` GPU instances, one process per GPU.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from dogclf._source import copy_package_source
+from dogclf.backends.sagemaker.distribution import check_distribution
+from dogclf.backends.sagemaker.distribution import estimator_kwargs as _distribution_kwargs
 from dogclf.backends.sagemaker.session import make_session as _session
 from dogclf.errors import BackendError, ConfigError, JobError
 from dogclf.training.spec import TrainingJobResult, TrainingJobSpec
@@ -132,13 +136,15 @@ def build_estimator(backend: SageMakerBackend, spec: TrainingJobSpec, *, source_
         **estimator_kwargs: More ``PyTorch`` keyword arguments (they win over the spec's).
 
     Raises:
-        ConfigError: no IAM role on the backend.
+        ConfigError: no IAM role on the backend; a distribution the instance type cannot run (see
+            :func:`.distribution.check_distribution`).
     """
     from sagemaker.pytorch import PyTorch
 
     if not backend.role:
         raise ConfigError("SageMakerBackend(role=...) is required to run training jobs: the IAM role ARN SageMaker "
                           "assumes, e.g. 'arn:aws:iam::123456789012:role/SageMakerRole'")
+    distribution = _distribution_kwargs(spec, framework_version)  # checked before anything is staged or sent
     session = _session(backend)
     bucket = _bucket(backend, session)
     output_path = output_path or f"s3://{bucket}/dogclf/training"
@@ -147,6 +153,8 @@ def build_estimator(backend: SageMakerBackend, spec: TrainingJobSpec, *, source_
     source = Path(source_dir) if source_dir is not None else stage_source_dir(requirements=requirements)
     wire_tuned = {spec.tunable()[name] for name in tuned}
     hyperparameters = {k: v for k, v in spec.hyperparameters.items() if k not in wire_tuned}
+    hyperparameters.update(distribution.pop("hyperparameters", {}))
+    framework_version = distribution.pop("framework_version", framework_version)
     kwargs: dict[str, Any] = dict(
         entry_point=ENTRY_POINT, source_dir=str(source), role=backend.role, sagemaker_session=session,
         framework_version=framework_version, py_version=py_version, instance_type=spec.instance_type,
@@ -163,6 +171,7 @@ def build_estimator(backend: SageMakerBackend, spec: TrainingJobSpec, *, source_
     if spec.use_spot:
         kwargs["use_spot_instances"] = True
         kwargs["max_wait"] = spec.max_wait_s or 2 * spec.max_run_s
+    kwargs.update(distribution)
     kwargs.update(_debugger_kwargs(spec))
     kwargs.update(estimator_kwargs)
     return PyTorch(**kwargs)
@@ -273,12 +282,14 @@ def train(backend: SageMakerBackend, spec: TrainingJobSpec, *, wait: bool = True
         **estimator_kwargs: Passed to :func:`build_estimator`.
 
     Raises:
-        ConfigError: bad spec (no role, non-S3 checkpoint URI, missing local channel folder).
+        ConfigError: bad spec (no role, non-S3 checkpoint URI, missing local channel folder, a distribution the
+            instance type cannot run).
         BackendError: SageMaker refused to create the job.
         JobError: the job failed (``wait=True`` and ``raise_on_failure``).
     """
     if not isinstance(spec, TrainingJobSpec):
         raise ConfigError(f"spec must be a dogclf.training.TrainingJobSpec, got {type(spec).__name__}")
+    check_distribution(spec)  # before anything is staged or uploaded
     staged = None
     if "source_dir" not in estimator_kwargs:
         requirements = estimator_kwargs.pop("requirements", None)

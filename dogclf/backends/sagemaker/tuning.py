@@ -19,6 +19,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from dogclf._contract import wire_value
+from dogclf.backends.sagemaker.distribution import check_tuned_batch_size, distribution_from_hyperparameters
 from dogclf.backends.sagemaker.session import error_cause
 from dogclf.backends.sagemaker.training import _session, build_estimator, channel_inputs
 from dogclf.errors import BackendError, ConfigError
@@ -79,7 +80,8 @@ def build_tuner(backend: SageMakerBackend, spec: Any, state: Any) -> Any:
         state: The experiment's :class:`~dogclf.hpo.ExperimentState`.
 
     Raises:
-        ConfigError: a strategy SageMaker does not run, or a pruning rule other than the default median rule.
+        ConfigError: a strategy SageMaker does not run, or a pruning rule other than the default median rule; a
+            distributed spec whose tuned ``batch_size`` values the world size does not divide.
     """
     from sagemaker.tuner import HyperparameterTuner
 
@@ -87,6 +89,7 @@ def build_tuner(backend: SageMakerBackend, spec: Any, state: Any) -> Any:
     if not strategy.sagemaker_name:
         raise ConfigError(f"strategy {strategy!r} has no SageMaker equivalent; use 'bayesian', 'random' or 'grid'")
     objective = state.objective
+    check_tuned_batch_size(spec, state.space)
     # The tuned names are set per training job; the estimator carries only the static ones.
     estimator = build_estimator(backend, spec, tuned=list(state.space))
     definitions = [dict(d) for d in (getattr(spec, "metric_definitions", None) or [])]
@@ -317,6 +320,7 @@ def state_from_tuning_job(backend: SageMakerBackend, name: str) -> Any:
         logger.warning("tuning job %s uses strategy %r; continuing it locally would search at random", name,
                        cfg["Strategy"])
         strategy = RandomStrategy()
+    distribution = distribution_from_hyperparameters(job.get("StaticHyperParameters") or {})
     static = {k: _decode(v) for k, v in (job.get("StaticHyperParameters") or {}).items()
               if not k.startswith("sagemaker_")}
     channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in job.get("InputDataConfig", [])
@@ -324,7 +328,8 @@ def state_from_tuning_job(backend: SageMakerBackend, name: str) -> Any:
     resources = job.get("HyperParameterTuningResourceConfig") or job.get("ResourceConfig") or {}
     spec = TrainingJobSpec.from_hyperparameters(
         static, channels, instance_type=resources.get("InstanceType", "ml.c5.2xlarge"),
-        instance_count=int(resources.get("InstanceCount", 1)), metric_definitions=definitions)
+        instance_count=int(resources.get("InstanceCount", 1)), metric_definitions=definitions,
+        distribution=distribution)
     limits = cfg["ResourceLimits"]
     return ExperimentState(
         name=name, backend=getattr(backend, "name", "sagemaker"), space=SearchSpace(space), objective=objective,

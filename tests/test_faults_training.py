@@ -100,7 +100,9 @@ def _assert_same_as(result, reference) -> None:
     assert assert_same_weights(Path(result.model_artifact), Path(reference.model_artifact)) > 100  # every tensor
     assert result.metrics == reference.metrics
     assert result.metric_history == reference.metric_history
-    assert [e.get("epoch") for e in result.metric_history] == [*range(1, EPOCHS + 1), None, None]
+    # each epoch once, then the best-epoch selection, test loss, test accuracy
+    assert [e.get("epoch") for e in result.metric_history] == [*range(1, EPOCHS + 1), None, None, None]
+    assert "best_epoch" in result.metric_history[EPOCHS]
     summary = read_json(Path(result.output_dir) / "metrics.json")
     assert summary["metrics"] == read_json(Path(reference.output_dir) / "metrics.json")["metrics"]
 

@@ -343,9 +343,9 @@ def test_deploy_an_s3_training_output_with_the_onnx_runtime_exports_and_packs_it
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket="dogclf-training-output")
     s3.upload_file(str(pack(artifact, tmp_path / "model.tar.gz")), "dogclf-training-output", "job/output/model.tar.gz")
-    endpoint = EndpointDeployer(endpoint_name="dogclf-onnx-from-s3", wait_poll_s=0.2, runtime="onnx").deploy(
-        "s3://dogclf-training-output/job/output/model.tar.gz", backend="sagemaker", role=ROLE,
-        bucket="dogclf-training-output")
+    backend = get_backend("sagemaker", role=ROLE, bucket="dogclf-training-output")
+    endpoint = EndpointDeployer(endpoint_name="dogclf-onnx-from-s3", wait_poll_s=0.2, runtime="onnx",
+                                backend=backend).deploy("s3://dogclf-training-output/job/output/model.tar.gz")
     with endpoint:
         container = boto3.client("sagemaker").describe_model(ModelName="dogclf-onnx-from-s3")["PrimaryContainer"]
         assert container["Environment"]["SAGEMAKER_SUBMIT_DIRECTORY"] == "/opt/ml/model/code"

@@ -391,7 +391,7 @@ def export_runtimes(artifact_dir: str | os.PathLike[str], runtimes: str | Iterab
             is kept when ``onnx-int8`` is refused).
         ArtifactError: ``artifact_dir`` is not an artifact.
     """
-    from dogclf.models import ResNetBreedModel
+    from dogclf.models import BreedModel
     from dogclf.serving import handler
 
     wanted = list(dict.fromkeys(check_runtime(r) for r in ([runtimes] if isinstance(runtimes, str) else runtimes)))
@@ -450,7 +450,7 @@ def export_runtimes(artifact_dir: str | os.PathLike[str], runtimes: str | Iterab
         fp32_info = {k: v for k, v in (manifest["runtimes"].get("onnx") or {}).items() if k in ("exporter", "opset")}
         if "onnx" in todo or not _is_current(manifest["runtimes"].get("onnx"), folder, "onnx", source_sha):
             fp32 = Path(tmp) / "model.onnx"
-            module = ResNetBreedModel.load(folder).module_.eval()
+            module = BreedModel.load(folder).module_.eval()  # any registered backbone
             try:
                 fp32_info = _export_fp32(module, served.crop, fp32, exporter)
             except Exception as exc:  # noqa: BLE001 - the exporter raises many kinds

@@ -380,6 +380,14 @@ def main(argv: list[str] | None = None) -> int:
     except DogclfError as exc:
         print(f"workflow failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
+    def shown(path: Any) -> str:
+        """A local path relative to the working directory when it lies under it; anything else as it is."""
+        text = str(path)
+        if "://" in text or not os.path.isabs(text):
+            return text
+        rel = os.path.relpath(text)
+        return text if rel.startswith("..") else rel
+
     print()
     print(f"done in {outputs['wall_s']:.0f} s on the {args.backend} backend")
     if "test_accuracy" in outputs:
@@ -387,13 +395,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  test accuracy  {outputs['test_accuracy']:.1%} of {outputs['test_photos']} held-out photos "
               f"through the endpoint (the job's own test_acc {job.get('test_acc', float('nan')):.1%}, "
               f"test_loss {job.get('test_loss', float('nan')):.3f})")
-    print(f"  report         {outputs['report']}")
+    print(f"  report         {shown(outputs['report'])}")
     for key, name in (("gallery_test", "test gallery"), ("gallery", "gallery"), ("confusion_matrix", "confusion"),
                       ("predictions", "predictions")):
         if key in outputs:
-            print(f"  {name:<14} {outputs[key]}")
-    print(f"  best params    {outputs['best_params']}  {json.dumps(outputs['best_params_values'])}")
-    print(f"  artifact       {outputs['artifact']}")
+            print(f"  {name:<14} {shown(outputs[key])}")
+    print(f"  best params    {shown(outputs['best_params'])}  {json.dumps(outputs['best_params_values'])}")
+    print(f"  artifact       {shown(outputs['artifact'])}")
     print(f"  all outputs    {args.out / 'outputs.json'}")
     return 0
 

@@ -9,8 +9,8 @@ import json
 import subprocess
 import sys
 import tarfile
-import textwrap
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,71 +33,9 @@ def artifact(tmp_path_factory):
 
 
 # -- the packed artifact in SageMaker's own serving code ------------------------------------------------------------
-STOCK_SCRIPT = textwrap.dedent('''
-    """Serve a request through sagemaker-pytorch-inference's stock HandlerService, with dogclf importable only
-    from the archive's code/ folder (as in the stock container, where dogclf is not installed)."""
-    import importlib.machinery, json, os, sys
-
-    model_dir, image_path = sys.argv[1], sys.argv[2]
-    code_dir = os.path.join(model_dir, "code")
-
-    class OnlyVendoredDogclf:
-        def find_spec(self, name, path=None, target=None):
-            if name != "dogclf" and not name.startswith("dogclf."):
-                return None
-            spec = importlib.machinery.PathFinder.find_spec(name, [code_dir] if name == "dogclf" else path)
-            if spec is None or not str(spec.origin).startswith(code_dir):
-                raise ImportError(f"{name} is not in the archive's code/ folder")
-            return spec
-
-    sys.meta_path.insert(0, OnlyVendoredDogclf())
-    # What the toolkit's DefaultHandlerService.initialize puts on PYTHONPATH for the model server's worker.
-    sys.path.insert(0, code_dir)
-
-    from sagemaker_pytorch_serving_container.handler_service import HandlerService
-
-    class RequestProcessor:
-        def __init__(self, headers):
-            self.headers = headers
-
-        def get_request_properties(self):
-            return self.headers
-
-    class Context:
-        model_name = "model"
-
-        def __init__(self, headers):
-            self.system_properties = {"model_dir": model_dir}
-            self.request_processor = [RequestProcessor(headers)]
-            self.status, self.content_type = 200, None
-
-        def set_response_status(self, code, phrase):
-            self.status = code
-
-        def set_response_content_type(self, idx, content_type):
-            self.content_type = content_type
-
-    service = HandlerService()
-    context = Context({})  # TorchServe keeps one context per model and refreshes its request data per batch
-    service.initialize(context)
-    answers = []
-    for body, headers in [
-        (open(image_path, "rb").read(), {"Content-Type": "image/jpeg", "Accept": "application/json",
-                                         "X-Amzn-SageMaker-Custom-Attributes": "k=2"}),
-        (b"", {"Content-Type": "image/jpeg", "Accept": "application/json"}),
-        (open(image_path, "rb").read(), {"Content-Type": "image/jpeg", "Accept": "application/x-npy"}),
-    ]:
-        context.request_processor = [RequestProcessor(headers)]
-        context.status, context.content_type = 200, None
-        out = service.handle([{"body": body}], context)[0]
-        raw = out.encode() if isinstance(out, str) else out
-        answers.append({"status": context.status, "content_type": context.content_type,
-                        "body": raw.hex()})
-    import dogclf
-    served = service._service._model  # what the entry point's model_fn returned
-    print(json.dumps({"answers": answers, "dogclf": dogclf.__file__, "runtime": served.runtime,
-                      "module": type(served.module).__name__}))
-''')
+STOCK_SCRIPT = (Path(__file__).resolve().parents[1] / "tools" / "stock_serve.py").read_text()
+"""Serves requests through sagemaker-pytorch-inference's stock HandlerService with dogclf importable only from the
+archive's code/ folder (as in the stock container); ``make compat`` runs the same script in the container's versions."""
 
 
 @pytest.mark.slow

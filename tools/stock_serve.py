@@ -3,8 +3,9 @@ container does, with dogclf importable only from the model's ``code/`` folder (d
 
 Usage (with the inference venv's interpreter): ``python stock_serve.py MODEL_DIR IMAGE.jpg``. Prints one JSON line:
 ``{"answers": [{"status", "content_type", "body" (hex)}...], "dogclf": <where dogclf was imported from>,
-"versions": {...}}`` for a JPEG asking for JSON with ``k=2``, an empty body, and the JPEG asking for ``.npy``.
-Standard library only besides what the container has (run by ``tools/compat.py``).
+"runtime": <the runtime served>, "module": <the served module's class>, "versions": {...}}`` for a JPEG asking for JSON with ``k=2``, an empty body, and the JPEG asking for ``.npy``.
+Standard library only besides what the container has (run by ``tools/compat.py`` in the container's versions,
+and by the stock-handler tests in this environment).
 """
 
 import importlib.machinery
@@ -80,7 +81,9 @@ import PIL  # noqa: E402
 import torch  # noqa: E402
 import torchvision  # noqa: E402
 
-print(json.dumps({"answers": answers, "dogclf": dogclf.__file__,
+served = getattr(getattr(service, "_service", None), "_model", None)  # what the entry point's model_fn returned
+print(json.dumps({"answers": answers, "dogclf": dogclf.__file__, "runtime": getattr(served, "runtime", None),
+                  "module": type(getattr(served, "module", None)).__name__,
                   "versions": {"python": sys.version.split()[0], "torch": torch.__version__,
                                "torchvision": torchvision.__version__, "numpy": numpy.__version__,
                                "Pillow": PIL.__version__}}))

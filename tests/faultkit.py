@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,9 +59,8 @@ def assert_ok(result: Run) -> None:
     assert result.returncode == 0, result.tail()
 
 
-def live_processes(token: str) -> list[int]:
-    """Pids of running (not zombie) processes other than this one whose command line contains ``token``."""
-    found = []
+def _running_processes() -> Iterator[tuple[int, str, Path | None]]:
+    """``(pid, command line, working folder or None)`` of every running (not zombie) process but this one."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
             continue
@@ -70,9 +69,18 @@ def live_processes(token: str) -> list[int]:
             state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if token in cmdline and state != "Z":
-            found.append(int(entry))
-    return found
+        if state == "Z":
+            continue
+        try:
+            cwd: Path | None = Path(os.readlink(f"/proc/{entry}/cwd"))
+        except OSError:
+            cwd = None
+        yield int(entry), cmdline, cwd
+
+
+def live_processes(token: str) -> list[int]:
+    """Pids of running (not zombie) processes other than this one whose command line contains ``token``."""
+    return [pid for pid, cmdline, _ in _running_processes() if token in cmdline]
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 60.0, interval: float = 0.1) -> float:
@@ -100,19 +108,8 @@ def processes_under(root: Path) -> list[int]:
     """Pids of running (not zombie) processes other than this one that work under ``root``: its path is on their
     command line (a job process, a pool worker) or they run in a folder under it (the training entry point)."""
     root = Path(root).resolve()
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
-            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
-            cwd = Path(os.readlink(f"/proc/{entry}/cwd"))
-        except OSError:
-            continue
-        if state != "Z" and (str(root) in cmdline or cwd == root or root in cwd.parents):
-            found.append(int(entry))
-    return found
+    return [pid for pid, cmdline, cwd in _running_processes()
+            if str(root) in cmdline or (cwd is not None and (cwd == root or root in cwd.parents))]
 
 
 def checkpoint_epoch(path: Path) -> int:

@@ -18,11 +18,28 @@ import pytest
 
 from dogclf.data import make_synthetic_dataset
 from dogclf.data.manifest import Manifest
-from faultkit import assert_killed_at, assert_ok, cli, live_processes, run, tree_digest, wait_until
+from faultkit import assert_killed_at, assert_ok, cli, live_processes, processes_under, run, tree_digest, wait_until
 
 pytestmark = pytest.mark.faults
 
 STAGING = ".dogImages.staging-*"
+
+
+def test_the_process_finders_see_a_process_by_its_command_line_and_by_its_folder(tmp_path):
+    """The orphan checks below assert these lists are empty, so first: they are not empty while processes live."""
+    import subprocess
+
+    (tmp_path / "job").mkdir()
+    by_folder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], cwd=tmp_path / "job")
+    by_argument = subprocess.Popen([sys.executable, "-c", "import sys, time; time.sleep(60)", str(tmp_path / "x")])
+    try:
+        assert sorted(processes_under(tmp_path)) == sorted([by_folder.pid, by_argument.pid])
+        assert live_processes(str(tmp_path / "x")) == [by_argument.pid]
+    finally:
+        for proc in (by_folder, by_argument):
+            proc.kill()
+            proc.wait()
+    assert processes_under(tmp_path) == [] and live_processes(str(tmp_path / "x")) == []
 
 
 def _zip(src: Path, dest: Path) -> Path:

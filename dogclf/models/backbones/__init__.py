@@ -208,13 +208,4 @@ def create_model(name: str, weights: str | None = None, *, num_classes: int | No
         return spec.new_network(num_classes, dropout=dropout)
     module = spec.new_network(None, on_meta=True)
     spec.load_pretrained(module, weights, strict_head=num_classes is None)
-    if num_classes is not None:
-        import torch
-
-        if num_classes == 0:
-            head: Any = torch.nn.Identity()
-        else:
-            linear = torch.nn.Linear(spec.feature_dim, num_classes)
-            head = torch.nn.Sequential(torch.nn.Dropout(dropout), linear) if dropout > 0 else linear
-        setattr(module, spec.head, head)
-    return module
+    return module if num_classes is None else spec.attach_head(module, num_classes, dropout=dropout)

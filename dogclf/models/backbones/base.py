@@ -326,8 +326,14 @@ class Backbone:
                 module = self.build()
         else:
             module = self.build()
-        if num_classes is None:
-            return module
+        return module if num_classes is None else self.attach_head(module, num_classes, dropout=dropout)
+
+    def attach_head(self, module: Any, num_classes: int, *, dropout: float = 0.0) -> Any:
+        """Replace ``module``'s classifier (the child :attr:`head`) with dogclf's head, in place, and return
+        ``module``: ``Linear(feature_dim, num_classes)`` after ``Dropout`` when ``dropout > 0``, or ``Identity``
+        when ``num_classes`` is 0 (the network then returns pooled features)."""
+        import torch
+
         if num_classes == 0:
             head: Any = torch.nn.Identity()
         else:

@@ -9,6 +9,7 @@ from typing import Any
 from dogclf._contract import hyperparameter, nested
 from dogclf.errors import ConfigError
 from dogclf.images import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, Preprocess
+from dogclf.models.backbones.base import FREEZE_POLICIES, looks_like_path
 
 __all__ = [
     "ARTIFACT_FORMAT",
@@ -32,9 +33,6 @@ BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 """The torchvision ResNets :class:`~dogclf.models.ResNetBreedModel` supports. Every registered backbone (these and
 ``efficientnet_lite0/1/2``, plus plug-ins) is listed by :func:`~dogclf.models.backbones.list_models`."""
 
-FREEZE_POLICIES = ("head", "last-block", "full")
-"""What is trained: only the new head, the backbone's last block plus the head, or every parameter. Every backbone
-has these three (a plug-in may add its own)."""
 
 def _choices(values: tuple[str, ...] | list[str]) -> str:
     return ", ".join(repr(v) for v in values)
@@ -45,11 +43,6 @@ def weights_names(backbone: str) -> list[str]:
     from dogclf.models.backbones import get_backbone
 
     return get_backbone(backbone).weights_names()
-
-
-def looks_like_path(value: str) -> bool:
-    """Whether a ``weights`` string names a file rather than a weights name."""
-    return os.sep in value or "/" in value or value.endswith((".pt", ".pth", ".bin", ".ckpt")) or value.startswith(".")
 
 
 @dataclass(frozen=True)

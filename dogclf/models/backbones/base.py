@@ -18,12 +18,17 @@ from pathlib import Path
 from typing import Any
 
 from dogclf.errors import ArtifactError, ConfigError, UnknownWeightsError, WeightsUnavailableError
-from dogclf.models._config import FREEZE_POLICIES, Preprocess
+from dogclf.images import Preprocess
 from dogclf.models.backbones.folding import batchnorm_pairs, fold_batchnorm, forward_features
 
-__all__ = ["Backbone", "FreezePolicy", "Weights", "extract_state_dict", "load_state_dict_file", "standard_policies"]
+__all__ = ["FREEZE_POLICIES", "Backbone", "FreezePolicy", "Weights", "extract_state_dict", "load_state_dict_file",
+           "looks_like_path", "standard_policies"]
 
 logger = logging.getLogger(__name__)
+
+FREEZE_POLICIES = ("head", "last-block", "full")
+"""What is trained: only the new head, the backbone's last block plus the head, or every parameter. Every backbone
+has these three (a plug-in may add its own)."""
 
 
 # -- freeze policies ---------------------------------------------------------------------------------------------
@@ -141,9 +146,9 @@ class Weights:
 
     def transforms(self) -> Any:
         """The deterministic eval transform for these weights (:func:`~dogclf.models.eval_transform`)."""
-        from dogclf.models._model import eval_transform
+        from dogclf.images import ImageTransform
 
-        return eval_transform(self.preprocess)
+        return ImageTransform(self.preprocess)
 
 
 _HASH_IN_NAME = re.compile(r"-([a-f0-9]{6,64})\.")
@@ -354,7 +359,7 @@ class Backbone:
             ArtifactError: the file is corrupt, or does not fit this backbone: the message names the file and the
                 first mismatched key.
         """
-        if isinstance(weights, os.PathLike) or _looks_like_path(str(weights)):
+        if isinstance(weights, os.PathLike) or looks_like_path(str(weights)):
             source = f"weights file {os.fspath(weights)!r}"
             state = load_state_dict_file(weights)
         else:
@@ -417,7 +422,6 @@ class Backbone:
         return self
 
 
-def _looks_like_path(value: str) -> bool:
-    from dogclf.models._config import looks_like_path
-
-    return looks_like_path(value)
+def looks_like_path(value: str) -> bool:
+    """Whether a ``weights`` string names a file rather than a weights name."""
+    return os.sep in value or "/" in value or value.endswith((".pt", ".pth", ".bin", ".ckpt")) or value.startswith(".")

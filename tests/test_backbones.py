@@ -452,10 +452,9 @@ _md.entry_points = _without_dogclf
 @pytest.mark.slow
 def test_an_efficientnet_artifact_in_the_stock_sagemaker_handler_with_only_the_vendored_code(tmp_path):
     pytest.importorskip("sagemaker_pytorch_serving_container", reason="needs sagemaker-pytorch-inference (test extra)")
-    import subprocess
     import tarfile
 
-    from test_serving_sagemaker import STOCK_SCRIPT
+    from test_serving_sagemaker import serve_with_stock_handler
 
     from dogclf.serving import handler, pack_artifact
     from dogclf.serving.testing import make_artifact, synthetic_photo
@@ -466,14 +465,7 @@ def test_an_efficientnet_artifact_in_the_stock_sagemaker_handler_with_only_the_v
     assert (tmp_path / "opt_ml_model" / "code" / "dogclf" / "models" / "backbones" / "efficientnet_lite.py").is_file()
     image = tmp_path / "dog.jpg"
     image.write_bytes(synthetic_photo(300, 200, seed=5))
-    script = tmp_path / "stock.py"
-    script.write_text(NO_DOGCLF_METADATA + STOCK_SCRIPT)
-    env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"}
-    result = subprocess.run([sys.executable, str(script), str(tmp_path / "opt_ml_model"), str(image)],
-                            capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report["dogclf"].startswith(str(tmp_path / "opt_ml_model" / "code"))
+    report = serve_with_stock_handler(tmp_path / "opt_ml_model", image, tmp_path, prelude=NO_DOGCLF_METADATA)
     good, _, npy = report["answers"]
     served = handler.model_fn(artifact)
     assert served.crop == 240  # EfficientNet-Lite1's preprocessing travels in the artifact

@@ -38,6 +38,20 @@ STOCK_SCRIPT = (Path(__file__).resolve().parents[1] / "tools" / "stock_serve.py"
 archive's code/ folder (as in the stock container); ``make compat`` runs the same script in the container's versions."""
 
 
+def serve_with_stock_handler(model_dir, image, work, prelude: str = "") -> dict:
+    """Run :data:`STOCK_SCRIPT` (after ``prelude``) on ``model_dir`` and ``image`` in a fresh interpreter in
+    ``work``, with no PYTHONPATH; returns its JSON report after checking that dogclf came from the archive's code/."""
+    script = work / "stock.py"
+    script.write_text(prelude + STOCK_SCRIPT)
+    env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([sys.executable, str(script), str(model_dir), str(image)],
+                            capture_output=True, text=True, timeout=300, cwd=work, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["dogclf"].startswith(str(model_dir / "code"))
+    return report
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("runtime", ["torch", "onnx"])
 def test_packed_artifact_served_by_the_stock_sagemaker_pytorch_handler(artifact, tmp_path, runtime):
@@ -63,14 +77,7 @@ def test_packed_artifact_served_by_the_stock_sagemaker_pytorch_handler(artifact,
         assert requirements.read_text().split() == [f"onnxruntime=={onnxruntime.__version__}"]
     image = tmp_path / "dog.jpg"
     image.write_bytes(synthetic_photo(120, 90, seed=7))
-    script = tmp_path / "stock.py"
-    script.write_text(STOCK_SCRIPT)
-    env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"}
-    result = subprocess.run([sys.executable, str(script), str(tmp_path / "opt_ml_model"), str(image)],
-                            capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report["dogclf"].startswith(str(tmp_path / "opt_ml_model" / "code"))
+    report = serve_with_stock_handler(tmp_path / "opt_ml_model", image, tmp_path)
     assert report["runtime"] == runtime and report["module"] == ("ResNet" if runtime == "torch" else "OnnxModule")
     good, bad, npy = report["answers"]
 
